@@ -1,0 +1,216 @@
+"""The gateway's configuration: one YAML file format, validated with clear messages.
+
+Strings may use ``${VAR}`` (required) and ``${VAR:-default}``; interpolation happens on parsed
+values, never on YAML text, so an environment value cannot change the file's structure.
+Every mistake is reported with its key path and what was expected, all at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from gateway.errors import ConfigError
+from providers import provider_class, provider_types
+from providers.base import ProviderSettings
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=4000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    request_timeout: float = Field(default=600.0, gt=0, description="Total seconds per request.")
+
+
+class AuthConfig(_Strict):
+    master_key: SecretStr | None = None
+
+
+class DeploymentConfig(_Strict):
+    provider: str
+    model: str | None = None
+    deployment: str | None = None  # Azure: deployment name, which is not the model name
+    base_model: str | None = None
+    weight: float = Field(default=1.0, gt=0)
+    region: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_a_name(self) -> DeploymentConfig:
+        if not (self.model or self.deployment):
+            raise ValueError("a deployment needs 'model' (or 'deployment' for Azure)")
+        return self
+
+    @property
+    def upstream_name(self) -> str:
+        return self.deployment or self.model or ""
+
+
+class ModelConfig(_Strict):
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    fallbacks: list[str] = Field(default_factory=list)
+
+
+class GatewayConfig(_Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "auth": {"master_key": "${GATEWAY_MASTER_KEY:-}"},
+    "providers": {"mock": {"type": "mock"}},
+    "models": {
+        "mock-echo": {"deployments": [{"provider": "mock", "model": "mock-echo"}]},
+        "mock-chat": {"deployments": [{"provider": "mock", "model": "mock-chat"}]},
+        "mock-embed": {"deployments": [{"provider": "mock", "model": "mock-embed"}]},
+    },
+}
+
+
+def interpolate(value: Any, path: str, errors: list[str]) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; collect unset variables."""
+    if isinstance(value, dict):
+        return {
+            k: interpolate(v, f"{path}.{k}" if path else str(k), errors) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [interpolate(v, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        errors.append(
+            f"{path}: environment variable {name} is not set "
+            f"(set it, or write ${{{name}:-}} to make it optional)"
+        )
+        return ""
+
+    result = _VAR.sub(sub, value)
+    return result if result != "" else None
+
+
+def _format(exc: ValidationError, prefix: str) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        path = ".".join(p for p in (prefix, loc) if p)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and indentation)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        got = err.get("input")
+        shown = (
+            ""
+            if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
+            else (f" (got {got!r})" if not isinstance(got, str) or len(got) < 60 else "")
+        )
+        if "api_key" in path or "master_key" in path:
+            shown = ""  # never echo secrets
+        lines.append(f"{path or '<root>'}: {msg}{shown}")
+    return lines
+
+
+def load_config(data: dict[str, Any] | None) -> GatewayConfig:
+    """Validate a parsed config mapping; raise ConfigError listing every problem."""
+    errors: list[str] = []
+    raw = interpolate(data if data is not None else {}, "", errors)
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            "<root>: expected a mapping of sections (server, auth, providers, models)"
+        )
+
+    providers: dict[str, ProviderSettings] = {}
+    raw_providers = raw.get("providers") or {}
+    if not isinstance(raw_providers, dict):
+        errors.append("providers: expected a mapping of provider name to settings")
+        raw_providers = {}
+    for name, entry in raw_providers.items():
+        path = f"providers.{name}"
+        if not isinstance(entry, dict) or "type" not in entry:
+            errors.append(f"{path}.type: required; one of {', '.join(provider_types())}")
+            continue
+        try:
+            cls = provider_class(str(entry["type"]))
+        except KeyError:
+            errors.append(
+                f"{path}.type: unknown provider type {entry['type']!r}; "
+                f"expected one of {', '.join(provider_types())}"
+            )
+            continue
+        try:
+            providers[name] = cls.settings_model.model_validate(entry)
+        except ValidationError as exc:
+            errors.extend(_format(exc, path))
+
+    rest = {k: v for k, v in raw.items() if k != "providers"}
+    config: GatewayConfig | None = None
+    try:
+        config = GatewayConfig.model_validate(rest)
+    except ValidationError as exc:
+        errors.extend(_format(exc, ""))
+
+    if config is not None:
+        config.providers = providers
+        for model, mcfg in config.models.items():
+            for i, dep in enumerate(mcfg.deployments):
+                if dep.provider not in raw_providers:
+                    errors.append(
+                        f"models.{model}.deployments[{i}].provider: no provider named "
+                        f"{dep.provider!r}; defined: {', '.join(raw_providers) or 'none'}"
+                    )
+            for fb in mcfg.fallbacks:
+                if fb not in config.models:
+                    errors.append(f"models.{model}.fallbacks: {fb!r} is not a model in 'models'")
+                elif fb == model:
+                    errors.append(f"models.{model}.fallbacks: a model cannot fall back to itself")
+    if errors:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
+    assert config is not None
+    return config
+
+
+def load_config_file(path: str | Path) -> GatewayConfig:
+    """Read and validate a YAML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    return load_config(data)
+
+
+def resolve_config(source: str | Path | dict[str, Any] | GatewayConfig | None) -> GatewayConfig:
+    """A config from a path, a mapping, a ready object, $GATEWAY_CONFIG, or the defaults."""
+    if isinstance(source, GatewayConfig):
+        return source
+    if isinstance(source, dict):
+        return load_config(source)
+    if source is not None:
+        return load_config_file(source)
+    env_path = os.environ.get("GATEWAY_CONFIG")
+    if env_path:
+        return load_config_file(env_path)
+    return load_config(DEFAULT_CONFIG)

@@ -1,0 +1,169 @@
+"""Every failure the gateway can answer with, and its OpenAI-style JSON body.
+
+Callers (the OpenAI SDK above all) read ``{"error": {"message", "type", "param", "code"}}``
+and the HTTP status; those two things are the contract, so each error class fixes both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Base of all errors the gateway turns into an answer."""
+
+    status: int = 500
+    type: str = "api_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        provider: str | None = None,
+        deployment: str | None = None,
+        headers: dict[str, str] | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if type is not None:
+            self.type = type
+        if code is not None:
+            self.code = code
+        self.param = param
+        self.provider = provider
+        self.deployment = deployment
+        self.headers: dict[str, str] = headers or {}
+        self._retryable = retryable
+
+    @property
+    def retryable(self) -> bool:
+        """Whether another attempt (same or other deployment) may succeed."""
+        if self._retryable is not None:
+            return self._retryable
+        return self.status in (408, 409, 429) or self.status >= 500
+
+    def to_body(self) -> dict[str, Any]:
+        """The OpenAI-style error body."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}, code={self.code!r}, {self.message!r})"
+
+
+class InvalidRequestError(GatewayError):
+    """The request is malformed or violates the schema (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+
+
+class AuthenticationError(GatewayError):
+    """Missing, wrong, revoked or expired key (401)."""
+
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(GatewayError):
+    """The key may not use what it asked for (403)."""
+
+    status = 403
+    type = "permission_error"
+
+
+class NotFoundError(GatewayError):
+    """Unknown model or route (404)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class PayloadTooLargeError(GatewayError):
+    """Request body over the configured limit (413)."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimitError(GatewayError):
+    """Too many requests, from the gateway's limits or from upstream (429)."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class ContentFilterError(GatewayError):
+    """The provider refused the prompt or the answer on content grounds (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "content_filter"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("retryable", False)
+        super().__init__(message, **kwargs)
+
+
+class ContextLengthExceededError(GatewayError):
+    """The prompt does not fit the model's context window (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("retryable", False)
+        super().__init__(message, **kwargs)
+
+
+class UpstreamError(GatewayError):
+    """The provider answered with an error; status class is the provider's."""
+
+    type = "upstream_error"
+
+
+class UpstreamTimeoutError(GatewayError):
+    """The provider did not answer in time (504)."""
+
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
+class UpstreamConnectionError(GatewayError):
+    """The provider could not be reached (502)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_unreachable"
+
+
+class StreamInterruptedError(GatewayError):
+    """The upstream stream broke after the answer had started (502)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "stream_interrupted"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message lists each problem with its key path."""

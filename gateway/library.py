@@ -1,0 +1,266 @@
+"""The engine in-process: ``AsyncGateway`` and ``Gateway`` with the OpenAI SDK's call shapes.
+
+``gw.chat.completions.create(...)`` returns typed ``ChatCompletion`` objects, or an iterator of
+``ChatCompletionChunk`` when ``stream=True``; errors are the gateway's own exception types.
+``Gateway`` (sync) drives an ``AsyncGateway`` on a private event-loop thread, so it also works
+where a loop is already running (notebooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar, overload
+
+from gateway.config import GatewayConfig, resolve_config
+from gateway.engine import CallInfo, ChunkStream, Engine
+from gateway.transport import Transport
+from gateway.types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    CreateEmbeddingResponse,
+    EmbeddingRequest,
+    Model,
+)
+
+ConfigSource = str | Path | dict[str, Any] | GatewayConfig | None
+T = TypeVar("T")
+
+
+class AsyncChunkStream:
+    """Chunks of one streaming answer; ``info`` holds provider, attempts and usage."""
+
+    def __init__(self, stream: ChunkStream, info: CallInfo) -> None:
+        self._stream = stream
+        self.info = info
+
+    def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ChatCompletionChunk]:
+        async for chunk in self._stream:
+            yield ChatCompletionChunk.model_validate(chunk)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class _AsyncCompletions:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @overload
+    async def create(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: Literal[False] = False,
+        **params: Any,
+    ) -> ChatCompletion: ...
+
+    @overload
+    async def create(
+        self, *, model: str, messages: list[dict[str, Any]], stream: Literal[True], **params: Any
+    ) -> AsyncChunkStream: ...
+
+    async def create(
+        self, *, model: str, messages: list[dict[str, Any]], stream: bool = False, **params: Any
+    ) -> ChatCompletion | AsyncChunkStream:
+        """Create a chat completion (keyword arguments as in the OpenAI SDK)."""
+        extra = params.pop("extra_body", None) or {}
+        request = ChatCompletionRequest.model_validate(
+            {
+                "model": model,
+                "messages": messages,
+                **params,
+                **extra,
+                **({"stream": True} if stream else {}),
+            }
+        )
+        info = CallInfo(request_id=uuid.uuid4().hex)
+        if stream:
+            return AsyncChunkStream(await self._engine.chat_stream(request, info), info)
+        return ChatCompletion.model_validate(await self._engine.chat(request, info))
+
+
+class _AsyncChat:
+    def __init__(self, engine: Engine) -> None:
+        self.completions = _AsyncCompletions(engine)
+
+
+class _AsyncEmbeddings:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def create(
+        self, *, model: str, input: str | list[str], **params: Any
+    ) -> CreateEmbeddingResponse:
+        """Create embeddings for one or more inputs."""
+        extra = params.pop("extra_body", None) or {}
+        request = EmbeddingRequest.model_validate(
+            {"model": model, "input": input, **params, **extra}
+        )
+        info = CallInfo(request_id=uuid.uuid4().hex)
+        return CreateEmbeddingResponse.model_validate(await self._engine.embeddings(request, info))
+
+
+class _AsyncModels:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def list(self) -> list[Model]:
+        return [Model.model_validate(m) for m in self._engine.models()]
+
+
+class AsyncGateway:
+    """The gateway engine in-process, for asyncio code."""
+
+    def __init__(self, config: ConfigSource = None, *, transport: Transport | None = None) -> None:
+        self.engine = Engine(resolve_config(config), transport=transport)
+        self.chat = _AsyncChat(self.engine)
+        self.embeddings = _AsyncEmbeddings(self.engine)
+        self.models = _AsyncModels(self.engine)
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+
+    async def __aenter__(self) -> AsyncGateway:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+# --- sync facade ----------------------------------------------------------------------------
+
+
+class _LoopThread:
+    """An event loop on a daemon thread; coroutines are run there and awaited from here."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="llm-gateway", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()
+
+
+class ChunkIterator:
+    """Synchronous iterator over a streaming answer's chunks."""
+
+    def __init__(self, stream: AsyncChunkStream, runner: _LoopThread) -> None:
+        self._aiter = aiter(stream)
+        self._stream = stream
+        self._runner = runner
+        self.info = stream.info
+
+    def __iter__(self) -> Iterator[ChatCompletionChunk]:
+        return self
+
+    def __next__(self) -> ChatCompletionChunk:
+        try:
+            return self._runner.run(anext(self._aiter))  # type: ignore[arg-type]
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._runner.run(self._stream.aclose())
+
+
+class _Completions:
+    def __init__(self, inner: _AsyncCompletions, runner: _LoopThread) -> None:
+        self._inner = inner
+        self._runner = runner
+
+    @overload
+    def create(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: Literal[False] = False,
+        **params: Any,
+    ) -> ChatCompletion: ...
+
+    @overload
+    def create(
+        self, *, model: str, messages: list[dict[str, Any]], stream: Literal[True], **params: Any
+    ) -> ChunkIterator: ...
+
+    def create(
+        self, *, model: str, messages: list[dict[str, Any]], stream: bool = False, **params: Any
+    ) -> ChatCompletion | ChunkIterator:
+        """Create a chat completion (keyword arguments as in the OpenAI SDK)."""
+        if stream:
+            s = self._runner.run(
+                self._inner.create(model=model, messages=messages, stream=True, **params)
+            )
+            return ChunkIterator(s, self._runner)
+        result = self._runner.run(self._inner.create(model=model, messages=messages, **params))
+        assert isinstance(result, ChatCompletion)
+        return result
+
+
+class _Chat:
+    def __init__(self, inner: _AsyncChat, runner: _LoopThread) -> None:
+        self.completions = _Completions(inner.completions, runner)
+
+
+class _Embeddings:
+    def __init__(self, inner: _AsyncEmbeddings, runner: _LoopThread) -> None:
+        self._inner = inner
+        self._runner = runner
+
+    def create(
+        self, *, model: str, input: str | list[str], **params: Any
+    ) -> CreateEmbeddingResponse:
+        return self._runner.run(self._inner.create(model=model, input=input, **params))
+
+
+class _Models:
+    def __init__(self, inner: _AsyncModels, runner: _LoopThread) -> None:
+        self._inner = inner
+        self._runner = runner
+
+    def list(self) -> list[Model]:
+        return self._runner.run(self._inner.list())
+
+
+class Gateway:
+    """The gateway engine in-process, for synchronous code."""
+
+    def __init__(self, config: ConfigSource = None, *, transport: Transport | None = None) -> None:
+        self._runner = _LoopThread()
+        self._async = AsyncGateway(config, transport=transport)
+        self.engine = self._async.engine
+        self.chat = _Chat(self._async.chat, self._runner)
+        self.embeddings = _Embeddings(self._async.embeddings, self._runner)
+        self.models = _Models(self._async.models, self._runner)
+
+    def close(self) -> None:
+        self._runner.run(self._async.aclose())
+        self._runner.stop()
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

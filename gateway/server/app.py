@@ -1,0 +1,278 @@
+"""FastAPI app factory: OpenAI-compatible routes over one Engine, errors as OpenAI JSON."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response, StreamingResponse
+
+from gateway.config import GatewayConfig, resolve_config
+from gateway.engine import CallInfo, ChunkStream, Engine
+from gateway.errors import (
+    AuthenticationError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from gateway.streaming import DONE, encode_event
+from gateway.types import ChatCompletionRequest, EmbeddingRequest
+
+log = logging.getLogger("gateway.server")
+M = TypeVar("M", bound=BaseModel)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+JSON_TYPE = "application/json"
+
+
+def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    """The OpenAI-style error body with its status and the gateway's headers."""
+    out = dict(exc.headers)
+    if headers:
+        out.update(headers)
+    return Response(
+        orjson.dumps(exc.to_body()), status_code=exc.status, headers=out, media_type=JSON_TYPE
+    )
+
+
+def validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    """A message naming each invalid field, and the first field as ``param``."""
+    parts = []
+    first: str | None = None
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"])
+        first = first or loc
+        parts.append(f"'{loc}': {err['msg'].lower()}" if loc else err["msg"])
+    return "invalid request body: " + "; ".join(parts), first
+
+
+class Gatekeeper:
+    """Reads, size-limits, authenticates and validates request bodies."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.max_body = config.server.max_body_bytes
+        key = config.auth.master_key
+        self.master_key = key.get_secret_value().encode() if key else None
+
+    def authenticate(self, request: Request) -> None:
+        if self.master_key is None:
+            return
+        header = request.headers.get("authorization")
+        token = None
+        if header:
+            scheme, _, value = header.partition(" ")
+            token = value.strip() if scheme.lower() == "bearer" else None
+        token = token or request.headers.get("api-key")
+        if not token:
+            raise AuthenticationError(
+                "missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key"
+            )
+        if not hmac.compare_digest(token.encode(), self.master_key):
+            raise AuthenticationError("invalid API key: check the key you were given")
+
+    async def body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise self._too_large()
+        if length is not None:
+            return await request.body()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise self._too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"request body is larger than the gateway's limit of {self.max_body} bytes "
+            "(server.max_body_bytes); send a smaller request"
+        )
+
+    async def parse(self, request: Request, model: type[M]) -> M:
+        self.authenticate(request)
+        raw = await self.body(request)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidRequestError(
+                f"request body is not valid JSON ({exc.msg} at position {exc.pos}); "
+                "send a JSON object with Content-Type: application/json"
+            ) from exc
+        if not isinstance(data, dict):
+            raise InvalidRequestError("request body must be a JSON object")
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            message, param = validation_message(exc)
+            raise InvalidRequestError(message, param=param) from exc
+
+
+def new_info(request: Request) -> CallInfo:
+    given = request.headers.get("x-request-id")
+    rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return CallInfo(request_id=rid)
+
+
+def create_app(
+    config: GatewayConfig | str | dict[str, Any] | None = None, *, engine: Engine | None = None
+) -> FastAPI:
+    """The proxy app. ``engine`` may be shared (tests, library); otherwise one is built."""
+    cfg = engine.config if engine is not None else resolve_config(config)
+    gate = Gatekeeper(cfg)
+    owned = engine is None
+    eng = engine or Engine(cfg)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned:
+            await eng.aclose()
+
+    app = FastAPI(
+        title="llm-gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    app.state.engine = eng
+
+    async def chat_completions(request: Request) -> Response:
+        info = new_info(request)
+        try:
+            body = await gate.parse(request, ChatCompletionRequest)
+            if body.stream:
+                stream = await eng.chat_stream(body, info)
+                return StreamingResponse(
+                    sse_body(stream),
+                    media_type="text/event-stream",
+                    headers={
+                        **info.headers(),
+                        "cache-control": "no-cache",
+                        "x-accel-buffering": "no",
+                    },
+                )
+            result = await eng.chat(body, info)
+        except GatewayError as exc:
+            return error_response(exc, info.headers())
+        return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
+
+    async def embeddings(request: Request) -> Response:
+        info = new_info(request)
+        try:
+            body = await gate.parse(request, EmbeddingRequest)
+            result = await eng.embeddings(body, info)
+        except GatewayError as exc:
+            return error_response(exc, info.headers())
+        return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
+
+    async def list_models(request: Request) -> Response:
+        info = new_info(request)
+        try:
+            gate.authenticate(request)
+        except GatewayError as exc:
+            return error_response(exc, info.headers())
+        return Response(
+            orjson.dumps({"object": "list", "data": eng.models()}),
+            media_type=JSON_TYPE,
+            headers={"x-request-id": info.request_id},
+        )
+
+    async def get_model(request: Request, model_id: str) -> Response:
+        info = new_info(request)
+        try:
+            gate.authenticate(request)
+            for m in eng.models():
+                if m["id"] == model_id:
+                    return Response(
+                        orjson.dumps(m),
+                        media_type=JSON_TYPE,
+                        headers={"x-request-id": info.request_id},
+                    )
+            raise NotFoundError(
+                f"model '{model_id}' is not served by this gateway; available models: "
+                f"{', '.join(eng.router.models())}",
+                param="model",
+            )
+        except GatewayError as exc:
+            return error_response(exc, info.headers())
+
+    for prefix in ("/v1", ""):
+        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
+        app.add_api_route(f"{prefix}/embeddings", embeddings, methods=["POST"])
+        app.add_api_route(f"{prefix}/models", list_models, methods=["GET"])
+        app.add_api_route(f"{prefix}/models/{{model_id:path}}", get_model, methods=["GET"])
+
+    @app.get("/health/live")
+    async def live() -> Response:
+        return Response(b'{"status":"ok"}', media_type=JSON_TYPE)
+
+    @app.get("/health/ready")
+    async def ready() -> Response:
+        body = {"status": "ready", "models": len(eng.router.models())}
+        return Response(orjson.dumps(body), media_type=JSON_TYPE)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            err = GatewayError(
+                f"no route {request.method} {request.url.path}; this gateway "
+                "serves the OpenAI API under /v1",
+                status=404,
+                type="invalid_request_error",
+                code="unknown_route",
+            )
+        else:
+            err = GatewayError(
+                str(exc.detail), status=exc.status_code, type="invalid_request_error"
+            )
+        return error_response(err)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(InvalidRequestError(f"invalid request: {exc.errors()[:3]}"))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(
+            GatewayError(
+                "the gateway hit an internal error; it has been logged — retry, and report it if "
+                "it persists",
+                status=500,
+                type="api_error",
+                code="internal_error",
+            )
+        )
+
+    return app
+
+
+async def sse_body(stream: ChunkStream) -> AsyncIterator[bytes]:
+    """Chunks as SSE events, then ``[DONE]``; a failure mid-stream becomes an error event
+    and the stream ends without ``[DONE]``, so no client mistakes it for a complete answer."""
+    try:
+        async for chunk in stream:
+            yield encode_event(chunk)
+        yield DONE
+    except GatewayError as exc:
+        log.warning("stream failed: %s", exc.message)
+        yield encode_event(exc.to_body())
+    except Exception:
+        log.exception("unexpected error while streaming")
+        yield encode_event(
+            GatewayError(
+                "the gateway hit an internal error mid-stream", code="internal_error"
+            ).to_body()
+        )
+    finally:
+        await stream.aclose()

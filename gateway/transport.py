@@ -1,0 +1,228 @@
+"""The upstream HTTP seam: the only module that opens sockets to providers.
+
+Provider adapters are sans-I/O: they turn a canonical request into an ``UpstreamRequest`` and
+parse bytes back. Everything about the network — pooling, keep-alive, timeouts, which HTTP
+library — lives behind ``Transport.send``, so it can be measured and swapped in one place
+(aiohttp by default, for throughput; httpx for callers who bring their own ``AsyncClient``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+import httpx
+
+from gateway.errors import UpstreamConnectionError, UpstreamTimeoutError
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    """One HTTP request to a provider, fully built by an adapter."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | None = None
+    # Request fields the adapter removed because the provider would reject them; the engine
+    # reports them to the caller in the x-gateway-dropped-params header.
+    dropped_params: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class Timeouts:
+    """Seconds allowed to connect, and to wait for any next byte (first byte included)."""
+
+    connect: float = 10.0
+    read: float = 120.0
+
+
+class UpstreamResponse(Protocol):
+    """A response whose body has not been read yet."""
+
+    status: int
+    headers: Mapping[str, str]
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        ...
+
+    def iter_bytes(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive; raises UpstreamTimeoutError when idle too long."""
+        ...
+
+    async def close(self) -> None:
+        """Release the connection (back to the pool when the body was consumed)."""
+        ...
+
+
+class Transport(Protocol):
+    """Sends an UpstreamRequest; raises UpstreamConnectionError / UpstreamTimeoutError."""
+
+    async def send(self, request: UpstreamRequest, timeouts: Timeouts) -> UpstreamResponse: ...
+
+    async def close(self) -> None: ...
+
+
+# --- aiohttp ------------------------------------------------------------------------------
+
+
+class _AiohttpResponse:
+    __slots__ = ("_resp", "headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.read()
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeoutError("upstream stopped sending the response body") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectionError(f"upstream connection broke: {exc}") from exc
+        finally:
+            self._resp.release()
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.content.iter_any():
+                yield chunk
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeoutError("upstream stream went idle") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectionError(f"upstream stream broke: {exc}") from exc
+
+    async def close(self) -> None:
+        self._resp.release()
+
+
+class AiohttpTransport:
+    """Pooled keep-alive transport on aiohttp (the fastest measured; see docs/transport.md)."""
+
+    def __init__(self, *, max_connections: int = 1000, max_per_host: int = 0) -> None:
+        self._max_connections = max_connections
+        self._max_per_host = max_per_host
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created lazily: a ClientSession binds to the running event loop.
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections,
+                limit_per_host=self._max_per_host,
+                ttl_dns_cache=300,
+                enable_cleanup_closed=True,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+            )
+        return self._session
+
+    async def send(self, request: UpstreamRequest, timeouts: Timeouts) -> UpstreamResponse:
+        session = self._get_session()
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        try:
+            resp = await session.request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeoutError("upstream did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectionError(f"could not reach upstream: {exc}") from exc
+        return _AiohttpResponse(resp)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+# --- httpx --------------------------------------------------------------------------------
+
+
+class _HttpxResponse:
+    __slots__ = ("_resp", "headers", "status")
+
+    def __init__(self, resp: httpx.Response) -> None:
+        self._resp = resp
+        self.status = resp.status_code
+        self.headers: Mapping[str, str] = resp.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._resp.aread()
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError("upstream stopped sending the response body") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamConnectionError(f"upstream connection broke: {exc}") from exc
+        finally:
+            await self._resp.aclose()
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._resp.aiter_bytes():
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError("upstream stream went idle") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamConnectionError(f"upstream stream broke: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._resp.aclose()
+
+
+class HttpxTransport:
+    """Transport on an httpx.AsyncClient — pass your own client to control proxies, TLS, etc."""
+
+    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            timeout=None,
+        )
+
+    async def send(self, request: UpstreamRequest, timeouts: Timeouts) -> UpstreamResponse:
+        timeout = httpx.Timeout(
+            connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect
+        )
+        req = self._client.build_request(
+            request.method,
+            request.url,
+            content=request.body,
+            headers=request.headers,
+            timeout=timeout,
+        )
+        try:
+            resp = await self._client.send(req, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError("upstream did not answer in time") from exc
+        except httpx.TransportError as exc:
+            raise UpstreamConnectionError(f"could not reach upstream: {exc}") from exc
+        return _HttpxResponse(resp)
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+
+async def read_with_deadline(response: UpstreamResponse, seconds: float | None) -> bytes:
+    """Read a whole body, bounded by a total deadline as well as the idle timeout."""
+    if seconds is None:
+        return await response.read()
+    try:
+        async with asyncio.timeout(seconds):
+            return await response.read()
+    except TimeoutError as exc:
+        raise UpstreamTimeoutError(f"upstream body not complete within {seconds:g}s") from exc

@@ -1,0 +1,190 @@
+"""Canonical request and response models: the OpenAI chat-completions wire shape.
+
+Requests are validated into these models at the edge. Responses travel through the engine as
+plain dicts in the same shape (cheap to pass through and to serialise with orjson) and become
+these models only where a typed object is handed to a library user.
+Every model allows extra fields: providers add fields over time and the gateway must not drop them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JSON = dict[str, Any]
+
+# Fields a caller may put in the body for the gateway itself; never sent upstream.
+GATEWAY_FIELDS = frozenset({"fallbacks"})
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+class FunctionCall(_Open):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCall(_Open):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[JSON] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(_Open):
+    """POST /v1/chat/completions body. Unknown fields are kept and passed to the adapter."""
+
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    tools: list[JSON] | None = None
+    tool_choice: str | JSON | None = None
+    response_format: JSON | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    seed: int | None = None
+    user: str | None = None
+    fallbacks: list[str] | None = None
+
+    def upstream_body(self) -> JSON:
+        """The body as the caller sent it, less the gateway's own fields."""
+        body = self.model_dump(exclude_unset=True, exclude=set(GATEWAY_FIELDS))
+        return body
+
+    @property
+    def wants_stream_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class EmbeddingRequest(_Open):
+    """POST /v1/embeddings body."""
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+    fallbacks: list[str] | None = None
+
+    def upstream_body(self) -> JSON:
+        return self.model_dump(exclude_unset=True, exclude=set(GATEWAY_FIELDS))
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+class PromptTokensDetails(_Open):
+    cached_tokens: int | None = None
+
+
+class CompletionTokensDetails(_Open):
+    reasoning_tokens: int | None = None
+
+
+class Usage(_Open):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+
+
+class ResponseMessage(_Open):
+    role: str = "assistant"
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
+
+
+class Choice(_Open):
+    index: int = 0
+    message: ResponseMessage
+    finish_reason: str | None = None
+    logprobs: JSON | None = None
+
+
+class ChatCompletion(_Open):
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+class ChoiceDelta(_Open):
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[JSON] | None = None
+    refusal: str | None = None
+
+
+class ChunkChoice(_Open):
+    index: int = 0
+    delta: ChoiceDelta
+    finish_reason: str | None = None
+    logprobs: JSON | None = None
+
+
+class ChatCompletionChunk(_Open):
+    id: str
+    object: str = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class Embedding(_Open):
+    object: str = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(_Open):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class CreateEmbeddingResponse(_Open):
+    object: str = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage | None = None
+
+
+class Model(_Open):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "llm-gateway"
+
+
+class ModelList(_Open):
+    object: str = "list"
+    data: list[Model]

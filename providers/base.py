@@ -1,0 +1,249 @@
+"""The provider interface: what an adapter must translate, and what it can do.
+
+Adapters are sans-I/O. They build ``UpstreamRequest`` objects and parse bytes that the engine
+got through the transport; they never open sockets. A new provider is one module with one
+``Provider`` subclass, registered by its ``type_name`` (see ``providers/__init__.py``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from gateway.errors import (
+    ContentFilterError,
+    ContextLengthExceededError,
+    GatewayError,
+    RateLimitError,
+    UpstreamError,
+)
+from gateway.streaming import SSEEvent
+from gateway.transport import Timeouts, UpstreamRequest
+
+if TYPE_CHECKING:
+    from gateway.transport import Transport
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider supports; the engine consults this instead of testing provider names."""
+
+    chat: bool = True
+    streaming: bool = True
+    tools: bool = True
+    streamed_tool_call_deltas: bool = True
+    json_object: bool = True
+    json_schema: bool = True
+    logprobs: bool = True
+    multiple_choices: bool = True
+    embeddings: bool = True
+    usage_in_stream: bool = True
+    assistant_prefill: bool = False
+
+
+class TimeoutSettings(BaseModel):
+    """Seconds to connect and to wait for each next byte from this provider."""
+
+    model_config = ConfigDict(extra="forbid")
+    connect: float = Field(default=10.0, gt=0)
+    read: float = Field(default=120.0, gt=0)
+
+
+class ProviderSettings(BaseModel):
+    """Config common to every provider entry; adapters extend it with their own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    region: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    drop_unsupported_params: bool = True
+
+
+@dataclass(slots=True)
+class Deployment:
+    """One concrete place a public model can be served: a provider plus its model name."""
+
+    id: str
+    public_model: str
+    provider: Provider
+    model: str
+    base_model: str | None = None
+    weight: float = 1.0
+    region: str | None = None
+
+    @property
+    def provider_name(self) -> str:
+        return self.provider.name
+
+
+class StreamTranslator(ABC):
+    """Turns one upstream SSE stream into canonical chat.completion.chunk dicts."""
+
+    def __init__(self) -> None:
+        self.finished = False  # saw the provider's end-of-stream marker
+
+    @abstractmethod
+    def feed(self, event: SSEEvent) -> list[JSON]:
+        """Canonical chunks for one upstream event (often one, sometimes none or two)."""
+
+
+class Provider(ABC):
+    """One configured provider entry (e.g. ``azure-westeurope``) of some adapter type."""
+
+    type_name: ClassVar[str]
+    settings_model: ClassVar[type[ProviderSettings]] = ProviderSettings
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    # Providers that answer in-process (mock) bring their own transport.
+    transport: Transport | None = None
+
+    def __init__(self, name: str, settings: ProviderSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.timeouts = Timeouts(connect=settings.timeouts.connect, read=settings.timeouts.read)
+
+    @property
+    def region(self) -> str | None:
+        return self.settings.region
+
+    # -- chat --------------------------------------------------------------------------
+    @abstractmethod
+    def chat_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
+        """Build the upstream request. ``body`` is the caller's body (OpenAI shape), a copy."""
+
+    @abstractmethod
+    def chat_response(self, body: bytes, deployment: Deployment) -> JSON:
+        """Parse a successful non-streaming answer into a chat.completion dict."""
+
+    @abstractmethod
+    def chat_stream(self, deployment: Deployment) -> StreamTranslator:
+        """A fresh translator for one streaming answer."""
+
+    # -- embeddings --------------------------------------------------------------------
+    def embeddings_request(self, body: JSON, deployment: Deployment) -> UpstreamRequest:
+        raise UpstreamError(
+            f"provider '{self.name}' ({self.type_name}) does not serve embeddings",
+            status=400,
+            type="invalid_request_error",
+            code="unsupported_operation",
+            retryable=False,
+        )
+
+    def embeddings_response(self, body: bytes, deployment: Deployment) -> JSON:
+        return parse_json_object(body, self, deployment)
+
+    # -- errors ------------------------------------------------------------------------
+    def error(
+        self, status: int, headers: Mapping[str, str], body: bytes, deployment: Deployment
+    ) -> GatewayError:
+        """Map an upstream error answer to a GatewayError (default: OpenAI error shape)."""
+        return openai_style_error(status, headers, body, self, deployment)
+
+
+def parse_json_object(body: bytes, provider: Provider, deployment: Deployment) -> JSON:
+    """Decode a JSON object from upstream, or say clearly that upstream sent something else."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise UpstreamError(
+            f"provider '{provider.name}' (deployment '{deployment.id}') sent a response that is "
+            f"not a JSON object ({len(body)} bytes)",
+            status=502,
+            code="bad_upstream_response",
+            provider=provider.name,
+            deployment=deployment.id,
+        )
+    return data
+
+
+def describe_body(body: bytes, headers: Mapping[str, str]) -> str:
+    ctype = headers.get("content-type", "unknown content type").split(";")[0]
+    return f"a non-JSON body ({ctype}, {len(body)} bytes)"
+
+
+def openai_style_error(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    provider: Provider,
+    deployment: Deployment,
+) -> GatewayError:
+    """Parse ``{"error": {...}}`` (or a bare ``{"message": ...}``) into the right error class."""
+    message: str | None = None
+    code: str | None = None
+    etype: str | None = None
+    param: str | None = None
+    extra: JSON = {}
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            message = _str_or_none(err.get("message"))
+            code = _str_or_none(err.get("code"))
+            etype = _str_or_none(err.get("type"))
+            param = _str_or_none(err.get("param"))
+            extra = err
+        elif isinstance(err, str):
+            message = err
+    where = f"provider '{provider.name}' (deployment '{deployment.id}')"
+    detail = message or (describe_body(body, headers) if body else "an empty body")
+    text = f"{where} answered {status}: {detail}"
+    common: dict[str, Any] = {
+        "provider": provider.name,
+        "deployment": deployment.id,
+        "param": param,
+        "headers": retry_headers(headers),
+    }
+    if code == "content_filter" or (
+        isinstance(extra.get("innererror"), dict)
+        and extra["innererror"].get("code") == "ResponsibleAIPolicyViolation"
+    ):
+        return ContentFilterError(text, status=status, **common)
+    if code == "context_length_exceeded":
+        return ContextLengthExceededError(text, status=status, **common)
+    if status == 429:
+        # insufficient_quota is a billing problem, not a transient one.
+        return RateLimitError(
+            text,
+            code=code or "rate_limit_exceeded",
+            retryable=code != "insufficient_quota",
+            **common,
+        )
+    return UpstreamError(
+        text,
+        status=status,
+        type=etype or ("invalid_request_error" if status < 500 else "upstream_error"),
+        code=code,
+        **common,
+    )
+
+
+def retry_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The upstream's retry hints, kept so retries and callers can honour them."""
+    out: dict[str, str] = {}
+    for name in ("retry-after", "retry-after-ms", "x-ms-retry-after-ms"):
+        value = headers.get(name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _str_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value if isinstance(value, str) else str(value)

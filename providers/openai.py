@@ -1,0 +1,125 @@
+"""OpenAI, and any server that speaks its chat-completions wire format (vLLM, Ollama, …)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import orjson
+
+from gateway.errors import StreamInterruptedError
+from gateway.streaming import SSEEvent
+from gateway.transport import UpstreamRequest
+from providers.base import (
+    JSON,
+    Capabilities,
+    Deployment,
+    Provider,
+    ProviderSettings,
+    StreamTranslator,
+    parse_json_object,
+)
+
+
+class OpenAISettings(ProviderSettings):
+    """``type: openai`` — ``base_url`` points at any OpenAI-compatible ``/v1`` root."""
+
+    base_url: str | None = "https://api.openai.com/v1"
+    organization: str | None = None
+    project: str | None = None
+
+
+class OpenAIStreamTranslator(StreamTranslator):
+    """OpenAI streams are already canonical: decode each event, stop at ``[DONE]``."""
+
+    def __init__(self, provider: Provider, deployment: Deployment) -> None:
+        super().__init__()
+        self._provider = provider
+        self._deployment = deployment
+
+    def feed(self, event: SSEEvent) -> list[JSON]:
+        data = event.data
+        if data == b"[DONE]":
+            self.finished = True
+            return []
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise StreamInterruptedError(
+                f"provider '{self._provider.name}' (deployment '{self._deployment.id}') sent a "
+                "malformed stream event",
+                provider=self._provider.name,
+                deployment=self._deployment.id,
+            ) from exc
+        if not isinstance(chunk, dict):
+            return []
+        if "error" in chunk:
+            err = chunk["error"]
+            message = err.get("message") if isinstance(err, dict) else str(err)
+            raise StreamInterruptedError(
+                f"provider '{self._provider.name}' (deployment '{self._deployment.id}') "
+                f"reported an error mid-stream: {message}",
+                provider=self._provider.name,
+                deployment=self._deployment.id,
+            )
+        return [chunk]
+
+
+class OpenAIProvider(Provider):
+    """Chat completions and embeddings against an OpenAI-compatible ``/v1`` API."""
+
+    type_name: ClassVar[str] = "openai"
+    settings_model: ClassVar[type[ProviderSettings]] = OpenAISettings
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, name: str, settings: ProviderSettings) -> None:
+        super().__init__(name, settings)
+        self.base_url = (settings.base_url or "").rstrip("/")
+        self.headers = self.auth_headers()
+        self.headers["content-type"] = "application/json"
+        self.headers.update(settings.headers)
+
+    def auth_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.settings.api_key is not None:
+            headers["authorization"] = f"Bearer {self.settings.api_key.get_secret_value()}"
+        if isinstance(self.settings, OpenAISettings):
+            if self.settings.organization:
+                headers["openai-organization"] = self.settings.organization
+            if self.settings.project:
+                headers["openai-project"] = self.settings.project
+        return headers
+
+    def url(self, deployment: Deployment, operation: str) -> str:
+        return f"{self.base_url}/{operation}"
+
+    def prepare_chat_body(self, body: JSON, deployment: Deployment, *, stream: bool) -> JSON:
+        body["model"] = deployment.model
+        if stream:
+            body["stream"] = True
+            # Always ask for usage so the gateway can account for every stream; the engine
+            # hides the usage chunk from callers who did not ask for it.
+            options = body.get("stream_options") or {}
+            options["include_usage"] = True
+            body["stream_options"] = options
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        return body
+
+    def chat_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
+        body = self.prepare_chat_body(body, deployment, stream=stream)
+        return UpstreamRequest(
+            "POST", self.url(deployment, "chat/completions"), self.headers, orjson.dumps(body)
+        )
+
+    def chat_response(self, body: bytes, deployment: Deployment) -> JSON:
+        return parse_json_object(body, self, deployment)
+
+    def chat_stream(self, deployment: Deployment) -> StreamTranslator:
+        return OpenAIStreamTranslator(self, deployment)
+
+    def embeddings_request(self, body: JSON, deployment: Deployment) -> UpstreamRequest:
+        body["model"] = deployment.model
+        return UpstreamRequest(
+            "POST", self.url(deployment, "embeddings"), self.headers, orjson.dumps(body)
+        )

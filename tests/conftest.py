@@ -1,0 +1,42 @@
+"""Fixtures: upstream emulators and gateways served over real HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+
+from gateway.server import create_app
+from tests.emulators.openai_api import OpenAIEmulator
+from tests.harness import ServerThread
+
+GatewayFactory = Callable[[dict[str, Any]], str]
+
+
+@pytest.fixture(scope="session")
+def openai_upstream() -> Iterator[OpenAIEmulator]:
+    emulator = OpenAIEmulator()
+    with ServerThread(emulator.app) as server:
+        emulator.url = server.url
+        yield emulator
+
+
+@pytest.fixture
+def openai_emu(openai_upstream: OpenAIEmulator) -> OpenAIEmulator:
+    """The session's OpenAI emulator, with no recorded requests and no queued faults."""
+    openai_upstream.reset()
+    return openai_upstream
+
+
+@pytest.fixture(scope="module")
+def start_gateway() -> Iterator[GatewayFactory]:
+    """Start a gateway for a config mapping on a free port; returns its base URL (…/v1)."""
+    with ExitStack() as stack:
+
+        def start(config: dict[str, Any]) -> str:
+            server = stack.enter_context(ServerThread(create_app(config)))
+            return server.url + "/v1"
+
+        yield start
