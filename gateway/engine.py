@@ -113,8 +113,7 @@ class ChunkStream:
                     "before it was complete; the answer above is partial",
                 )
         except GatewayError as exc:
-            exc.provider = exc.provider or dep.provider_name
-            exc.deployment = exc.deployment or dep.id
+            exc.attribute(dep.provider_name, dep.id)
             raise
         finally:
             await self._response.close()
@@ -224,10 +223,7 @@ class Engine:
                 raise provider.error(response.status, response.headers, raw, dep)
             return response
         except GatewayError as exc:
-            exc.provider = exc.provider or provider.name
-            exc.deployment = exc.deployment or dep.id
-            if exc.provider and provider.name not in exc.message:
-                exc.message = f"provider '{provider.name}' (deployment '{dep.id}'): {exc.message}"
+            exc.attribute(provider.name, dep.id)
             raise
         finally:
             info.upstream_seconds += time.perf_counter() - start

@@ -50,6 +50,14 @@ class GatewayError(Exception):
             return self._retryable
         return self.status in (408, 409, 429) or self.status >= 500
 
+    def attribute(self, provider: str, deployment: str) -> GatewayError:
+        """Record which provider/deployment failed, and say so in the message."""
+        self.provider = self.provider or provider
+        self.deployment = self.deployment or deployment
+        if f"'{provider}'" not in self.message:
+            self.message = f"provider '{provider}' (deployment '{deployment}'): {self.message}"
+        return self
+
     def to_body(self) -> dict[str, Any]:
         """The OpenAI-style error body."""
         return {

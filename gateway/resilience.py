@@ -29,8 +29,7 @@ async def run_plan(plan: Plan, attempt: Callable[[Deployment], Awaitable[T]], in
         try:
             return await attempt(deployment)
         except GatewayError as exc:
-            exc.provider = exc.provider or deployment.provider_name
-            exc.deployment = exc.deployment or deployment.id
+            exc.attribute(deployment.provider_name, deployment.id)
             if not exc.retryable:
                 raise
             last = exc
