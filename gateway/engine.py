@@ -133,7 +133,7 @@ class Engine:
     # -- public operations -------------------------------------------------------------
     async def chat(self, request: ChatCompletionRequest, info: CallInfo) -> JSON:
         """A complete (non-streaming) chat completion."""
-        plan = self.router.plan(request.model, request.fallbacks)
+        plan = self.router.plan(request.model, request.fallbacks, request.needs())
         info.model = request.model
 
         async def attempt(dep: Deployment) -> JSON:
@@ -149,7 +149,7 @@ class Engine:
 
     async def chat_stream(self, request: ChatCompletionRequest, info: CallInfo) -> ChunkStream:
         """Open a streaming chat completion; returns once an upstream has accepted it."""
-        plan = self.router.plan(request.model, request.fallbacks)
+        plan = self.router.plan(request.model, request.fallbacks, request.needs())
         info.model = request.model
 
         async def attempt(dep: Deployment) -> ChunkStream:
@@ -169,7 +169,7 @@ class Engine:
 
     async def embeddings(self, request: EmbeddingRequest, info: CallInfo) -> JSON:
         """Embeddings for one or more inputs."""
-        plan = self.router.plan(request.model, request.fallbacks)
+        plan = self.router.plan(request.model, request.fallbacks, request.needs())
         info.model = request.model
 
         async def attempt(dep: Deployment) -> JSON:

@@ -58,8 +58,14 @@ class Router:
     def models(self) -> list[str]:
         return list(self.deployments)
 
-    def plan(self, model: str, fallbacks: list[str] | None = None) -> Plan:
-        """The Plan for ``model``; ``fallbacks`` (per request) replaces the configured chain."""
+    def plan(
+        self, model: str, fallbacks: list[str] | None = None, needs: frozenset[str] = frozenset()
+    ) -> Plan:
+        """The Plan for ``model``; ``fallbacks`` (per request) replaces the configured chain.
+
+        Deployments whose provider lacks a needed capability (tools, streaming, …) are left
+        out; if that leaves none, the request is refused with the reason.
+        """
         if model not in self.deployments:
             raise NotFoundError(
                 f"model '{model}' is not served by this gateway; available models: "
@@ -67,14 +73,28 @@ class Router:
                 param="model",
             )
         chain = self.fallbacks[model] if fallbacks is None else fallbacks
-        plan = Plan(model, weighted_order(self.deployments[model], self._rng))
         for fb in chain:
             if fb not in self.deployments:
                 raise InvalidRequestError(
                     f"fallback model '{fb}' is not served by this gateway", param="fallbacks"
                 )
-            if fb != model:
-                plan.attempts.extend(weighted_order(self.deployments[fb], self._rng))
+        plan = Plan(model)
+        lacking: dict[str, list[str]] = {}
+        for name in (model, *(fb for fb in chain if fb != model)):
+            able = []
+            for dep in self.deployments[name]:
+                missing = dep.provider.capabilities.lacks(needs)
+                if missing:
+                    lacking[dep.id] = missing
+                else:
+                    able.append(dep)
+            plan.attempts.extend(weighted_order(able, self._rng))
+        if not plan.attempts:
+            reasons = "; ".join(f"{d} lacks {', '.join(m)}" for d, m in lacking.items())
+            raise InvalidRequestError(
+                f"no deployment of model '{model}' can serve this request: {reasons}",
+                code="unsupported_feature",
+            )
         return plan
 
 

@@ -75,6 +75,23 @@ class ChatCompletionRequest(_Open):
         body = self.model_dump(exclude_unset=True, exclude=set(GATEWAY_FIELDS))
         return body
 
+    def needs(self) -> frozenset[str]:
+        """Capabilities (see providers.base.Capabilities) a deployment must have to serve this."""
+        needs = {"chat"}
+        if self.stream:
+            needs.add("streaming")
+        if self.tools:
+            needs.add("tools")
+        fmt = (self.response_format or {}).get("type")
+        if fmt in ("json_object", "json_schema"):
+            needs.add(fmt)
+        if self.n is not None and self.n > 1:
+            needs.add("multiple_choices")
+        last = self.messages[-1]
+        if last.role == "assistant" and (last.model_extra or {}).get("prefix"):
+            needs.add("assistant_prefill")
+        return frozenset(needs)
+
     @property
     def wants_stream_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
@@ -92,6 +109,9 @@ class EmbeddingRequest(_Open):
 
     def upstream_body(self) -> JSON:
         return self.model_dump(exclude_unset=True, exclude=set(GATEWAY_FIELDS))
+
+    def needs(self) -> frozenset[str]:
+        return frozenset({"embeddings"})
 
 
 # --- responses ------------------------------------------------------------------------------

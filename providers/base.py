@@ -47,6 +47,10 @@ class Capabilities:
     usage_in_stream: bool = True
     assistant_prefill: bool = False
 
+    def lacks(self, needs: frozenset[str]) -> list[str]:
+        """The needed features (capability field names) this provider does not have."""
+        return [n for n in sorted(needs) if not getattr(self, n, False)]
+
 
 class TimeoutSettings(BaseModel):
     """Seconds to connect and to wait for each next byte from this provider."""
