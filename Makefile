@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+LINTED := gateway providers tests $(wildcard benchmarks)
 
 .PHONY: serve test lint typecheck bench clean
 
@@ -18,8 +19,8 @@ serve: $(STAMP)
 	$(BIN)/llm-gateway serve $(if $(CONFIG),--config $(CONFIG),)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway providers tests benchmarks
-	$(BIN)/ruff format --check gateway providers tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -69,6 +69,9 @@ class GatewayError(Exception):
             }
         }
 
+    def __str__(self) -> str:
+        return self.message
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(status={self.status}, code={self.code!r}, {self.message!r})"
 

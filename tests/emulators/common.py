@@ -35,6 +35,8 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     cut_after: int | None = None
+    stall_after: int | None = None  # stream: go silent after this many events …
+    stall_seconds: float = 0.0  # … for this long
 
 
 class EmulatorBase:
@@ -91,13 +93,19 @@ def fault_response(fault: Fault) -> Response:
     )
 
 
-def sse_response(events: list[bytes], cut_after: int | None = None) -> StreamingResponse:
-    """Stream pre-encoded SSE events; with ``cut_after`` the connection ends early."""
+def sse_response(events: list[bytes], cut_after: int | None = None,
+                 fault: Fault | None = None) -> StreamingResponse:
+    """Stream pre-encoded SSE events; with ``cut_after`` the connection ends early, with a
+    fault's ``stall_after`` the stream goes silent for ``stall_seconds`` mid-way."""
+    if fault is not None and fault.cut_after is not None:
+        cut_after = fault.cut_after
 
     async def body() -> AsyncIterator[bytes]:
         for i, event in enumerate(events):
             if cut_after is not None and i >= cut_after:
                 return
+            if fault is not None and fault.stall_after == i:
+                await asyncio.sleep(fault.stall_seconds)
             yield event
             await asyncio.sleep(0)
 

@@ -172,7 +172,7 @@ class OpenAIEmulator(EmulatorBase):
         if (denied := self.check_auth(request)) is not None:
             return denied
         fault = await self.take_fault()
-        if fault is not None and fault.cut_after is None:
+        if fault is not None and fault.cut_after is None and fault.stall_after is None:
             return fault_response(fault)
         body = rec.body
         if not isinstance(body, dict) or "messages" not in body or "model" not in body:
@@ -195,7 +195,7 @@ class OpenAIEmulator(EmulatorBase):
         if body.get("stream"):
             include = bool((body.get("stream_options") or {}).get("include_usage"))
             events = [sse(c) for c in chunks(answer, include)] + [b"data: [DONE]\n\n"]
-            return sse_response(events, fault.cut_after if fault else None)
+            return sse_response(events, fault=fault)
         return json_response(answer)
 
     async def embeddings(self, request: Request) -> Response:
