@@ -19,6 +19,12 @@ from gateway.errors import ConfigError
 from providers import provider_class, provider_types
 from providers.base import ProviderSettings
 
+# A placeholder that is a whole unquoted value (``key: ${VAR}``, also inside ``{…}`` flow
+# mappings, where YAML would otherwise read its braces as structure): quoted before parsing.
+_BARE_VALUE = re.compile(
+    r"(:[ \t]+)(\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\s,\"']*)?\})(?=[ \t]*(?:[,}\]\n#]|$))"
+)
+_SECRETISH = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -107,10 +113,17 @@ def interpolate(value: Any, path: str, errors: list[str]) -> Any:
     return result if result != "" else None
 
 
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def _format(exc: ValidationError, prefix: str) -> list[str]:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
+        loc = _path(err["loc"])
         path = ".".join(p for p in (prefix, loc) if p)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -123,16 +136,17 @@ def _format(exc: ValidationError, prefix: str) -> list[str]:
             if err["type"] in ("missing", "extra_forbidden") or isinstance(got, dict)
             else (f" (got {got!r})" if not isinstance(got, str) or len(got) < 60 else "")
         )
-        if "api_key" in path or "master_key" in path:
-            shown = ""  # never echo secrets
+        if _SECRETISH.search(path):
+            shown = ""  # never echo what may be a secret, whatever its type
         lines.append(f"{path or '<root>'}: {msg}{shown}")
     return lines
 
 
 def load_config(data: dict[str, Any] | None) -> GatewayConfig:
     """Validate a parsed config mapping; raise ConfigError listing every problem."""
+    unset: list[str] = []
+    raw = interpolate(data if data is not None else {}, "", unset)
     errors: list[str] = []
-    raw = interpolate(data if data is not None else {}, "", errors)
     if not isinstance(raw, dict):
         raise ConfigError(
             "<root>: expected a mapping of sections (server, auth, providers, models)"
@@ -150,6 +164,12 @@ def load_config(data: dict[str, Any] | None) -> GatewayConfig:
             continue
         try:
             cls = provider_class(str(entry["type"]))
+        except ImportError as exc:
+            errors.append(
+                f"{path}.type: the adapter for {entry['type']!r} cannot be loaded "
+                f"({exc}); reinstall llm-gateway or the plugin that provides it"
+            )
+            continue
         except KeyError:
             errors.append(
                 f"{path}.type: unknown provider type {entry['type']!r}; "
@@ -168,24 +188,45 @@ def load_config(data: dict[str, Any] | None) -> GatewayConfig:
     except ValidationError as exc:
         errors.extend(_format(exc, ""))
 
+    errors.extend(_reference_problems(raw, raw_providers))
     if config is not None:
         config.providers = providers
-        for model, mcfg in config.models.items():
-            for i, dep in enumerate(mcfg.deployments):
-                if dep.provider not in raw_providers:
-                    errors.append(
-                        f"models.{model}.deployments[{i}].provider: no provider named "
-                        f"{dep.provider!r}; defined: {', '.join(raw_providers) or 'none'}"
-                    )
-            for fb in mcfg.fallbacks:
-                if fb not in config.models:
-                    errors.append(f"models.{model}.fallbacks: {fb!r} is not a model in 'models'")
-                elif fb == model:
-                    errors.append(f"models.{model}.fallbacks: a model cannot fall back to itself")
+    # An unset variable also makes its value invalid; report only the cause.
+    unset_paths = {line.partition(": ")[0] for line in unset}
+    errors = unset + [e for e in errors if e.partition(": ")[0] not in unset_paths]
     if errors:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
     assert config is not None
     return config
+
+
+def _reference_problems(raw: dict[str, Any], providers: dict[str, Any]) -> list[str]:
+    """Deployments naming undefined providers and fallbacks naming undefined models.
+
+    Checked on the raw mapping so they are reported even when other parts are invalid.
+    """
+    problems: list[str] = []
+    models = raw.get("models")
+    if not isinstance(models, dict):
+        return problems
+    for model, mcfg in models.items():
+        if not isinstance(mcfg, dict):
+            continue
+        deployments = mcfg.get("deployments")
+        for i, dep in enumerate(deployments if isinstance(deployments, list) else []):
+            name = dep.get("provider") if isinstance(dep, dict) else None
+            if isinstance(name, str) and name not in providers:
+                problems.append(
+                    f"models.{model}.deployments[{i}].provider: no provider named {name!r}; "
+                    f"defined: {', '.join(providers) or 'none'}"
+                )
+        fallbacks = mcfg.get("fallbacks")
+        for fb in fallbacks if isinstance(fallbacks, list) else []:
+            if fb == model:
+                problems.append(f"models.{model}.fallbacks: a model cannot fall back to itself")
+            elif isinstance(fb, str) and fb not in models:
+                problems.append(f"models.{model}.fallbacks: {fb!r} is not a model in 'models'")
+    return problems
 
 
 def load_config_file(path: str | Path) -> GatewayConfig:
@@ -196,9 +237,15 @@ def load_config_file(path: str | Path) -> GatewayConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(_BARE_VALUE.sub(r'\1"\2"', text))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+        # Only the position and the problem: PyYAML's snippet could show a secret.
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ConfigError(f"{p} is not valid YAML{where}: {problem}") from None
     return load_config(data)
 
 

@@ -254,6 +254,9 @@ class Gateway:
         self.models = _Models(self._async.models, self._runner)
 
     def close(self) -> None:
+        """Close upstream connections and stop the loop thread; safe to call twice."""
+        if self._runner.loop.is_closed():
+            return
         self._runner.run(self._async.aclose())
         self._runner.stop()
 

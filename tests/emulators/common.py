@@ -93,8 +93,9 @@ def fault_response(fault: Fault) -> Response:
     )
 
 
-def sse_response(events: list[bytes], cut_after: int | None = None,
-                 fault: Fault | None = None) -> StreamingResponse:
+def sse_response(
+    events: list[bytes], cut_after: int | None = None, fault: Fault | None = None
+) -> StreamingResponse:
     """Stream pre-encoded SSE events; with ``cut_after`` the connection ends early, with a
     fault's ``stall_after`` the stream goes silent for ``stall_seconds`` mid-way."""
     if fault is not None and fault.cut_after is not None:
