@@ -175,6 +175,7 @@ class Engine:
         async def attempt(dep: Deployment) -> JSON:
             provider = dep.provider
             upstream = provider.embeddings_request(request.upstream_body(), dep)
+            info.dropped_params = upstream.dropped_params
             raw = await self._exchange(provider, dep, upstream, info)
             return provider.embeddings_response(raw, dep)
 
