@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import date
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
@@ -42,6 +43,8 @@ from providers.openai import OpenAIProvider, OpenAIStreamTranslator
 _API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2})(-preview)?$|^(preview|latest)$")
 # The first api-version that accepts stream_options (usage in streams).
 STREAM_OPTIONS_SINCE = "2024-09-01"
+# The first api-version with response_format json_schema (structured outputs).
+JSON_SCHEMA_SINCE = "2024-08-01"
 
 
 class AzureSettings(ProviderSettings):
@@ -121,12 +124,17 @@ class AzureSettings(ProviderSettings):
         return self
 
 
-def accepts_stream_options(settings: AzureSettings) -> bool:
-    """Whether this api-version knows ``stream_options`` (older ones answer 400 to it)."""
+def api_version_at_least(settings: AzureSettings, since: str) -> bool:
+    """Whether the configured api-version is ``since`` or newer (v1 and undated: newest)."""
     if settings.api_style == "v1" or settings.api_version is None:
         return True
     dated = _API_VERSION.match(settings.api_version)
-    return dated is None or dated.group(1) is None or dated.group(1) >= STREAM_OPTIONS_SINCE
+    return dated is None or dated.group(1) is None or dated.group(1) >= since
+
+
+def accepts_stream_options(settings: AzureSettings) -> bool:
+    """Whether this api-version knows ``stream_options`` (older ones answer 400 to it)."""
+    return api_version_at_least(settings, STREAM_OPTIONS_SINCE)
 
 
 class AzureStreamTranslator(OpenAIStreamTranslator):
@@ -179,9 +187,8 @@ class AzureProvider(OpenAIProvider):
 
     type_name: ClassVar[str] = "azure"
     settings_model: ClassVar[type[ProviderSettings]] = AzureSettings
-    # For current api-versions. Older ones lack json_schema (before 2024-08-01-preview) and
-    # stream usage (before 2024-09-01-preview); for the latter stream_options is not sent.
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    # For current api-versions; __init__ narrows it for older ones.
+    capabilities = Capabilities(
         chat=True,
         streaming=True,
         tools=True,
@@ -204,6 +211,11 @@ class AzureProvider(OpenAIProvider):
         version = settings.api_version
         self._query = f"?api-version={quote(version, safe='')}" if version else ""
         self.stream_options_accepted = accepts_stream_options(settings)
+        self.capabilities = replace(
+            self.capabilities,
+            json_schema=api_version_at_least(settings, JSON_SCHEMA_SINCE),
+            usage_in_stream=self.stream_options_accepted,
+        )
 
     def auth_headers(self) -> dict[str, str]:
         if self.azure.api_key is not None:

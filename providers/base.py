@@ -107,7 +107,9 @@ class Provider(ABC):
 
     type_name: ClassVar[str]
     settings_model: ClassVar[type[ProviderSettings]] = ProviderSettings
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    # What the adapter type supports; an instance may narrow it from its settings
+    # (e.g. an old Azure api-version without json_schema).
+    capabilities: Capabilities = Capabilities()
     # Providers that answer in-process (mock) bring their own transport.
     transport: Transport | None = None
 

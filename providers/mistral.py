@@ -244,7 +244,7 @@ class MistralProvider(Provider):
 
     type_name: ClassVar[str] = "mistral"
     settings_model: ClassVar[type[ProviderSettings]] = MistralSettings
-    capabilities: ClassVar[Capabilities] = Capabilities(
+    capabilities = Capabilities(
         streamed_tool_call_deltas=False, logprobs=False, assistant_prefill=True
     )
 

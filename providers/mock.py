@@ -213,7 +213,7 @@ class MockProvider(OpenAIProvider):
 
     type_name: ClassVar[str] = "mock"
     settings_model: ClassVar[type[ProviderSettings]] = MockSettings
-    capabilities: ClassVar[Capabilities] = Capabilities(logprobs=False)
+    capabilities = Capabilities(logprobs=False)
 
     def __init__(self, name: str, settings: ProviderSettings) -> None:
         super().__init__(name, settings)

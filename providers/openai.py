@@ -69,7 +69,7 @@ class OpenAIProvider(Provider):
 
     type_name: ClassVar[str] = "openai"
     settings_model: ClassVar[type[ProviderSettings]] = OpenAISettings
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    capabilities = Capabilities()
 
     def __init__(self, name: str, settings: ProviderSettings) -> None:
         super().__init__(name, settings)

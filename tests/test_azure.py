@@ -602,3 +602,29 @@ def test_settings_accept_an_unquoted_yaml_api_version():
     )
     settings = load_config(data).providers["az"]
     assert isinstance(settings, AzureSettings) and settings.api_version == API_VERSION
+
+
+def test_old_api_version_narrows_capabilities_so_json_schema_is_routed_elsewhere() -> None:
+    from gateway.config import load_config
+    from gateway.errors import InvalidRequestError
+    from gateway.routing import Router
+
+    router = Router(
+        load_config(
+            {
+                "providers": {
+                    "old": {
+                        "type": "azure",
+                        "endpoint": "https://x.openai.azure.com",
+                        "api_key": "k",
+                        "api_version": "2024-06-01",
+                    }
+                },
+                "models": {"m": {"deployments": [{"provider": "old", "deployment": "d"}]}},
+            }
+        )
+    )
+    caps = router.providers["old"].capabilities
+    assert caps.json_schema is False and caps.usage_in_stream is False and caps.tools is True
+    with pytest.raises(InvalidRequestError, match="lacks json_schema"):
+        router.plan("m", None, frozenset({"chat", "json_schema"}))

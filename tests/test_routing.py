@@ -71,14 +71,14 @@ def test_unknown_model_lists_available_models():
 
 def test_deployments_lacking_a_needed_capability_are_skipped():
     r = router()
-    r.providers["a"].capabilities = Capabilities(tools=False)  # type: ignore[misc]
+    r.providers["a"].capabilities = Capabilities(tools=False)
     ids = {d.id for d in r.plan("big", [], frozenset({"chat", "tools"})).attempts}
     assert ids == {"b/m"}
 
 
 def test_request_no_deployment_can_serve_is_refused_with_reason():
     r = router()
-    r.providers["c"].capabilities = Capabilities(tools=False)  # type: ignore[misc]
+    r.providers["c"].capabilities = Capabilities(tools=False)
     with pytest.raises(InvalidRequestError, match="c/o lacks tools"):
         r.plan("other", [], frozenset({"chat", "tools"}))
 
