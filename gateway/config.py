@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -32,12 +32,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_M = TypeVar("_M", bound=_Strict)
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=4000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    request_timeout: float = Field(default=600.0, gt=0, description="Total seconds per request.")
 
 
 class AuthConfig(_Strict):
@@ -51,6 +53,8 @@ class DeploymentConfig(_Strict):
     base_model: str | None = None
     weight: float = Field(default=1.0, gt=0)
     region: str | None = None
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute quota.")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute quota.")
 
     @model_validator(mode="after")
     def _needs_a_name(self) -> DeploymentConfig:
@@ -63,14 +67,73 @@ class DeploymentConfig(_Strict):
         return self.deployment or self.model or ""
 
 
+Strategy = Literal["weighted", "round-robin", "least-busy", "latency"]
+
+
+class RetryConfig(_Strict):
+    """How often to try again, and how long to wait in between."""
+
+    attempts_per_deployment: int = Field(default=2, ge=1, le=10)
+    attempts_per_request: int = Field(default=5, ge=1, le=30)
+    initial_backoff: float = Field(default=0.25, ge=0, description="Seconds; doubles per retry.")
+    max_backoff: float = Field(default=8.0, ge=0)
+    max_retry_after: float = Field(
+        default=10.0,
+        ge=0,
+        description="An upstream Retry-After longer than this fails over instead of waiting.",
+    )
+
+
+class TimeoutConfig(_Strict):
+    """Seconds; connect, first_token and idle default to each provider's own timeouts."""
+
+    connect: float | None = Field(default=None, gt=0)
+    first_token: float | None = Field(default=None, gt=0)
+    idle: float | None = Field(default=None, gt=0)
+    total: float = Field(default=600.0, gt=0, description="All attempts of one request.")
+
+
+class CircuitConfig(_Strict):
+    """When a deployment is taken out of rotation, and when it is tried again."""
+
+    enabled: bool = True
+    consecutive_failures: int = Field(default=5, ge=1)
+    error_ratio: float = Field(default=0.5, gt=0, le=1)
+    min_requests: int = Field(default=20, ge=1, description="Before error_ratio applies.")
+    window: float = Field(default=30.0, gt=0, description="Seconds of history for the ratio.")
+    cooldown: float = Field(default=30.0, gt=0, description="Seconds open before a probe.")
+
+
+class RoutingConfig(_Strict):
+    """Defaults for every model; a model may override strategy, retries and timeouts."""
+
+    strategy: Strategy = "weighted"
+    retries: RetryConfig = Field(default_factory=RetryConfig)
+    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+    fallback_on_content_filter: bool = False
+    continue_streams: bool = Field(
+        default=True,
+        description="Continue a cut stream on a fallback that supports assistant prefill.",
+    )
+
+
 class ModelConfig(_Strict):
     deployments: list[DeploymentConfig] = Field(min_length=1)
     fallbacks: list[str] = Field(default_factory=list)
+    context_window_fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Larger-context models tried at once on context_length_exceeded.",
+    )
+    strategy: Strategy | None = None
+    retries: RetryConfig | None = None
+    timeouts: TimeoutConfig | None = None
 
 
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
@@ -200,6 +263,13 @@ def load_config(data: dict[str, Any] | None) -> GatewayConfig:
     return config
 
 
+def overridden(base: _M, override: _M | None) -> _M:
+    """``base`` with the fields that ``override`` sets explicitly."""
+    if override is None:
+        return base
+    return base.model_copy(update=override.model_dump(include=override.model_fields_set))
+
+
 def _reference_problems(raw: dict[str, Any], providers: dict[str, Any]) -> list[str]:
     """Deployments naming undefined providers and fallbacks naming undefined models.
 
@@ -220,12 +290,13 @@ def _reference_problems(raw: dict[str, Any], providers: dict[str, Any]) -> list[
                     f"models.{model}.deployments[{i}].provider: no provider named {name!r}; "
                     f"defined: {', '.join(providers) or 'none'}"
                 )
-        fallbacks = mcfg.get("fallbacks")
-        for fb in fallbacks if isinstance(fallbacks, list) else []:
-            if fb == model:
-                problems.append(f"models.{model}.fallbacks: a model cannot fall back to itself")
-            elif isinstance(fb, str) and fb not in models:
-                problems.append(f"models.{model}.fallbacks: {fb!r} is not a model in 'models'")
+        for key in ("fallbacks", "context_window_fallbacks"):
+            chain = mcfg.get(key)
+            for fb in chain if isinstance(chain, list) else []:
+                if fb == model:
+                    problems.append(f"models.{model}.{key}: a model cannot fall back to itself")
+                elif isinstance(fb, str) and fb not in models:
+                    problems.append(f"models.{model}.{key}: {fb!r} is not a model in 'models'")
     return problems
 
 

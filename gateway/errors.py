@@ -50,6 +50,17 @@ class GatewayError(Exception):
             return self._retryable
         return self.status in (408, 409, 429) or self.status >= 500
 
+    @property
+    def failover(self) -> bool:
+        """Whether *another* deployment may succeed where this one failed: transient errors,
+        and upstream answers that are about the deployment (its key, its model name, its
+        account's quota) rather than about the request."""
+        return (
+            self.retryable
+            or (self.provider is not None and self.status in (401, 403, 404))
+            or self.code == "insufficient_quota"
+        )
+
     def attribute(self, provider: str, deployment: str) -> GatewayError:
         """Record which provider/deployment failed, and say so in the message."""
         self.provider = self.provider or provider
@@ -174,6 +185,10 @@ class StreamInterruptedError(GatewayError):
     status = 502
     type = "upstream_error"
     code = "stream_interrupted"
+
+
+class MalformedEventError(Exception):
+    """One stream event could not be decoded; the stream guard skips and counts it."""
 
 
 class ConfigError(Exception):

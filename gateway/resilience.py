@@ -1,15 +1,38 @@
-"""Running a Plan: try its deployments in order until one answers.
+"""Running a Plan: retries on one deployment, then fail-over along the Plan.
 
-An attempt that fails with a retryable error (connection refused, timeout, 429, 5xx) moves on
-to the next deployment in the Plan; any other error is the caller's answer at once.
+Per deployment, tenacity retries what is transient (connection failures, timeouts, 408, 409,
+429 except ``insufficient_quota``, 5xx), waiting as long as the upstream asked
+(``retry-after-ms``, ``x-ms-retry-after-ms``, ``Retry-After``) or else exponential backoff with
+full jitter. A requested wait longer than ``max_retry_after`` or than the request has left is
+not slept: the loop fails over instead. Errors that are about the request (400, 422, content
+filter) end the request at once; ``context_length_exceeded`` jumps to the model's
+context-window fallbacks. Every attempt passes the deployment's circuit breaker and quota
+(``HealthBoard``) and reports its outcome back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-from gateway.errors import GatewayError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
+
+from gateway.config import RetryConfig
+from gateway.errors import ContentFilterError, ContextLengthExceededError, GatewayError
+from gateway.health import HealthBoard, Ticket, retry_after_seconds
 
 if TYPE_CHECKING:
     from gateway.engine import CallInfo
@@ -19,22 +42,197 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-async def run_plan(plan: Plan, attempt: Callable[[Deployment], Awaitable[T]], info: CallInfo) -> T:
-    """Run ``attempt`` on each deployment of the plan until one succeeds."""
+@dataclass(slots=True)
+class AttemptRecord:
+    """One upstream attempt, kept for headers, logs and the ledger."""
+
+    deployment: str
+    model: str
+    started: float
+    seconds: float
+    status: int | None = None  # None: no HTTP answer (connection failure, timeout)
+    error: str | None = None
+
+
+class _Unavailable(Exception):
+    """The deployment cannot be admitted now (open circuit, quota); the Plan moves on."""
+
+    def __init__(self, deployment: Deployment, reason: str) -> None:
+        super().__init__(reason)
+        self.deployment = deployment
+        self.reason = reason
+
+
+def _error_of(state: RetryCallState) -> GatewayError | None:
+    outcome = state.outcome
+    exc = outcome.exception() if outcome is not None else None
+    return exc if isinstance(exc, GatewayError) else None
+
+
+class wait_for_upstream(wait_base):
+    """The upstream's requested wait if it gave one, else full-jitter exponential backoff;
+    never longer than what the request has left."""
+
+    def __init__(self, retries: RetryConfig, deadline: float) -> None:
+        self.backoff = wait_random_exponential(
+            multiplier=retries.initial_backoff, max=retries.max_backoff
+        )
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        error = _error_of(retry_state)
+        asked = retry_after_seconds(error) if error is not None else None
+        wait = asked if asked is not None else self.backoff(retry_state)
+        return max(0.0, min(wait, self.deadline - time.monotonic()))
+
+
+class stop_when_waiting_is_futile(stop_base):
+    """Stop retrying this deployment when the wait it asks for is over the cap or past the
+    request's deadline, when the request's attempt budget is spent, or when its circuit has
+    just opened: failing over beats sleeping."""
+
+    def __init__(
+        self,
+        retries: RetryConfig,
+        deadline: float,
+        info: CallInfo,
+        health: HealthBoard,
+        deployment: Deployment,
+    ) -> None:
+        self.retries = retries
+        self.deadline = deadline
+        self.info = info
+        self.health = health
+        self.deployment = deployment
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        if self.info.attempts >= self.retries.attempts_per_request:
+            return True
+        remaining = self.deadline - time.monotonic()
+        error = _error_of(retry_state)
+        asked = retry_after_seconds(error) if error is not None else None
+        if asked is not None:
+            # A 429's pause also opens the circuit for others; this retry waits it out.
+            return asked > self.retries.max_retry_after or asked >= remaining
+        return remaining <= 0 or self.health.unavailable(self.deployment) is not None
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, GatewayError) and exc.retryable
+
+
+async def run_plan(
+    plan: Plan,
+    attempt: Callable[[Deployment, Ticket], Awaitable[T]],
+    info: CallInfo,
+    health: HealthBoard,
+    *,
+    deadline: float,
+    fallback_on_content_filter: bool = False,
+    settle_on_success: bool = True,
+    tokens: int = 0,
+) -> T:
+    """Try the Plan's deployments in order (each with retries) until one succeeds.
+
+    ``attempt`` gets the deployment and its admission ticket. With ``settle_on_success``
+    false the caller owns a successful attempt's ticket (a stream settles it when it ends).
+    """
+    retries = plan.policy.retries
+    queue = deque(plan.attempts)
+    on_context_fallbacks = False
     last: GatewayError | None = None
-    for deployment in plan.attempts:
-        info.attempts += 1
-        info.provider = deployment.provider_name
-        info.deployment = deployment.id
+    unavailable: list[_Unavailable] = []
+    while queue and info.attempts < retries.attempts_per_request:
+        dep = queue.popleft()
+        retrying = AsyncRetrying(
+            stop=stop_any(
+                stop_after_attempt(retries.attempts_per_deployment),
+                stop_when_waiting_is_futile(retries, deadline, info, health, dep),
+            ),
+            wait=wait_for_upstream(retries, deadline),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+            sleep=asyncio.sleep,
+        )
         try:
-            return await attempt(deployment)
+            async for try_ in retrying:
+                with try_:
+                    result = await _one_attempt(
+                        dep, attempt, info, health, tokens, settle_on_success
+                    )
+            info.fallback_used = plan.uses_fallback(dep)
+            return result
+        except _Unavailable as skipped:
+            unavailable.append(skipped)
         except GatewayError as exc:
-            exc.attribute(deployment.provider_name, deployment.id)
-            if not exc.retryable:
-                raise
             last = exc
-    if last is None:  # an empty plan cannot be built by the Router; kept for safety
-        raise GatewayError(f"model '{plan.model}' has no deployment to try", status=503)
+            if isinstance(exc, ContextLengthExceededError) or exc.code == "context_length_exceeded":
+                if plan.context_attempts and not on_context_fallbacks:
+                    queue = deque(plan.context_attempts)
+                    on_context_fallbacks = True
+                    continue
+                raise
+            if isinstance(exc, ContentFilterError) or exc.code == "content_filter":
+                if fallback_on_content_filter:
+                    continue
+                raise
+            if not exc.failover:
+                raise
+    if last is None:
+        raise _all_unavailable(plan, unavailable, health)
     if info.attempts > 1:
         last.message = f"all {info.attempts} attempts failed; last error: {last.message}"
     raise last
+
+
+async def _one_attempt(
+    dep: Deployment,
+    attempt: Callable[[Deployment, Ticket], Awaitable[T]],
+    info: CallInfo,
+    health: HealthBoard,
+    tokens: int,
+    settle_on_success: bool,
+) -> T:
+    ticket = health.admit(dep, tokens)
+    if ticket is None:
+        raise _Unavailable(dep, health.unavailable(dep, tokens) or "unavailable")
+    info.attempts += 1
+    info.provider = dep.provider_name
+    info.deployment = dep.id
+    started = time.monotonic()
+    record = AttemptRecord(dep.id, dep.model, time.time(), 0.0)
+    info.attempt_log.append(record)
+    try:
+        result = await attempt(dep, ticket)
+    except GatewayError as exc:
+        exc.attribute(dep.provider_name, dep.id)
+        record.seconds = time.monotonic() - started
+        record.status = exc.status if exc.code not in _NO_HTTP_ANSWER else None
+        record.error = exc.code or type(exc).__name__
+        health.finish(ticket, exc)
+        raise
+    except BaseException:
+        health.finish(ticket)  # cancelled (caller gone): says nothing about the deployment
+        raise
+    record.seconds = time.monotonic() - started
+    record.status = 200
+    if settle_on_success:
+        health.finish(ticket, latency=record.seconds)
+    return result
+
+
+_NO_HTTP_ANSWER = frozenset({"upstream_unreachable", "upstream_timeout", "stream_interrupted"})
+
+
+def _all_unavailable(plan: Plan, skipped: list[_Unavailable], health: HealthBoard) -> GatewayError:
+    reasons = "; ".join(f"{s.deployment.id}: {s.reason}" for s in skipped) or "none tried"
+    wait = health.retry_in([s.deployment for s in skipped])
+    headers = {"retry-after": str(max(1, round(wait)))} if wait is not None else {}
+    return GatewayError(
+        f"no deployment of model '{plan.model}' can take requests right now ({reasons}); "
+        "retry later",
+        status=503,
+        type="service_unavailable",
+        code="deployments_unavailable",
+        headers=headers,
+    )

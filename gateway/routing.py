@@ -1,22 +1,56 @@
-"""From a public model name to a Plan: the ordered deployments to try for one request."""
+"""From a public model name to a Plan: the ordered deployments to try for one request.
+
+A model's deployments are ordered by its strategy — ``weighted`` (random, heavier first),
+``round-robin``, ``least-busy`` (fewest in flight) or ``latency`` (power of two choices on the
+observed EWMA) — then come its fallback models' deployments, each ordered the same way.
+Deployments lacking a capability the request needs are left out.
+"""
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.config import GatewayConfig
+from gateway.config import (
+    GatewayConfig,
+    ModelConfig,
+    RetryConfig,
+    Strategy,
+    TimeoutConfig,
+    overridden,
+)
 from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.health import HealthBoard
 from providers import provider_class
 from providers.base import Deployment, Provider
 
 
+@dataclass(slots=True, frozen=True)
+class ModelPolicy:
+    """A model's effective strategy, retries and timeouts (global defaults + its overrides)."""
+
+    strategy: Strategy
+    retries: RetryConfig
+    timeouts: TimeoutConfig
+
+
 @dataclass(slots=True)
 class Plan:
-    """Deployments in the order they will be tried: the model's own, then its fallbacks'."""
+    """Deployments in the order they will be tried: the model's own, then its fallbacks'.
+
+    ``context_attempts`` replace the rest of the plan when a deployment answers
+    context_length_exceeded: retrying a model whose window is too small cannot succeed.
+    """
 
     model: str
+    policy: ModelPolicy
     attempts: list[Deployment] = field(default_factory=list)
+    context_attempts: list[Deployment] = field(default_factory=list)
+
+    def uses_fallback(self, deployment: Deployment) -> bool:
+        return deployment.public_model != self.model
 
 
 def weighted_order(deployments: list[Deployment], rng: random.Random) -> list[Deployment]:
@@ -27,33 +61,60 @@ def weighted_order(deployments: list[Deployment], rng: random.Random) -> list[De
 
 
 class Router:
-    """Knows every public model, its deployments and fallbacks, and builds Plans."""
+    """Knows every public model, its deployments, fallbacks and policy, and builds Plans."""
 
-    def __init__(self, config: GatewayConfig, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        health: HealthBoard | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.health = health or HealthBoard(config.routing.circuit)
         self.providers: dict[str, Provider] = {
             name: provider_class(settings.type)(name, settings)
             for name, settings in config.providers.items()
         }
         self.deployments: dict[str, list[Deployment]] = {}
-        self.fallbacks: dict[str, list[str]] = {}
+        self.configs: dict[str, ModelConfig] = dict(config.models)
+        self.policies: dict[str, ModelPolicy] = {}
         for model, mcfg in config.models.items():
-            deps = []
-            for i, d in enumerate(mcfg.deployments):
-                provider = self.providers[d.provider]
-                deps.append(
-                    Deployment(
-                        id=f"{d.provider}/{d.upstream_name}" + (f"#{i}" if _dup(mcfg, i) else ""),
-                        public_model=model,
-                        provider=provider,
-                        model=d.upstream_name,
-                        base_model=d.base_model,
-                        weight=d.weight,
-                        region=d.region or provider.region,
-                    )
-                )
-            self.deployments[model] = deps
-            self.fallbacks[model] = list(mcfg.fallbacks)
+            self.deployments[model] = [
+                self._deployment(model, mcfg, i) for i in range(len(mcfg.deployments))
+            ]
+            self.policies[model] = ModelPolicy(
+                strategy=mcfg.strategy or config.routing.strategy,
+                retries=overridden(config.routing.retries, mcfg.retries),
+                timeouts=overridden(config.routing.timeouts, mcfg.timeouts),
+            )
         self._rng = rng or random.Random()
+        self._turns: dict[str, itertools.count[int]] = {}
+        self._orderers: dict[Strategy, Callable[[str, list[Deployment]], list[Deployment]]] = {
+            "weighted": lambda _, deps: weighted_order(deps, self._rng),
+            "round-robin": self._round_robin,
+            "least-busy": self._least_busy,
+            "latency": self._lowest_latency,
+        }
+
+    def _deployment(self, model: str, mcfg: ModelConfig, i: int) -> Deployment:
+        d = mcfg.deployments[i]
+        provider = self.providers[d.provider]
+        same = [
+            x
+            for x in mcfg.deployments
+            if (x.provider, x.upstream_name) == (d.provider, d.upstream_name)
+        ]
+        return Deployment(
+            id=f"{d.provider}/{d.upstream_name}" + (f"#{i}" if len(same) > 1 else ""),
+            public_model=model,
+            provider=provider,
+            model=d.upstream_name,
+            base_model=d.base_model,
+            weight=d.weight,
+            region=d.region or provider.region,
+            rpm=d.rpm,
+            tpm=d.tpm,
+        )
 
     def models(self) -> list[str]:
         return list(self.deployments)
@@ -72,15 +133,33 @@ class Router:
                 f"{', '.join(sorted(self.deployments)) or 'none'}",
                 param="model",
             )
-        chain = self.fallbacks[model] if fallbacks is None else fallbacks
+        chain = self.configs[model].fallbacks if fallbacks is None else fallbacks
         for fb in chain:
             if fb not in self.deployments:
                 raise InvalidRequestError(
-                    f"fallback model '{fb}' is not served by this gateway", param="fallbacks"
+                    f"fallback model '{fb}' is not served by this gateway; available models: "
+                    f"{', '.join(sorted(self.deployments))}",
+                    param="fallbacks",
                 )
-        plan = Plan(model)
         lacking: dict[str, list[str]] = {}
-        for name in (model, *(fb for fb in chain if fb != model)):
+        plan = Plan(model, self.policies[model])
+        plan.attempts = self._ordered([model, *(fb for fb in chain if fb != model)], needs, lacking)
+        if not plan.attempts:
+            reasons = "; ".join(f"{d} lacks {', '.join(m)}" for d, m in lacking.items())
+            raise InvalidRequestError(
+                f"no deployment of model '{model}' can serve this request: {reasons}",
+                code="unsupported_feature",
+            )
+        plan.context_attempts = self._ordered(
+            self.configs[model].context_window_fallbacks, needs, {}
+        )
+        return plan
+
+    def _ordered(
+        self, models: list[str], needs: frozenset[str], lacking: dict[str, list[str]]
+    ) -> list[Deployment]:
+        out: list[Deployment] = []
+        for name in models:
             able = []
             for dep in self.deployments[name]:
                 missing = dep.provider.capabilities.lacks(needs)
@@ -88,17 +167,30 @@ class Router:
                     lacking[dep.id] = missing
                 else:
                     able.append(dep)
-            plan.attempts.extend(weighted_order(able, self._rng))
-        if not plan.attempts:
-            reasons = "; ".join(f"{d} lacks {', '.join(m)}" for d, m in lacking.items())
-            raise InvalidRequestError(
-                f"no deployment of model '{model}' can serve this request: {reasons}",
-                code="unsupported_feature",
-            )
-        return plan
+            out.extend(self._orderers[self.policies[name].strategy](name, able))
+        return out
 
+    # -- strategies --------------------------------------------------------------------
+    def _round_robin(self, model: str, deps: list[Deployment]) -> list[Deployment]:
+        if len(deps) <= 1:
+            return deps
+        turn = next(self._turns.setdefault(model, itertools.count())) % len(deps)
+        return deps[turn:] + deps[:turn]
 
-def _dup(mcfg: object, i: int) -> bool:
-    deps = getattr(mcfg, "deployments", [])
-    key = (deps[i].provider, deps[i].upstream_name)
-    return sum((d.provider, d.upstream_name) == key for d in deps) > 1
+    def _least_busy(self, model: str, deps: list[Deployment]) -> list[Deployment]:
+        shuffled = self._rng.sample(deps, len(deps))  # ties are broken at random
+        return sorted(shuffled, key=lambda d: self.health.get(d.id).in_flight)
+
+    def _lowest_latency(self, model: str, deps: list[Deployment]) -> list[Deployment]:
+        """Power of two choices: of two random deployments the faster goes first; the rest
+        follow by latency. Unmeasured deployments count as fastest, so they get measured."""
+        if len(deps) <= 1:
+            return deps
+
+        def latency(d: Deployment) -> float:
+            return self.health.get(d.id).latency or 0.0
+
+        a, b = self._rng.sample(deps, 2)
+        first = a if latency(a) <= latency(b) else b
+        rest = sorted((d for d in deps if d is not first), key=latency)
+        return [first, *rest]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 JSON = dict[str, Any]
 
 # Fields a caller may put in the body for the gateway itself; never sent upstream.
-GATEWAY_FIELDS = frozenset({"fallbacks"})
+GATEWAY_FIELDS = frozenset({"fallbacks", "gateway_timeout"})
 
 
 class _Open(BaseModel):
@@ -69,11 +69,22 @@ class ChatCompletionRequest(_Open):
     seed: int | None = None
     user: str | None = None
     fallbacks: list[str] | None = None
+    gateway_timeout: float | None = Field(default=None, gt=0)
 
     def upstream_body(self) -> JSON:
         """The body as the caller sent it, less the gateway's own fields."""
         body = self.model_dump(exclude_unset=True, exclude=set(GATEWAY_FIELDS))
         return body
+
+    def estimated_tokens(self) -> int:
+        """A rough token count (4 characters a token) plus the output cap, for quotas."""
+        chars = 0
+        for m in self.messages:
+            if isinstance(m.content, str):
+                chars += len(m.content)
+            elif isinstance(m.content, list):
+                chars += sum(len(str(p.get("text", ""))) for p in m.content)
+        return chars // 4 + (self.max_completion_tokens or self.max_tokens or 0)
 
     def needs(self) -> frozenset[str]:
         """Capabilities (see providers.base.Capabilities) a deployment must have to serve this."""
@@ -106,6 +117,7 @@ class EmbeddingRequest(_Open):
     dimensions: int | None = Field(default=None, ge=1)
     user: str | None = None
     fallbacks: list[str] | None = None
+    gateway_timeout: float | None = Field(default=None, gt=0)
 
     def upstream_body(self) -> JSON:
         return self.model_dump(exclude_unset=True, exclude=set(GATEWAY_FIELDS))

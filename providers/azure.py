@@ -277,7 +277,7 @@ class AzureProvider(OpenAIProvider):
                 provider=self.name,
                 deployment=deployment.id,
                 headers=exc.headers,
-                retryable=True,
+                retryable=False,  # 404: the Plan still fails over (GatewayError.failover)
             )
         elif status in (401, 403):
             key = "api_key" if self.azure.api_key is not None else "azure_ad_token"

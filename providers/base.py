@@ -85,6 +85,8 @@ class Deployment:
     base_model: str | None = None
     weight: float = 1.0
     region: str | None = None
+    rpm: int | None = None  # per-minute quotas (Azure deployments have TPM quotas)
+    tpm: int | None = None
 
     @property
     def provider_name(self) -> str:

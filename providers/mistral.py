@@ -24,6 +24,7 @@ from gateway.errors import (
     ContextLengthExceededError,
     GatewayError,
     InvalidRequestError,
+    MalformedEventError,
     RateLimitError,
     StreamInterruptedError,
     UpstreamError,
@@ -203,7 +204,7 @@ class MistralStreamTranslator(StreamTranslator):
         try:
             chunk = orjson.loads(event.data)
         except orjson.JSONDecodeError as exc:
-            raise StreamInterruptedError(f"{where} sent a malformed stream event") from exc
+            raise MalformedEventError(f"{where} sent an undecodable event") from exc
         if not isinstance(chunk, dict):
             return []
         if "choices" not in chunk and ("error" in chunk or "message" in chunk):

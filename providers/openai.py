@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import orjson
 
-from gateway.errors import StreamInterruptedError
+from gateway.errors import MalformedEventError, StreamInterruptedError
 from gateway.streaming import SSEEvent
 from gateway.transport import UpstreamRequest
 from providers.base import (
@@ -44,12 +44,7 @@ class OpenAIStreamTranslator(StreamTranslator):
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise StreamInterruptedError(
-                f"provider '{self._provider.name}' (deployment '{self._deployment.id}') sent a "
-                "malformed stream event",
-                provider=self._provider.name,
-                deployment=self._deployment.id,
-            ) from exc
+            raise MalformedEventError(f"undecodable event: {data[:80]!r}") from exc
         if not isinstance(chunk, dict):
             return []
         if "error" in chunk:

@@ -14,6 +14,12 @@ from tests.harness import ServerThread
 
 GatewayFactory = Callable[[dict[str, Any]], str]
 
+# For tests that watch a single upstream exchange: no retries, no circuit breaker.
+SINGLE_ATTEMPT: dict[str, Any] = {
+    "retries": {"attempts_per_deployment": 1},
+    "circuit": {"enabled": False},
+}
+
 
 @pytest.fixture(scope="session")
 def openai_upstream() -> Iterator[OpenAIEmulator]:

@@ -17,7 +17,7 @@ from gateway.errors import ConfigError, ContentFilterError, InvalidRequestError,
 from gateway.streaming import SSEEvent
 from providers.azure import AzureProvider, AzureSettings
 from providers.base import Deployment
-from tests.conftest import GatewayFactory
+from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators.azure_api import (
     API_KEY,
     ASYNC_FILTER_MARKER,
@@ -69,6 +69,7 @@ def gateway_config(endpoint: str) -> dict[str, Any]:
         return {"deployments": [{"provider": provider, "deployment": deployment}], **extra}
 
     return {
+        "routing": SINGLE_ATTEMPT,
         "providers": {
             "azure-westeurope": provider(api_key=API_KEY, api_version=API_VERSION, region="eu"),
             "azure-v1": provider(api_key=API_KEY, api_style="v1"),
@@ -545,7 +546,12 @@ def test_error_deployment_not_found_lets_the_plan_move_on():
     provider, dep = adapter(api_version=API_VERSION)
     body = azure_error_body(code="DeploymentNotFound", message="does not exist")
     exc = provider.error(404, {}, body, dep)
-    assert exc.status == 404 and exc.code == "DeploymentNotFound" and exc.retryable
+    assert (
+        exc.status == 404
+        and exc.code == "DeploymentNotFound"
+        and exc.failover
+        and not exc.retryable
+    )
 
 
 # --- settings -----------------------------------------------------------------------------------

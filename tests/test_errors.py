@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import GatewayFactory
+from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators.common import Fault
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator
 from tests.harness import free_port
@@ -25,6 +25,7 @@ def gateway_url(openai_upstream: OpenAIEmulator, start_gateway: GatewayFactory) 
         {
             "server": {"max_body_bytes": 4096},
             "auth": {"master_key": MASTER_KEY},
+            "routing": SINGLE_ATTEMPT,
             "providers": {
                 "openai": {
                     "type": "openai",
@@ -209,7 +210,7 @@ def test_cut_stream_ends_with_error_event_and_no_done(http, openai_emu):
 
 
 def test_openai_sdk_raises_on_cut_stream(gateway_url, openai_emu):
-    openai_emu.fail_next(Fault(cut_after=4))
+    openai_emu.fail_next(Fault(cut_after=2))
     client = openai.OpenAI(base_url=gateway_url, api_key=MASTER_KEY, max_retries=0)
     stream = client.chat.completions.create(**HELLO, stream=True)
     with pytest.raises(openai.APIError, match="before it was complete"):

@@ -13,6 +13,7 @@ import pytest
 
 from gateway import AsyncGateway, Gateway, GatewayError, NotFoundError
 from gateway.types import ChatCompletion, ChatCompletionChunk, CreateEmbeddingResponse, Model
+from tests.conftest import SINGLE_ATTEMPT
 from tests.emulators.common import Fault
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator
 
@@ -30,6 +31,7 @@ def text_of(chunks: list[ChatCompletionChunk]) -> str:
 
 def emulator_config(emu: OpenAIEmulator) -> dict[str, Any]:
     return {
+        "routing": SINGLE_ATTEMPT,
         "providers": {
             "openai": {"type": "openai", "api_key": API_KEY, "base_url": emu.url + "/v1"}
         },

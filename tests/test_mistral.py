@@ -27,7 +27,7 @@ from providers.mistral import (
     MistralProvider,
     MistralSettings,
 )
-from tests.conftest import GatewayFactory
+from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators.common import Fault
 from tests.emulators.mistral_api import (
     API_KEY,
@@ -100,6 +100,7 @@ def gateway_url(upstreams: dict[str, MistralEmulator], start_gateway: GatewayFac
     plateforme = {"type": "mistral", "api_key": API_KEY}
     return start_gateway(
         {
+            "routing": SINGLE_ATTEMPT,
             "providers": {
                 "mistral": {**plateforme, "base_url": upstreams["la_plateforme"].url + "/v1"},
                 "mistral-strict": {

@@ -8,7 +8,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import GatewayFactory
+from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator
 
 TOOLS: list[Any] = [
@@ -31,6 +31,7 @@ TOOLS: list[Any] = [
 def client(openai_upstream: OpenAIEmulator, start_gateway: GatewayFactory) -> openai.OpenAI:
     url = start_gateway(
         {
+            "routing": SINGLE_ATTEMPT,
             "providers": {
                 "openai": {
                     "type": "openai",

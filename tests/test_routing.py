@@ -13,7 +13,7 @@ from gateway.config import load_config
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.routing import Router
 from providers.base import Capabilities
-from tests.conftest import GatewayFactory
+from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators.common import Fault
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator
 from tests.harness import free_port
@@ -87,6 +87,7 @@ def test_request_no_deployment_can_serve_is_refused_with_reason():
 def failover_gateway(openai_upstream: OpenAIEmulator, start_gateway: GatewayFactory) -> str:
     return start_gateway(
         {
+            "routing": SINGLE_ATTEMPT,
             "providers": {
                 "dead": {
                     "type": "openai",

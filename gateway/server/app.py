@@ -120,6 +120,28 @@ class Gatekeeper:
             raise InvalidRequestError(message, param=param) from exc
 
 
+def apply_gateway_headers(request: Request, body: ChatCompletionRequest | EmbeddingRequest) -> None:
+    """Per-request options sent as headers (for clients that cannot add body fields):
+    ``x-gateway-fallbacks: m1,m2`` (or ``none``) and ``x-gateway-timeout: <seconds>``.
+    Values in the body win."""
+    fallbacks = request.headers.get("x-gateway-fallbacks")
+    if fallbacks is not None and body.fallbacks is None:
+        names = [n.strip() for n in fallbacks.split(",") if n.strip()]
+        body.fallbacks = [] if names in ([], ["none"]) else names
+    timeout = request.headers.get("x-gateway-timeout")
+    if timeout is not None and body.gateway_timeout is None:
+        try:
+            seconds = float(timeout)
+        except ValueError:
+            seconds = 0.0
+        if not 0 < seconds < 86400:
+            raise InvalidRequestError(
+                "x-gateway-timeout must be a number of seconds greater than 0",
+                param="x-gateway-timeout",
+            )
+        body.gateway_timeout = seconds
+
+
 def new_info(request: Request) -> CallInfo:
     given = request.headers.get("x-request-id")
     rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
@@ -150,6 +172,7 @@ def create_app(
         info = new_info(request)
         try:
             body = await gate.parse(request, ChatCompletionRequest)
+            apply_gateway_headers(request, body)
             if body.stream:
                 stream = await eng.chat_stream(body, info)
                 return StreamingResponse(
@@ -170,6 +193,7 @@ def create_app(
         info = new_info(request)
         try:
             body = await gate.parse(request, EmbeddingRequest)
+            apply_gateway_headers(request, body)
             result = await eng.embeddings(body, info)
         except GatewayError as exc:
             return error_response(exc, info.headers())

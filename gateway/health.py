@@ -1,0 +1,210 @@
+"""What the gateway knows about each deployment right now: load, latency, quota use and its
+circuit breaker. Routing reads it to order a Plan; the attempt loop asks it for admission.
+
+Circuit breaker: *closed* until failures pile up (``consecutive_failures`` in a row, or an
+``error_ratio`` over ``window`` once ``min_requests`` were seen) or a 429 asks for a pause;
+then *open* for ``cooldown`` (or the 429's Retry-After); then *half-open*: exactly one probe
+request is let through, and its outcome closes or re-opens the circuit.
+Only transient failures count; a 400 says nothing about a deployment's health.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Literal
+
+from gateway.config import CircuitConfig
+from gateway.errors import GatewayError
+from providers.base import Deployment
+
+CircuitState = Literal["closed", "open", "half_open"]
+QUOTA_WINDOW = 60.0
+EWMA_ALPHA = 0.3
+
+
+@dataclass(slots=True)
+class DeploymentHealth:
+    """Live facts about one deployment in this process."""
+
+    in_flight: int = 0
+    latency: float | None = None  # EWMA of seconds to a complete answer / first token
+    state: CircuitState = "closed"
+    open_until: float = 0.0
+    consecutive_failures: int = 0
+    outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
+    probing: bool = False
+    last_error: str | None = None
+    window_start: float = 0.0
+    window_requests: int = 0
+    window_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Ticket:
+    """Admission of one attempt; hand it back to ``HealthBoard.finish``."""
+
+    deployment: Deployment
+    started: float
+    probe: bool
+    tokens: int
+
+
+class HealthBoard:
+    """Per-deployment health of this gateway process (in memory)."""
+
+    def __init__(self, circuit: CircuitConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.circuit = circuit
+        self.clock = clock
+        self._health: dict[str, DeploymentHealth] = {}
+
+    def get(self, deployment_id: str) -> DeploymentHealth:
+        health = self._health.get(deployment_id)
+        if health is None:
+            health = self._health[deployment_id] = DeploymentHealth()
+        return health
+
+    # -- admission ---------------------------------------------------------------------
+    def unavailable(self, dep: Deployment, tokens: int = 0) -> str | None:
+        """Why ``dep`` cannot take a request now (circuit open, quota used), or None."""
+        h = self.get(dep.id)
+        now = self.clock()
+        if h.state == "open" and now < h.open_until:
+            return f"circuit open for {h.open_until - now:.1f}s more"
+        if h.state == "half_open":
+            return "circuit half-open, probe in flight"
+        if dep.rpm is not None or dep.tpm is not None:
+            self._roll_window(h, now)
+            if dep.rpm is not None and h.window_requests >= dep.rpm:
+                return f"at its quota of {dep.rpm} requests per minute"
+            if dep.tpm is not None and h.window_tokens + tokens > dep.tpm:
+                return f"at its quota of {dep.tpm} tokens per minute"
+        return None
+
+    def admit(self, dep: Deployment, tokens: int = 0) -> Ticket | None:
+        """Claim a slot on ``dep`` for one attempt, or None if it must be skipped."""
+        if self.unavailable(dep, tokens) is not None:
+            return None
+        h = self.get(dep.id)
+        probe = False
+        if self.circuit.enabled and h.state == "open":  # cool-down over: this is the probe
+            h.state = "half_open"
+            h.probing = probe = True
+        h.in_flight += 1
+        h.window_requests += 1
+        h.window_tokens += tokens
+        return Ticket(dep, self.clock(), probe, tokens)
+
+    def retry_in(self, deployments: list[Deployment]) -> float | None:
+        """Seconds until the first of these open circuits allows a probe."""
+        now = self.clock()
+        waits = [
+            self.get(d.id).open_until - now for d in deployments if self.get(d.id).state == "open"
+        ]
+        return max(0.0, min(waits)) if waits else None
+
+    # -- outcomes ----------------------------------------------------------------------
+    def add_tokens(self, deployment_id: str, tokens: int) -> None:
+        """Correct the token quota count once the real usage is known."""
+        self.get(deployment_id).window_tokens += tokens
+
+    def finish(
+        self,
+        ticket: Ticket,
+        error: GatewayError | None = None,
+        *,
+        tokens: int | None = None,
+        latency: float | None = None,
+    ) -> None:
+        """Record how an admitted attempt ended; updates load, latency, quota and circuit."""
+        h = self.get(ticket.deployment.id)
+        now = self.clock()
+        h.in_flight = max(0, h.in_flight - 1)
+        if tokens is not None:
+            h.window_tokens += tokens - ticket.tokens
+        if ticket.probe:
+            h.probing = False
+        failed = error is not None and error.retryable
+        if not failed:
+            elapsed = latency if latency is not None else now - ticket.started
+            h.latency = (
+                elapsed
+                if h.latency is None
+                else (EWMA_ALPHA * elapsed + (1 - EWMA_ALPHA) * h.latency)
+            )
+        if not self.circuit.enabled:
+            return
+        if failed:
+            assert error is not None
+            h.last_error = error.code or str(error.status)
+            self._failure(h, now, error, ticket.probe)
+        else:
+            self._success(h, now)
+
+    def _success(self, h: DeploymentHealth, now: float) -> None:
+        h.consecutive_failures = 0
+        if h.state != "closed":
+            h.state = "closed"
+            h.outcomes.clear()
+        self._remember(h, now, True)
+
+    def _failure(self, h: DeploymentHealth, now: float, error: GatewayError, probe: bool) -> None:
+        h.consecutive_failures += 1
+        self._remember(h, now, False)
+        pause = retry_after_seconds(error) if error.status == 429 else None
+        if probe or h.state == "half_open":
+            self._open(h, now, max(self.circuit.cooldown, pause or 0.0))
+        elif pause:
+            self._open(h, now, pause)
+        elif h.consecutive_failures >= self.circuit.consecutive_failures:
+            self._open(h, now, self.circuit.cooldown)
+        elif len(h.outcomes) >= self.circuit.min_requests:
+            failures = sum(1 for _, ok in h.outcomes if not ok)
+            if failures / len(h.outcomes) >= self.circuit.error_ratio:
+                self._open(h, now, self.circuit.cooldown)
+
+    def _open(self, h: DeploymentHealth, now: float, seconds: float) -> None:
+        h.state = "open"
+        h.open_until = max(h.open_until, now + seconds)
+        h.probing = False
+
+    def _remember(self, h: DeploymentHealth, now: float, ok: bool) -> None:
+        h.outcomes.append((now, ok))
+        horizon = now - self.circuit.window
+        while h.outcomes and h.outcomes[0][0] < horizon:
+            h.outcomes.popleft()
+
+    @staticmethod
+    def _roll_window(h: DeploymentHealth, now: float) -> None:
+        if now - h.window_start >= QUOTA_WINDOW:
+            h.window_start = now
+            h.window_requests = 0
+            h.window_tokens = 0
+
+
+def retry_after_seconds(error: GatewayError) -> float | None:
+    """The wait an upstream asked for: retry-after-ms, x-ms-retry-after-ms or Retry-After
+    (seconds or an HTTP date), in seconds; None when it asked for nothing usable."""
+    headers = error.headers
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return max(0.0, float(value) / 1000.0)
+            except ValueError:
+                pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

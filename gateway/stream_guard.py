@@ -1,0 +1,125 @@
+"""Reading one upstream stream honestly: bytes → SSE events → canonical chunks.
+
+The guard skips (and counts) an event that cannot be decoded, ends the stream early when the
+request's deadline passes, and decides at the end whether the answer is complete: the
+provider's end marker (``[DONE]``), or a finish reason on every choice, makes it complete;
+anything else — a cut connection, an idle timeout — raises, so a partial answer is never
+presented as a whole one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from gateway.errors import GatewayError, MalformedEventError, StreamInterruptedError
+from gateway.streaming import SSEDecoder
+from gateway.transport import UpstreamResponse
+from providers.base import Deployment, StreamTranslator
+
+JSON = dict[str, Any]
+
+
+def has_output(chunk: JSON) -> bool:
+    """Whether a chunk carries anything beyond the opening role delta."""
+    for choice in chunk.get("choices") or ():
+        if choice.get("finish_reason"):
+            return True
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
+            return True
+        if delta.get("reasoning_content") or delta.get("function_call"):
+            return True
+    return False
+
+
+class UpstreamStream:
+    """Canonical chunks of one upstream streaming answer, with integrity checks."""
+
+    def __init__(
+        self,
+        response: UpstreamResponse,
+        translator: StreamTranslator,
+        deployment: Deployment,
+        deadline: float,
+    ) -> None:
+        self.response = response
+        self.translator = translator
+        self.deployment = deployment
+        self.deadline = deadline
+        self.malformed_events = 0
+        self.usage: JSON | None = None
+        self._open_choices: set[int] = set()
+        self._finished_choices: set[int] = set()
+        self._chunks: AsyncGenerator[JSON, None] = self._read()
+
+    def __aiter__(self) -> AsyncIterator[JSON]:
+        return self._chunks
+
+    async def until_output(self) -> list[JSON]:
+        """Chunks up to and including the first that carries output (or all, if none does)."""
+        prelude: list[JSON] = []
+        async for chunk in self._chunks:
+            prelude.append(chunk)
+            if has_output(chunk):
+                break
+        return prelude
+
+    @property
+    def complete_without_marker(self) -> bool:
+        return bool(self._open_choices) and self._open_choices <= self._finished_choices
+
+    async def _read(self) -> AsyncGenerator[JSON, None]:
+        dep = self.deployment
+        decoder = SSEDecoder()
+        try:
+            async for raw in self.response.iter_bytes():
+                if time.monotonic() > self.deadline:
+                    raise GatewayError(
+                        "the request's total time ran out while the answer was streaming",
+                        status=504,
+                        type="timeout_error",
+                        code="request_timeout",
+                        retryable=False,
+                    )
+                for event in decoder.feed(raw):
+                    for chunk in self._translate(event):
+                        yield chunk
+                if self.translator.finished:
+                    return
+            for event in decoder.close():
+                for chunk in self._translate(event):
+                    yield chunk
+            if self.translator.finished or self.complete_without_marker:
+                return
+            raise StreamInterruptedError(
+                f"provider '{dep.provider_name}' (deployment '{dep.id}') closed the stream "
+                "before it was complete; the answer above is partial"
+            )
+        except GatewayError as exc:
+            exc.attribute(dep.provider_name, dep.id)
+            raise
+        finally:
+            await self.response.close()
+
+    def _translate(self, event: Any) -> list[JSON]:
+        try:
+            chunks = self.translator.feed(event)
+        except MalformedEventError:
+            self.malformed_events += 1
+            return []
+        for chunk in chunks:
+            usage = chunk.get("usage")
+            if usage:
+                self.usage = usage
+            for choice in chunk.get("choices") or ():
+                index = choice.get("index", 0)
+                self._open_choices.add(index)
+                if choice.get("finish_reason"):
+                    self._finished_choices.add(index)
+        return chunks
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+        await self.response.close()
