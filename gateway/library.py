@@ -86,7 +86,9 @@ class _AsyncCompletions:
         info = CallInfo(request_id=uuid.uuid4().hex)
         if stream:
             return AsyncChunkStream(await self._engine.chat_stream(request, info), info)
-        return ChatCompletion.model_validate(await self._engine.chat(request, info))
+        completion = ChatCompletion.model_validate(await self._engine.chat(request, info))
+        completion._gateway = info
+        return completion
 
 
 class _AsyncChat:
@@ -107,7 +109,9 @@ class _AsyncEmbeddings:
             {"model": model, "input": input, **params, **extra}
         )
         info = CallInfo(request_id=uuid.uuid4().hex)
-        return CreateEmbeddingResponse.model_validate(await self._engine.embeddings(request, info))
+        result = CreateEmbeddingResponse.model_validate(await self._engine.embeddings(request, info))
+        result._gateway = info
+        return result
 
 
 class _AsyncModels:

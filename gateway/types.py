@@ -8,9 +8,12 @@ Every model allows extra fields: providers add fields over time and the gateway 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+if TYPE_CHECKING:
+    from gateway.engine import CallInfo
 
 JSON = dict[str, Any]
 
@@ -20,6 +23,17 @@ GATEWAY_FIELDS = frozenset({"fallbacks", "gateway_timeout"})
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+class _WithFacts(_Open):
+    """A response that carries the gateway's facts about the call that produced it."""
+
+    _gateway: CallInfo | None = PrivateAttr(default=None)
+
+    @property
+    def gateway(self) -> CallInfo | None:
+        """Provider, deployment, attempts, fallback use and usage of the call (library only)."""
+        return self._gateway
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -159,7 +173,7 @@ class Choice(_Open):
     logprobs: JSON | None = None
 
 
-class ChatCompletion(_Open):
+class ChatCompletion(_WithFacts):
     id: str
     object: str = "chat.completion"
     created: int
@@ -203,7 +217,7 @@ class EmbeddingUsage(_Open):
     total_tokens: int = 0
 
 
-class CreateEmbeddingResponse(_Open):
+class CreateEmbeddingResponse(_WithFacts):
     object: str = "list"
     data: list[Embedding]
     model: str
