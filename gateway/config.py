@@ -130,8 +130,16 @@ class ModelConfig(_Strict):
     timeouts: TimeoutConfig | None = None
 
 
+class RedisConfig(_Strict):
+    """Shared state for several gateway replicas (circuit breakers; later limits)."""
+
+    url: str = Field(description="e.g. redis://127.0.0.1:6379/0")
+    key_prefix: str = "llm-gateway:"
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
+    redis: RedisConfig | None = None
     auth: AuthConfig = Field(default_factory=AuthConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)

@@ -17,6 +17,7 @@ from gateway.errors import GatewayError, UpstreamTimeoutError
 from gateway.health import HealthBoard, Ticket
 from gateway.resilience import AttemptRecord, run_plan
 from gateway.routing import Plan, Router
+from gateway.shared_circuits import RedisCircuits
 from gateway.stream_guard import UpstreamStream, has_output
 from gateway.transport import (
     AiohttpTransport,
@@ -74,8 +75,17 @@ class Engine:
 
     def __init__(self, config: GatewayConfig, *, transport: Transport | None = None) -> None:
         self.config = config
-        self.health = HealthBoard(config.routing.circuit)
+        self.shared_circuits = (
+            RedisCircuits.from_url(config.redis.url, prefix=config.redis.key_prefix)
+            if config.redis is not None
+            else None
+        )
+        self.health = HealthBoard(config.routing.circuit, shared=self.shared_circuits)
         self.router = Router(config, health=self.health)
+        if self.shared_circuits is not None:
+            self.shared_circuits.track(
+                d.id for deps in self.router.deployments.values() for d in deps
+            )
         self.transport: Transport = transport or AiohttpTransport()
 
     # -- public operations -------------------------------------------------------------
@@ -151,6 +161,8 @@ class Engine:
     async def aclose(self) -> None:
         """Close pooled upstream connections."""
         await self.transport.close()
+        if self.shared_circuits is not None:
+            await self.shared_circuits.aclose()
         for provider in self.router.providers.values():
             if provider.transport is not None:
                 await provider.transport.close()

@@ -6,6 +6,8 @@ Circuit breaker: *closed* until failures pile up (``consecutive_failures`` in a 
 then *open* for ``cooldown`` (or the 429's Retry-After); then *half-open*: exactly one probe
 request is let through, and its outcome closes or re-opens the circuit.
 Only transient failures count; a 400 says nothing about a deployment's health.
+With ``shared`` (Redis), open and half-open decisions are shared by every replica
+(see ``gateway.shared_circuits``); failures are still counted per replica.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from gateway.config import CircuitConfig
 from gateway.errors import GatewayError
 from providers.base import Deployment
+
+if TYPE_CHECKING:
+    from gateway.shared_circuits import RedisCircuits
 
 CircuitState = Literal["closed", "open", "half_open"]
 QUOTA_WINDOW = 60.0
@@ -56,9 +61,15 @@ class Ticket:
 class HealthBoard:
     """Per-deployment health of this gateway process (in memory)."""
 
-    def __init__(self, circuit: CircuitConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        circuit: CircuitConfig,
+        clock: Callable[[], float] = time.monotonic,
+        shared: RedisCircuits | None = None,
+    ) -> None:
         self.circuit = circuit
         self.clock = clock
+        self.shared = shared if circuit.enabled else None
         self._health: dict[str, DeploymentHealth] = {}
 
     def get(self, deployment_id: str) -> DeploymentHealth:
@@ -76,6 +87,10 @@ class HealthBoard:
             return f"circuit open for {h.open_until - now:.1f}s more"
         if h.state == "half_open":
             return "circuit half-open, probe in flight"
+        if self.shared is not None:
+            state, remaining = self.shared.state(dep.id)
+            if state == "open":
+                return f"circuit open for {remaining:.1f}s more (shared)"
         if dep.rpm is not None or dep.tpm is not None:
             self._roll_window(h, now)
             if dep.rpm is not None and h.window_requests >= dep.rpm:
@@ -84,13 +99,20 @@ class HealthBoard:
                 return f"at its quota of {dep.tpm} tokens per minute"
         return None
 
-    def admit(self, dep: Deployment, tokens: int = 0) -> Ticket | None:
+    async def admit(self, dep: Deployment, tokens: int = 0) -> Ticket | None:
         """Claim a slot on ``dep`` for one attempt, or None if it must be skipped."""
         if self.unavailable(dep, tokens) is not None:
             return None
         h = self.get(dep.id)
         probe = False
-        if self.circuit.enabled and h.state == "open":  # cool-down over: this is the probe
+        probe_due = self.circuit.enabled and h.state == "open"  # cool-down over
+        if self.shared is not None and self.shared.state(dep.id)[0] == "half_open":
+            probe_due = True
+        if probe_due:
+            if self.shared is not None and not await self.shared.claim_probe(
+                dep.id, self.circuit.cooldown
+            ):
+                return None  # another replica is probing
             h.state = "half_open"
             h.probing = probe = True
         h.in_flight += 1
@@ -104,6 +126,9 @@ class HealthBoard:
         waits = [
             self.get(d.id).open_until - now for d in deployments if self.get(d.id).state == "open"
         ]
+        if self.shared is not None:
+            shared = [self.shared.state(d.id) for d in deployments]
+            waits += [remaining for state, remaining in shared if state == "open"]
         return max(0.0, min(waits)) if waits else None
 
     # -- outcomes ----------------------------------------------------------------------
@@ -140,36 +165,42 @@ class HealthBoard:
         if failed:
             assert error is not None
             h.last_error = error.code or str(error.status)
-            self._failure(h, now, error, ticket.probe)
+            self._failure(h, now, error, ticket.probe, ticket.deployment.id)
         else:
-            self._success(h, now)
+            self._success(h, now, ticket.deployment.id)
 
-    def _success(self, h: DeploymentHealth, now: float) -> None:
+    def _success(self, h: DeploymentHealth, now: float, deployment_id: str) -> None:
         h.consecutive_failures = 0
         if h.state != "closed":
             h.state = "closed"
             h.outcomes.clear()
+            if self.shared is not None:
+                self.shared.publish_closed(deployment_id)
         self._remember(h, now, True)
 
-    def _failure(self, h: DeploymentHealth, now: float, error: GatewayError, probe: bool) -> None:
+    def _failure(
+        self, h: DeploymentHealth, now: float, error: GatewayError, probe: bool, dep_id: str
+    ) -> None:
         h.consecutive_failures += 1
         self._remember(h, now, False)
         pause = retry_after_seconds(error) if error.status == 429 else None
+        seconds: float | None = None
         if probe or h.state == "half_open":
-            self._open(h, now, max(self.circuit.cooldown, pause or 0.0))
+            seconds = max(self.circuit.cooldown, pause or 0.0)
         elif pause:
-            self._open(h, now, pause)
+            seconds = pause
         elif h.consecutive_failures >= self.circuit.consecutive_failures:
-            self._open(h, now, self.circuit.cooldown)
+            seconds = self.circuit.cooldown
         elif len(h.outcomes) >= self.circuit.min_requests:
             failures = sum(1 for _, ok in h.outcomes if not ok)
             if failures / len(h.outcomes) >= self.circuit.error_ratio:
-                self._open(h, now, self.circuit.cooldown)
-
-    def _open(self, h: DeploymentHealth, now: float, seconds: float) -> None:
-        h.state = "open"
-        h.open_until = max(h.open_until, now + seconds)
-        h.probing = False
+                seconds = self.circuit.cooldown
+        if seconds is not None:
+            h.state = "open"
+            h.open_until = max(h.open_until, now + seconds)
+            h.probing = False
+            if self.shared is not None:
+                self.shared.publish_open(dep_id, seconds)
 
     def _remember(self, h: DeploymentHealth, now: float, ok: bool) -> None:
         h.outcomes.append((now, ok))

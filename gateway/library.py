@@ -109,7 +109,9 @@ class _AsyncEmbeddings:
             {"model": model, "input": input, **params, **extra}
         )
         info = CallInfo(request_id=uuid.uuid4().hex)
-        result = CreateEmbeddingResponse.model_validate(await self._engine.embeddings(request, info))
+        result = CreateEmbeddingResponse.model_validate(
+            await self._engine.embeddings(request, info)
+        )
         result._gateway = info
         return result
 

@@ -193,7 +193,7 @@ async def _one_attempt(
     tokens: int,
     settle_on_success: bool,
 ) -> T:
-    ticket = health.admit(dep, tokens)
+    ticket = await health.admit(dep, tokens)
     if ticket is None:
         raise _Unavailable(dep, health.unavailable(dep, tokens) or "unavailable")
     info.attempts += 1

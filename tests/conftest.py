@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -19,6 +21,26 @@ SINGLE_ATTEMPT: dict[str, Any] = {
     "retries": {"attempts_per_deployment": 1},
     "circuit": {"enabled": False},
 }
+
+
+def service_missing(reason: str) -> None:
+    """Skip a test whose real service is absent — or fail it where CI requires services."""
+    if os.environ.get("GATEWAY_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason} (GATEWAY_REQUIRE_SERVICES=1 forbids skipping)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A reachable Redis (GATEWAY_TEST_REDIS_URL, default 127.0.0.1:6379/15)."""
+    import redis
+
+    url = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1.0).ping()
+    except redis.RedisError as exc:
+        service_missing(f"Redis is not reachable at {url}: {exc}")
+    return url
 
 
 @pytest.fixture(scope="session")
