@@ -20,6 +20,8 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.redis_client import connect
+
 log = logging.getLogger("gateway.circuits")
 
 SharedState = Literal["closed", "open", "half_open"]
@@ -43,9 +45,7 @@ class RedisCircuits:
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "llm-gateway:") -> RedisCircuits:
-        return cls(
-            Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0), prefix=prefix
-        )
+        return cls(connect(url, max_connections=16), prefix=prefix)
 
     def track(self, deployment_ids: Iterable[str]) -> None:
         self._ids.update(deployment_ids)
