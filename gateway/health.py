@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 CircuitState = Literal["closed", "open", "half_open"]
 QUOTA_WINDOW = 60.0
+# Event loops round timers (uvloop to whole milliseconds, sometimes early): a retry that slept
+# exactly the pause its own 429 asked for must not find the circuit still open.
+CLOCK_SLACK = 0.05
 EWMA_ALPHA = 0.3
 
 
@@ -83,7 +86,7 @@ class HealthBoard:
         """Why ``dep`` cannot take a request now (circuit open, quota used), or None."""
         h = self.get(dep.id)
         now = self.clock()
-        if h.state == "open" and now < h.open_until:
+        if h.state == "open" and now < h.open_until - CLOCK_SLACK:
             return f"circuit open for {h.open_until - now:.1f}s more"
         if h.state == "half_open":
             return "circuit half-open, probe in flight"

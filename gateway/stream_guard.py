@@ -13,7 +13,12 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from gateway.errors import GatewayError, MalformedEventError, StreamInterruptedError
+from gateway.errors import (
+    GatewayError,
+    MalformedEventError,
+    StreamInterruptedError,
+    UpstreamConnectionError,
+)
 from gateway.streaming import SSEDecoder
 from gateway.transport import UpstreamResponse
 from providers.base import Deployment, StreamTranslator
@@ -97,6 +102,14 @@ class UpstreamStream:
                 f"provider '{dep.provider_name}' (deployment '{dep.id}') closed the stream "
                 "before it was complete; the answer above is partial"
             )
+        except UpstreamConnectionError as exc:
+            # The connection was fine when the stream began: this is a cut, not an outage.
+            raise StreamInterruptedError(
+                f"provider '{dep.provider_name}' (deployment '{dep.id}') closed the stream "
+                f"before it was complete ({exc.message}); the answer above is partial",
+                provider=dep.provider_name,
+                deployment=dep.id,
+            ) from exc
         except GatewayError as exc:
             exc.attribute(dep.provider_name, dep.id)
             raise

@@ -89,12 +89,18 @@ class _AiohttpResponse:
             self._resp.release()
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
+        content = self._resp.content
         try:
-            async for chunk in self._resp.content.iter_any():
+            async for chunk in content.iter_any():
                 yield chunk
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeoutError("upstream stream went idle") from exc
         except aiohttp.ClientError as exc:
+            # aiohttp raises a stored connection error before handing over the bytes it had
+            # already received; those are part of the answer, so they go first.
+            buffered = b"".join(getattr(content, "_buffer", ()))
+            if buffered:
+                yield buffered
             raise UpstreamConnectionError(f"upstream stream broke: {exc}") from exc
 
     async def close(self) -> None:

@@ -21,7 +21,6 @@ from datetime import date
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
-import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -265,7 +264,7 @@ class AzureProvider(OpenAIProvider):
         if exc.code == str(status):  # Azure repeats the status as the code: say nothing new
             exc.code = type(exc).code
         if isinstance(exc, ContentFilterError):
-            exc.message += f" [filtered: {filtered_categories(body)}]"
+            pass  # the shared mapping already names the tripped categories
         elif exc.code == "DeploymentNotFound":
             # Specific to this deployment (or one created minutes ago): let the Plan move on.
             return UpstreamError(
@@ -285,28 +284,3 @@ class AzureProvider(OpenAIProvider):
         elif status == 404:
             exc.message += f" [check providers.{self.name}.endpoint, api_style and api_version]"
         return exc
-
-
-def filtered_categories(body: bytes) -> str:
-    """The content-filter categories that tripped, e.g. ``violence (medium), jailbreak``."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        data = None
-    err = data.get("error") if isinstance(data, dict) else None
-    inner = err.get("innererror") if isinstance(err, dict) else None
-    results = None
-    if isinstance(inner, dict):
-        results = inner.get("content_filter_result") or inner.get("content_filter_results")
-    reasons = []
-    for category, result in results.items() if isinstance(results, dict) else ():
-        if not (isinstance(result, dict) and result.get("filtered")):
-            continue
-        if result.get("severity"):
-            reasons.append(f"{category} ({result['severity']})")
-        elif isinstance(result.get("details"), list):  # custom blocklists name themselves
-            ids = [str(d.get("id")) for d in result["details"] if isinstance(d, dict)]
-            reasons.append(f"{category} ({', '.join(ids)})" if ids else category)
-        else:
-            reasons.append(category)
-    return ", ".join(reasons) or "Azure did not say which category"

@@ -221,7 +221,9 @@ def openai_style_error(
         isinstance(extra.get("innererror"), dict)
         and extra["innererror"].get("code") == "ResponsibleAIPolicyViolation"
     ):
-        return ContentFilterError(text, status=status, **common)
+        return ContentFilterError(
+            f"{text} [filtered: {filtered_categories(body)}]", status=status, **common
+        )
     if code == "context_length_exceeded":
         return ContextLengthExceededError(text, status=status, **common)
     if status == 429:
@@ -255,3 +257,28 @@ def _str_or_none(value: Any) -> str | None:
     if value is None:
         return None
     return value if isinstance(value, str) else str(value)
+
+
+def filtered_categories(body: bytes) -> str:
+    """The content-filter categories that tripped, e.g. ``violence (medium), jailbreak``."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    inner = err.get("innererror") if isinstance(err, dict) else None
+    results = None
+    if isinstance(inner, dict):
+        results = inner.get("content_filter_result") or inner.get("content_filter_results")
+    reasons = []
+    for category, result in results.items() if isinstance(results, dict) else ():
+        if not (isinstance(result, dict) and result.get("filtered")):
+            continue
+        if result.get("severity"):
+            reasons.append(f"{category} ({result['severity']})")
+        elif isinstance(result.get("details"), list):  # custom blocklists name themselves
+            ids = [str(d.get("id")) for d in result["details"] if isinstance(d, dict)]
+            reasons.append(f"{category} ({', '.join(ids)})" if ids else category)
+        else:
+            reasons.append(category)
+    return ", ".join(reasons) or "the provider did not say which category"
