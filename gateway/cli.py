@@ -1,4 +1,4 @@
-"""The ``llm-gateway`` command: serve, config check, models."""
+"""The ``llm-gateway`` command: serve, config check, models, prices."""
 
 from __future__ import annotations
 
@@ -96,6 +96,38 @@ def models(config: ConfigOption = None) -> None:
         targets = ", ".join(f"{d.provider}/{d.upstream_name}" for d in model.deployments)
         fallbacks = f"  (fallbacks: {', '.join(model.fallbacks)})" if model.fallbacks else ""
         typer.echo(f"{name}: {targets}{fallbacks}")
+
+
+@app.command()
+def prices(
+    config: ConfigOption = None,
+    all_models: Annotated[
+        bool,
+        typer.Option(
+            "--all", help="Print the whole price catalog (with the config's prices: entries)."
+        ),
+    ] = False,
+) -> None:
+    """List what each configured deployment costs (USD per 1M tokens) and where the price
+    comes from; UNKNOWN marks deployments whose calls would get an unknown cost."""
+    from gateway.costs.catalog import PriceCatalog
+    from gateway.costs.report import deployment_prices, render_catalog, render_deployments
+
+    cfg = _load(config)
+    if all_models:
+        typer.echo(render_catalog(PriceCatalog.shipped().with_entries(cfg.prices)))
+        return
+    rows = deployment_prices(cfg)
+    typer.echo(render_deployments(rows))
+    problems = [row for row in rows if row.problem is not None]
+    if problems:
+        typer.echo("")
+        for row in problems:
+            typer.echo(f"warning: {row.message}")
+    typer.echo(
+        "\nPrices are USD per 1M tokens; see `llm-gateway prices --all` for the catalog, "
+        "its sources and the dates they were checked."
+    )
 
 
 def main() -> None:

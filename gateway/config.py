@@ -9,11 +9,21 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.errors import ConfigError
 from providers import provider_class, provider_types
@@ -24,7 +34,8 @@ from providers.base import ProviderSettings
 _BARE_VALUE = re.compile(
     r"(:[ \t]+)(\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}\s,\"']*)?\})(?=[ \t]*(?:[,}\]\n#]|$))"
 )
-_SECRETISH = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
+# A database or Redis URL may carry a password, so its value is never echoed either.
+_SECRETISH = re.compile(r"key|token|secret|password|credential|(?:^|\.)url$", re.IGNORECASE)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -46,6 +57,45 @@ class AuthConfig(_Strict):
     master_key: SecretStr | None = None
 
 
+PRICE_FIELDS = frozenset({"input", "cached_input", "output", "reasoning", "embedding"})
+
+
+class PriceConfig(_Strict):
+    """USD per 1M tokens, for a deployment with a negotiated price or a model the catalog
+    lacks. Numbers or strings, read as exact decimals; an unset field keeps the catalog's."""
+
+    input: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cached_input: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    output: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    reasoning: Decimal | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Default: the output price."
+    )
+    embedding: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _sets_a_price(self) -> PriceConfig:
+        if all(getattr(self, name) is None for name in PRICE_FIELDS):
+            raise ValueError(f"set at least one of {', '.join(sorted(PRICE_FIELDS))}")
+        return self
+
+
+class PriceEntryConfig(PriceConfig):
+    """A price list entry (``prices.<provider type>.<model>``, and the shipped catalog)."""
+
+    aliases: list[str] = Field(default_factory=list, description="Other names it answers to.")
+    context_window: int | None = Field(default=None, ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    source: str | None = Field(default=None, description="Where the price was published.")
+    checked: str | None = Field(default=None, description="When the price was taken.")
+    note: str | None = None
+
+    @field_validator("checked", mode="before")
+    @classmethod
+    def _date_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2025-08-07 as a date.
+        return value.isoformat() if isinstance(value, date) else value
+
+
 class DeploymentConfig(_Strict):
     provider: str
     model: str | None = None
@@ -55,6 +105,9 @@ class DeploymentConfig(_Strict):
     region: str | None = None
     rpm: int | None = Field(default=None, ge=1, description="Requests per minute quota.")
     tpm: int | None = Field(default=None, ge=1, description="Tokens per minute quota.")
+    price: PriceConfig | None = Field(
+        default=None, description="This deployment's own price, e.g. a negotiated one."
+    )
 
     @model_validator(mode="after")
     def _needs_a_name(self) -> DeploymentConfig:
@@ -137,13 +190,54 @@ class RedisConfig(_Strict):
     key_prefix: str = "llm-gateway:"
 
 
+_LEDGER_URL = re.compile(r"^(sqlite(\+aiosqlite)?|postgres|postgresql(\+asyncpg)?)://")
+
+
+class LedgerConfig(_Strict):
+    """The spend ledger: one record per request, written in batches off the request path."""
+
+    enabled: bool = True
+    url: str = Field(
+        default="sqlite+aiosqlite:///./llm-gateway.db",
+        description="sqlite+aiosqlite:///PATH (default: ./llm-gateway.db) or "
+        "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE",
+    )
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Records per write.")
+    flush_interval: float = Field(
+        default=0.2, gt=0, le=60, description="Seconds a partial batch waits for more records."
+    )
+    queue_size: int = Field(default=10_000, ge=1, description="Records held before spilling.")
+    overflow_size: int = Field(
+        default=10_000, ge=0, description="Spill buffer; past it, records are dropped (logged)."
+    )
+    shutdown_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to write what is held when stopping."
+    )
+    migrate: bool = Field(default=True, description="Bring the schema up to date at start-up.")
+
+    @field_validator("url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        if not _LEDGER_URL.match(url):
+            raise ValueError(
+                "expected sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DATABASE "
+                "(sqlite://, postgresql:// and postgres:// are accepted too)"
+            )
+        return url
+
+
 class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     redis: RedisConfig | None = None
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    prices: dict[str, dict[str, PriceEntryConfig]] = Field(
+        default_factory=dict,
+        description="Price list entries by provider type and model, over the shipped catalog.",
+    )
 
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -260,6 +354,7 @@ def load_config(data: dict[str, Any] | None) -> GatewayConfig:
         errors.extend(_format(exc, ""))
 
     errors.extend(_reference_problems(raw, raw_providers))
+    errors.extend(_price_list_problems(raw))
     if config is not None:
         config.providers = providers
     # An unset variable also makes its value invalid; report only the cause.
@@ -306,6 +401,21 @@ def _reference_problems(raw: dict[str, Any], providers: dict[str, Any]) -> list[
                 elif isinstance(fb, str) and fb not in models:
                     problems.append(f"models.{model}.{key}: {fb!r} is not a model in 'models'")
     return problems
+
+
+def _price_list_problems(raw: dict[str, Any]) -> list[str]:
+    """``prices`` sections must name a provider type (or a price family such as azure-ai)."""
+    prices = raw.get("prices")
+    if not isinstance(prices, dict) or not prices:
+        return []
+    from gateway.costs.pricing import price_families  # costs builds on this module
+
+    known = price_families()
+    return [
+        f"prices.{family}: unknown provider type {family!r}; expected one of {', '.join(known)}"
+        for family in prices
+        if family not in known
+    ]
 
 
 def load_config_file(path: str | Path) -> GatewayConfig:

@@ -1,0 +1,114 @@
+"""Which price a deployment pays: its own ``price:``, else the catalog entry for its model.
+
+The catalog (with the config's ``prices:`` entries) is looked up in the deployment's price
+family by the names below, most trusted first; a deployment's ``price:`` then replaces the
+fields it sets. ``PriceBook`` does this for the routing ``Deployment`` objects of the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gateway.config import DeploymentConfig, GatewayConfig
+from gateway.costs.catalog import Price, PriceCatalog
+from providers import Deployment, ProviderSettings, provider_types
+
+# Mistral on Azure AI is sold by Azure, at Azure's prices.
+_AZURE_AI_PLATFORMS = frozenset({"azure_serverless", "azure_foundry"})
+_KEEP = 4096  # remembered prices per book
+
+
+def price_family(settings: ProviderSettings) -> str:
+    """The catalog family that prices a provider's calls: its type, except Mistral on Azure AI.
+
+    This is the one place that knows a provider's billing differs from its wire format.
+    """
+    if settings.type == "mistral" and getattr(settings, "platform", None) in _AZURE_AI_PLATFORMS:
+        return "azure-ai"
+    return settings.type
+
+
+def price_families() -> list[str]:
+    """Every family a config ``prices:`` section may name."""
+    return sorted({*provider_types(), *PriceCatalog.shipped().families()})
+
+
+def model_names_for(
+    settings: ProviderSettings,
+    deployment: DeploymentConfig,
+    answered_model: str | None = None,
+) -> list[str]:
+    """The names to price a deployment by, most trusted first.
+
+    ``base_model`` (what the operator says runs there), then the model the provider answered
+    with, then the configured model — except on Azure OpenAI, whose configured name is the
+    deployment's own, arbitrary name.
+    """
+    names = [deployment.base_model, answered_model]
+    if settings.type != "azure":
+        names.append(deployment.upstream_name)
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def effective_price(
+    catalog: PriceCatalog,
+    settings: ProviderSettings,
+    deployment: DeploymentConfig,
+    answered_model: str | None = None,
+) -> Price | None:
+    """A deployment's price: its own ``price:`` over the catalog entry for its model."""
+    family = price_family(settings)
+    names = model_names_for(settings, deployment, answered_model)
+    found = next((p for p in (catalog.lookup(family, n) for n in names) if p is not None), None)
+    if deployment.price is None:
+        return found
+    if found is None:
+        found = Price(
+            family=family,
+            model=names[0] if names else deployment.upstream_name,
+            cached_input_ratio=catalog.cached_input_ratio(family),
+            source="deployment price",
+        )
+    return replace(found.overridden(deployment.price, "deployment"), source="deployment price")
+
+
+class PriceBook:
+    """Effective prices for one configuration: deployment prices, config entries, catalog."""
+
+    def __init__(self, config: GatewayConfig, catalog: PriceCatalog | None = None) -> None:
+        self.config = config
+        self.catalog = (catalog or PriceCatalog.shipped()).with_entries(config.prices)
+        # Prices and config never change under a book, so answers can be kept (boundedly:
+        # answered model names come from upstream).
+        self._known: dict[tuple[str, str, str | None], Price | None] = {}
+
+    def price(self, deployment: Deployment, answered_model: str | None = None) -> Price | None:
+        """The price of a call served by ``deployment`` (and answered as ``answered_model``)."""
+        key = (deployment.public_model, deployment.id, answered_model)
+        if key in self._known:
+            return self._known[key]
+        dep = self.deployment_config(deployment)
+        if dep is None:  # built outside the config (tests, plugins): price by names alone
+            dep = DeploymentConfig(
+                provider=deployment.provider_name,
+                model=deployment.model,
+                base_model=deployment.base_model,
+            )
+        price = effective_price(self.catalog, deployment.provider.settings, dep, answered_model)
+        if len(self._known) >= _KEEP:
+            self._known.clear()
+        self._known[key] = price
+        return price
+
+    def deployment_config(self, deployment: Deployment) -> DeploymentConfig | None:
+        """The config entry a routing Deployment was built from (ids are provider/name[#i])."""
+        model = self.config.models.get(deployment.public_model)
+        if model is None:
+            return None
+        base_id, _, index = deployment.id.partition("#")
+        if index.isdigit() and int(index) < len(model.deployments):
+            return model.deployments[int(index)]
+        for dep in model.deployments:
+            if f"{dep.provider}/{dep.upstream_name}" == base_id:
+                return dep
+        return None

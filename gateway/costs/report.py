@@ -1,0 +1,213 @@
+"""What a configuration will pay: its deployments' effective prices, and those without one.
+
+Used by ``llm-gateway prices`` and, at start-up, to warn about deployments whose calls would
+be recorded with an unknown cost.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from gateway.config import DeploymentConfig, GatewayConfig
+from gateway.costs.catalog import WILDCARD, Price, PriceCatalog
+from gateway.costs.compute import usd_str
+from gateway.costs.pricing import effective_price, price_family
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentPrice:
+    """One configured deployment and the price its calls are billed at (None: unknown)."""
+
+    path: str  # models.<name>.deployments[i], as config errors name it
+    public_model: str
+    provider: str
+    family: str
+    deployment: DeploymentConfig
+    price: Price | None
+    problem: str | None = None  # why its cost will be (partly) unknown
+
+    @property
+    def message(self) -> str:
+        """A warning line for the log: what is wrong and what to do."""
+        where = f"{self.path} ({self.provider}/{self.deployment.upstream_name})"
+        return f"{where}: {self.problem}"
+
+
+def deployment_prices(
+    config: GatewayConfig, catalog: PriceCatalog | None = None
+) -> list[DeploymentPrice]:
+    """Every configured deployment with its effective price, in config order."""
+    book = (catalog or PriceCatalog.shipped()).with_entries(config.prices)
+    rows = []
+    for name, model in config.models.items():
+        for i, dep in enumerate(model.deployments):
+            settings = config.providers.get(dep.provider)
+            if settings is None:  # load_config refuses this; keep the helper total anyway
+                continue
+            family = price_family(settings)
+            price = effective_price(book, settings, dep)
+            rows.append(
+                DeploymentPrice(
+                    path=f"models.{name}.deployments[{i}]",
+                    public_model=name,
+                    provider=dep.provider,
+                    family=family,
+                    deployment=dep,
+                    price=price,
+                    problem=_problem(settings.type, family, dep, price),
+                )
+            )
+    return rows
+
+
+def unpriced_deployments(
+    config: GatewayConfig, catalog: PriceCatalog | None = None
+) -> list[DeploymentPrice]:
+    """Deployments whose calls would get an unknown cost; log ``.message`` for each."""
+    return [row for row in deployment_prices(config, catalog) if row.problem is not None]
+
+
+def _problem(
+    provider_type: str, family: str, dep: DeploymentConfig, price: Price | None
+) -> str | None:
+    fix = (
+        f"give the deployment a `price:` or add `prices.{family}.<model>` to the config; "
+        "until then its calls are recorded with an unknown cost"
+    )
+    if price is None:
+        if provider_type == "azure" and not dep.base_model:
+            return (
+                "no base_model, so its price is known only if Azure answers with a model name "
+                f"the catalog knows; set base_model (e.g. gpt-4o-2024-08-06), or {fix}"
+            )
+        name = dep.base_model or dep.upstream_name
+        return f"no price is known for {family} model {name!r}; {fix}"
+    chat_priced = price.input is not None and price.output is not None
+    if not chat_priced and price.embedding_rate is None:
+        missing = [k for k in ("input", "output") if getattr(price, k) is None]
+        return f"its price has no {' or '.join(missing)} figure; {fix}"
+    return None
+
+
+# -- text tables -------------------------------------------------------------------------------
+
+
+def render_deployments(rows: Sequence[DeploymentPrice]) -> str:
+    """The effective price list of a configuration, USD per 1M tokens."""
+    header = [
+        "MODEL",
+        "PROVIDER",
+        "DEPLOYMENT",
+        "PRICED AS",
+        "INPUT",
+        "CACHED",
+        "OUTPUT",
+        "REASONING",
+        "EMBED",
+        "SOURCE",
+        "CHECKED",
+        "NOTE",
+    ]
+    table = []
+    for row in rows:
+        p = row.price
+        marker = _marker(row)
+        table.append(
+            [
+                row.public_model,
+                f"{row.provider} ({row.family})",
+                row.deployment.upstream_name,
+                _priced_as(p),
+                *_rates(p),
+                (p.source or "-") if p is not None else "-",
+                (p.checked or "-") if p is not None else "-",
+                marker,
+            ]
+        )
+    return _table(header, table)
+
+
+def render_catalog(catalog: PriceCatalog) -> str:
+    """Every entry of a catalog, family by family, USD per 1M tokens."""
+    header = [
+        "MODEL",
+        "ALIASES",
+        "INPUT",
+        "CACHED",
+        "OUTPUT",
+        "REASONING",
+        "EMBED",
+        "CONTEXT",
+        "MAX OUT",
+        "CHECKED",
+        "BASIS",
+        "SOURCE",
+    ]
+    sections = []
+    for family in catalog.families():
+        entries = list(catalog.entries(family))
+        title = catalog.family_title(family)
+        rows = [
+            [
+                p.model + (" (config)" if p.origin == "config" else ""),
+                ", ".join(p.aliases) or "-",
+                *_rates(p),
+                str(p.context_window or "-"),
+                str(p.max_output_tokens or "-"),
+                p.checked or "-",
+                p.basis or "-",
+                p.source or "-",
+            ]
+            for p in entries
+        ]
+        heading = f"[{family}]" + (f" {title}" if title else "")
+        note = catalog.family_note(family)
+        if note:
+            heading += "\n" + textwrap.fill(note, 100, initial_indent="  ", subsequent_indent="  ")
+        sections.append(heading + "\n" + _table(header, rows))
+    return "\n\n".join(sections)
+
+
+def _priced_as(p: Price | None) -> str:
+    if p is None:
+        return "-"
+    return f"(any {p.family} model)" if p.model == WILDCARD else p.model
+
+
+def _marker(row: DeploymentPrice) -> str:
+    if row.price is None:
+        return "UNKNOWN"
+    marks = {"deployment": "override", "config": "config", "catalog": ""}
+    text = marks[row.price.origin]
+    if row.problem is not None:
+        text = ", ".join(t for t in (text, "INCOMPLETE") if t)
+    return text or "-"
+
+
+def _rates(p: Price | None) -> list[str]:
+    if p is None:
+        return ["UNKNOWN", "-", "-", "-", "-"]
+    chat = p.input is not None or p.output is not None
+    return [
+        _usd(p.input),
+        _usd(p.cached_input_rate) if chat else "-",
+        _usd(p.output),
+        _usd(p.reasoning_rate) if chat else "-",
+        _usd(p.embedding),
+    ]
+
+
+def _usd(value: Decimal | None) -> str:
+    return usd_str(value) if value is not None else "-"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = [list(header), *(list(r) for r in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )

@@ -1,0 +1,131 @@
+"""``llm-gateway prices``: what each configured deployment costs, run as a user would run it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import run_cli
+
+CONFIG = """\
+providers:
+  openai: {type: openai, api_key: sk-test}
+  azure-eu: {type: azure, endpoint: https://contoso.openai.azure.com, api_key: k, api_version: "2024-10-21"}
+  mistral: {type: mistral, api_key: k}
+  vllm: {type: openai, base_url: http://127.0.0.1:8000/v1}
+  mock: {type: mock}
+models:
+  gpt-4o:
+    deployments:
+      - {provider: azure-eu, deployment: prod-1, base_model: gpt-4o-2024-08-06}
+      - {provider: openai, model: gpt-4o, price: {input: "2.25", output: 9}}
+  large:
+    deployments: [{provider: mistral, model: mistral-large-latest}]
+  llama:
+    deployments: [{provider: vllm, model: llama-3.1-8b}, {provider: vllm, model: qwen-7b}]
+  echo:
+    deployments: [{provider: mock, model: mock-echo}]
+prices:
+  openai:
+    qwen-7b: {input: "0.05", output: "0.1", source: our GPU bill}
+"""  # noqa: E501
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def row(output: str, *cells: str) -> str:
+    """The one table line that has every one of ``cells`` among its cells."""
+    found = [line for line in output.splitlines() if all(c in line.split() for c in cells)]
+    assert len(found) == 1, f"expected one row with {cells}, got {found}"
+    return found[0]
+
+
+def test_prices_lists_each_deployment_with_its_effective_price(config_file: Path) -> None:
+    result = run_cli("prices", "--config", str(config_file))
+
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.splitlines()[0].split() == [
+        "MODEL",
+        "PROVIDER",
+        "DEPLOYMENT",
+        "PRICED",
+        "AS",
+        "INPUT",
+        "CACHED",
+        "OUTPUT",
+        "REASONING",
+        "EMBED",
+        "SOURCE",
+        "CHECKED",
+        "NOTE",
+    ]
+    azure = row(out, "gpt-4o", "prod-1")
+    assert azure.split()[4:9] == ["gpt-4o", "2.5", "1.25", "10", "10"]
+    assert "https://azure.microsoft.com/" in azure
+    assert "2025-08" in azure
+    override = row(out, "gpt-4o", "openai")
+    assert override.split()[4:9] == ["gpt-4o", "2.25", "1.25", "9", "9"]
+    assert override.split()[-1] == "override"
+    mistral = row(out, "large", "mistral-large-latest")
+    assert mistral.split()[4:9] == ["mistral-large-2411", "2", "0.2", "6", "6"]
+    assert row(out, "llama", "qwen-7b").split()[-1] == "config"
+    assert "our GPU bill" in row(out, "llama", "qwen-7b")
+    assert "free" not in out
+    assert row(out, "echo", "mock-echo").split()[4:10] == [
+        "(any",
+        "mock",
+        "model)",
+        "0",
+        "0",
+        "0",
+    ]
+
+
+def test_prices_marks_and_explains_deployments_without_a_price(config_file: Path) -> None:
+    result = run_cli("prices", "--config", str(config_file))
+
+    unknown = row(result.stdout, "llama", "llama-3.1-8b")
+    assert "UNKNOWN" in unknown.split()
+    assert (
+        "warning: models.llama.deployments[0] (vllm/llama-3.1-8b): no price is known for "
+        "openai model 'llama-3.1-8b'; give the deployment a `price:` or add "
+        "`prices.openai.<model>` to the config; until then its calls are recorded with an "
+        "unknown cost"
+    ) in result.stdout
+    assert result.stdout.count("warning:") == 1
+
+
+def test_prices_all_prints_the_whole_catalog_with_sources(config_file: Path) -> None:
+    result = run_cli("prices", "--all", "--config", str(config_file))
+
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for heading in ("[openai]", "[azure]", "[mistral]", "[azure-ai]", "[mock]"):
+        assert heading in out
+    openai_page = "https://platform.openai.com/docs/pricing"
+    assert row(out, "gpt-4.1-nano", openai_page).split()[2:5] == ["0.1", "0.025", "0.4"]
+    assert row(out, "text-embedding-3-large", openai_page).split()[6] == "0.13"
+    assert "https://mistral.ai/pricing#api-pricing" in out
+    assert "qwen-7b (config)" in out
+    assert "Data Zone and Regional" in out  # the Azure note on pricier deployment types
+
+
+def test_prices_reports_a_broken_config_like_every_command(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "providers: {m: {type: mock}}\n"
+        "models: {x: {deployments: [{provider: m, model: a, price: {input: -1}}]}}\n"
+    )
+    result = run_cli("prices", "--config", str(path))
+
+    assert result.returncode == 2
+    assert "models.x.deployments[0].price.input: Input should be greater than or equal to 0" in (
+        result.stderr
+    )
