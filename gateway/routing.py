@@ -114,6 +114,7 @@ class Router:
             region=d.region or provider.region,
             rpm=d.rpm,
             tpm=d.tpm,
+            config=d,
         )
 
     def models(self) -> list[str]:

@@ -26,6 +26,7 @@ from gateway.streaming import SSEEvent
 from gateway.transport import Timeouts, UpstreamRequest
 
 if TYPE_CHECKING:
+    from gateway.config import DeploymentConfig
     from gateway.transport import Transport
 
 JSON = dict[str, Any]
@@ -87,6 +88,7 @@ class Deployment:
     region: str | None = None
     rpm: int | None = None  # per-minute quotas (Azure deployments have TPM quotas)
     tpm: int | None = None
+    config: DeploymentConfig | None = None  # the config entry it was built from
 
     @property
     def provider_name(self) -> str:

@@ -101,14 +101,5 @@ class PriceBook:
         return price
 
     def deployment_config(self, deployment: Deployment) -> DeploymentConfig | None:
-        """The config entry a routing Deployment was built from (ids are provider/name[#i])."""
-        model = self.config.models.get(deployment.public_model)
-        if model is None:
-            return None
-        base_id, _, index = deployment.id.partition("#")
-        if index.isdigit() and int(index) < len(model.deployments):
-            return model.deployments[int(index)]
-        for dep in model.deployments:
-            if f"{dep.provider}/{dep.upstream_name}" == base_id:
-                return dep
-        return None
+        """The config entry a routing Deployment was built from."""
+        return deployment.config
