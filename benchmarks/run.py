@@ -1,0 +1,346 @@
+"""Run the benchmark: ``python -m benchmarks.run`` (``--help`` for the options).
+
+One static upstream serves every scenario of the run. Each scenario (direct, llm-gateway and
+its transport / loop / parser variants, LiteLLM) is started in turn, checked with one real
+request per mode, warmed up, loaded for ``--duration`` seconds at ``--connections``, then
+sampled with sequential requests on one idle connection. Results are printed as markdown and
+saved as JSON under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from benchmarks.load import (
+    OVERHEAD_HEADER,
+    Target,
+    generator_name,
+    percentiles,
+    run_load,
+)
+from benchmarks.payloads import MASTER_KEY, request_body
+from benchmarks.processes import cores_busy_seconds, cpu_sets
+from benchmarks.report import markdown, summarize
+from benchmarks.targets import (
+    DEFAULT_SCENARIOS,
+    REPO,
+    SCENARIOS,
+    RunningTarget,
+    Skipped,
+    gateway_source,
+)
+from benchmarks.upstream import StaticUpstream
+
+MODES = ("chat", "stream", "embed")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Throughput and latency of llm-gateway against a static upstream.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load first")
+    p.add_argument(
+        "--connections", default="32", help="concurrent connections; a list runs each: 1,32"
+    )
+    p.add_argument("--threads", type=int, default=1, help="wrk threads")
+    p.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated, or 'all' ({', '.join(SCENARIOS)})",
+    )
+    p.add_argument("--modes", default="chat,stream", help=f"comma-separated of {', '.join(MODES)}")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every scenario this many times")
+    p.add_argument(
+        "--baseline",
+        default="gateway",
+        help="scenario the req/s ratio column compares against, round by round",
+    )
+    p.add_argument("--idle-samples", type=int, default=100, help="sequential requests, 1 conn")
+    p.add_argument("--load-generator", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument("--upstream", choices=("auto", "nginx", "python"), default="auto")
+    p.add_argument(
+        "--no-pin", action="store_true", help="do not pin proxy and load to separate cores"
+    )
+    p.add_argument("--output", type=Path, help="JSON file (default: benchmarks/results/<time>)")
+    args = p.parse_args(argv)
+    names = list(SCENARIOS) if args.scenarios == "all" else args.scenarios.split(",")
+    for name in names:
+        if name not in SCENARIOS:
+            p.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+    args.scenario_list = names
+    args.mode_list = args.modes.split(",")
+    for mode in args.mode_list:
+        if mode not in MODES:
+            p.error(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    args.connection_list = [int(c) for c in args.connections.split(",")]
+    return args
+
+
+def headers() -> dict[str, str]:
+    return {"Content-Type": "application/json", "Authorization": f"Bearer {MASTER_KEY}"}
+
+
+def check_answer(url: str, mode: str, body: str) -> None:
+    """One real request: the scenario must answer correctly before it is measured."""
+    status, data, _ = _post(url, body)
+    text = data.decode(errors="replace")
+    ok = status == 200 and (
+        text.rstrip().endswith("data: [DONE]") if mode == "stream" else text.startswith("{")
+    )
+    if not ok:
+        raise RuntimeError(f"{url} answered {status}: {text[:300]}")
+
+
+def _post(
+    url: str, body: str, conn: http.client.HTTPConnection | None = None
+) -> tuple[int, bytes, str | None]:
+    parts = urlsplit(url)
+    c = conn or http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    try:
+        c.request("POST", parts.path, body=body.encode(), headers=headers())
+        resp = c.getresponse()
+        return resp.status, resp.read(), resp.getheader(OVERHEAD_HEADER)
+    finally:
+        if conn is None:
+            c.close()
+
+
+def idle_sample(url: str, body: str, count: int) -> dict[str, Any]:
+    """Sequential requests on one keep-alive connection: latency without queueing."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    latencies: list[float] = []
+    overhead: list[float] = []
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            status, _, value = _post(url, body, conn)
+            latencies.append((time.perf_counter() - start) * 1000)
+            if value is not None and status == 200:
+                overhead.append(float(value))
+    finally:
+        conn.close()
+    return {"latency_ms": percentiles(latencies), "overhead_ms": percentiles(overhead)}
+
+
+def environment(upstream: StaticUpstream, generator: str, pin: tuple[str | None, ...]) -> Any:
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def run(*argv: str) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=REPO)
+        except OSError:
+            return ""
+        return (out.stdout or out.stderr).strip()
+
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in run("lscpu").splitlines() if "Model name" in ln),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "upstream": upstream.description,
+        "load_generator": run("wrk", "-v").splitlines()[0] if generator == "wrk" else generator,
+        "pinning": {"load_and_upstream": pin[0], "proxy": pin[1]},
+        "git": run("git", "rev-parse", "--short", "HEAD")
+        + (" (dirty)" if run("git", "status", "--porcelain") else ""),
+        "gateway_source": gateway_source(),
+        "packages": {
+            p: version(p)
+            for p in (
+                "aiohttp",
+                "httpx",
+                "uvicorn",
+                "uvloop",
+                "httptools",
+                "h11",
+                "fastapi",
+                "starlette",
+                "pydantic",
+                "orjson",
+            )
+        },
+    }
+
+
+class Bench:
+    """One run: the shared upstream, the settings, and what has been measured so far."""
+
+    def __init__(self, args: argparse.Namespace, upstream: StaticUpstream, workdir: Path) -> None:
+        self.args = args
+        self.upstream = upstream
+        self.workdir = workdir
+        self.generator = generator_name(args.load_generator)
+        self.proxy_cpus = cpu_sets(not args.no_pin)[1]
+        self.records: list[dict[str, Any]] = []
+        self.skipped: dict[str, str] = {}
+        self.versions: dict[str, str] = {}
+
+    def run_scenario(self, name: str, round_no: int) -> None:
+        scenario = SCENARIOS[name]
+        print(f"\n[{round_no}/{self.args.rounds}] {name}: {scenario.description}", flush=True)
+        try:
+            target = RunningTarget(scenario, self.upstream.url, self.workdir, self.proxy_cpus)
+        except (Skipped, RuntimeError) as exc:
+            print(f"  skipped: {exc}")
+            self.skipped[name] = str(exc)
+            return
+        if target.version:
+            self.versions[name] = target.version
+        try:
+            for mode in self.args.mode_list:
+                try:
+                    self.run_mode(target, mode, round_no)
+                except (RuntimeError, OSError) as exc:  # e.g. wrk failed, or the proxy died
+                    print(f"  {mode}: measurement failed: {exc}")
+                    self.skipped[f"{name}/{mode}"] = f"measurement failed: {exc}"
+        finally:
+            target.stop()
+
+    def run_mode(self, target: RunningTarget, mode: str, round_no: int) -> None:
+        name = target.scenario.name
+        url, body = target.url(mode), request_body(mode, target.model(mode))
+        try:
+            check_answer(url, mode, body)
+        except (RuntimeError, OSError) as exc:
+            print(f"  {mode}: not measured, the answer was wrong: {exc}")
+            self.skipped[f"{name}/{mode}"] = str(exc)
+            return
+        load = Target(url, body, headers(), sample_overhead=target.is_gateway)
+        for conns in self.args.connection_list:
+            if self.args.warmup > 0:
+                run_load(
+                    self.generator, load, duration=self.args.warmup, connections=conns, threads=1
+                )
+            cpu_before = target.cpu_seconds()
+            core_before = cores_busy_seconds(self.proxy_cpus)
+            result = run_load(
+                self.generator,
+                load,
+                duration=self.args.duration,
+                connections=conns,
+                threads=self.args.threads,
+            )
+            cpu_after = target.cpu_seconds()
+            core_after = cores_busy_seconds(self.proxy_cpus)
+            idle = idle_sample(url, body, self.args.idle_samples)
+            cpu = None
+            if cpu_before is not None and cpu_after is not None:
+                cpu = cpu_after - cpu_before
+            # Other processes on the proxy's core steal its time and make the run noisy.
+            foreign = None
+            if core_before is not None and core_after is not None:
+                foreign = max(0.0, core_after - core_before - (cpu or 0.0))
+            self.records.append(
+                {
+                    "round": round_no,
+                    "scenario": name,
+                    "mode": mode,
+                    "connections": conns,
+                    "load": result.to_json(),
+                    "proxy_cpu_seconds": cpu,
+                    "proxy_cpu_ms_per_request": (
+                        cpu * 1000 / result.requests
+                        if cpu is not None and result.requests
+                        else None
+                    ),
+                    "idle": idle,
+                    "other_cpu_on_proxy_core_seconds": foreign,
+                }
+            )
+            hdr = result.overhead_ms
+            print(
+                f"  {mode:6} c={conns:<3} {result.rps:10,.0f} req/s  "
+                f"p50 {result.latency_ms.get('p50', 0):7.2f} ms  "
+                f"p99 {result.latency_ms.get('p99', 0):7.2f} ms  "
+                f"errors {result.error_count}"
+                + (f"  overhead hdr p50 {hdr['p50']:.2f} ms" if hdr else ""),
+                flush=True,
+            )
+            # (Loopback traffic's kernel work lands on that core too, hence the 5% allowance.)
+            if target.process and foreign is not None and foreign > 0.05 * result.duration_s:
+                print(
+                    f"  note: other processes used {foreign:.1f}s of CPU on the proxy's core "
+                    "during this run; its numbers are pessimistic",
+                    flush=True,
+                )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    load_cpus, proxy_cpus = cpu_sets(not args.no_pin)
+    if load_cpus is not None:
+        os.sched_setaffinity(0, {int(c) for c in load_cpus.split(",")})  # wrk inherits it
+    workdir = Path(tempfile.mkdtemp(prefix="llm-gateway-bench-"))
+    began = time.monotonic()
+    upstream = StaticUpstream(args.upstream, workdir, load_cpus)
+    bench = Bench(args, upstream, workdir)
+    env = environment(upstream, bench.generator, (load_cpus, proxy_cpus))
+    print(f"upstream:       {upstream.description} at {upstream.url}")
+    print(f"load generator: {env['load_generator']}")
+    print(f"machine:        {env['cpu']}, {env['cores']} cores; pinning: {env['pinning']}")
+    print(f"gateway code:   {env['gateway_source']} (repo {env['git']})")
+    print(f"logs:           {workdir}")
+    try:
+        for round_no in range(1, args.rounds + 1):
+            for name in args.scenario_list:
+                if name not in bench.skipped:
+                    bench.run_scenario(name, round_no)
+    finally:
+        upstream.stop()
+    baseline = args.baseline if args.baseline in args.scenario_list else None
+    rows = summarize(bench.records, baseline)
+    table = markdown(rows, baseline)
+    print()
+    print(table)
+    for name, why in bench.skipped.items():
+        print(f"\nskipped {name}: {why}")
+    out = args.output or REPO / "benchmarks/results" / (
+        datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ".json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_seconds": round(time.monotonic() - began, 1),
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if not k.endswith("_list")
+        },
+        "environment": {**env, "versions": bench.versions},
+        "scenarios": {n: SCENARIOS[n].description for n in args.scenario_list},
+        "skipped": bench.skipped,
+        "records": bench.records,
+        "summary": rows,
+        "markdown": table,
+    }
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nsaved {out} ({result['wall_seconds']}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The systems under test: the upstream itself, llm-gateway (and its variants), LiteLLM.
+
+Each scenario starts its proxy (pinned to the proxy's CPUs), configured with one model per
+answer shape pointing at the static upstream, and says where to send each mode's requests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.payloads import (
+    API_KEY,
+    BASE_PATHS,
+    MASTER_KEY,
+    MODELS,
+    OPERATIONS,
+    UPSTREAM_MODEL,
+)
+from benchmarks.processes import Process, free_port
+
+REPO = Path(__file__).resolve().parent.parent
+EMBED_MODEL = "text-embedding-3-small"
+
+
+class Skipped(Exception):
+    """The scenario cannot run on this machine; the message says why and how to enable it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    kind: str  # "direct", "gateway-cli", "gateway", "litellm"
+    description: str
+    transport: str = "aiohttp"
+    loop: str = "uvloop"
+    http: str = "httptools"
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("direct", "direct", "load generator → static upstream (no proxy)"),
+        Scenario(
+            "gateway",
+            "gateway-cli",
+            "llm-gateway serve (default: aiohttp transport; uvicorn picks uvloop + httptools)",
+        ),
+        Scenario(
+            "gateway-aiohttp",
+            "gateway",
+            "launcher: AiohttpTransport, uvloop, httptools (same as the CLI)",
+        ),
+        Scenario(
+            "gateway-httpx",
+            "gateway",
+            "launcher: HttpxTransport, uvloop, httptools",
+            transport="httpx",
+        ),
+        Scenario(
+            "gateway-asyncio",
+            "gateway",
+            "launcher: AiohttpTransport, stdlib asyncio loop, httptools",
+            loop="asyncio",
+        ),
+        Scenario(
+            "gateway-h11",
+            "gateway",
+            "launcher: AiohttpTransport, uvloop, h11 parser",
+            http="h11",
+        ),
+        Scenario("litellm", "litellm", "LiteLLM proxy (litellm --num_workers 1)"),
+    )
+}
+DEFAULT_SCENARIOS = (
+    "direct",
+    "gateway",
+    "gateway-httpx",
+    "gateway-asyncio",
+    "gateway-h11",
+    "litellm",
+)
+
+
+def litellm_binary() -> Path | None:
+    """$LITELLM_BIN, else a litellm-venv next to the repository, else litellm on PATH."""
+    candidates = [os.environ.get("LITELLM_BIN"), str(REPO.parent / "litellm-venv/bin/litellm")]
+    for c in candidates:
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            return Path(c)
+    found = shutil.which("litellm")
+    return Path(found) if found else None
+
+
+def gateway_config(upstream: str, port: int) -> dict[str, Any]:
+    provider = {"type": "openai", "api_key": API_KEY}
+    return {
+        "server": {"host": "127.0.0.1", "port": port, "workers": 1},
+        "auth": {"master_key": MASTER_KEY},
+        "providers": {
+            "bench-json": {**provider, "base_url": upstream + BASE_PATHS["chat"]},
+            "bench-sse": {**provider, "base_url": upstream + BASE_PATHS["stream"]},
+        },
+        "models": {
+            MODELS["chat"]: {"deployments": [{"provider": "bench-json", "model": UPSTREAM_MODEL}]},
+            MODELS["stream"]: {"deployments": [{"provider": "bench-sse", "model": UPSTREAM_MODEL}]},
+            MODELS["embed"]: {"deployments": [{"provider": "bench-json", "model": EMBED_MODEL}]},
+        },
+    }
+
+
+def litellm_config(upstream: str) -> dict[str, Any]:
+    def entry(mode: str, model: str) -> dict[str, Any]:
+        return {
+            "model_name": MODELS[mode],
+            "litellm_params": {
+                "model": f"openai/{model}",
+                "api_base": upstream + BASE_PATHS[mode],
+                "api_key": API_KEY,
+            },
+        }
+
+    return {
+        "model_list": [
+            entry("chat", UPSTREAM_MODEL),
+            entry("stream", UPSTREAM_MODEL),
+            entry("embed", EMBED_MODEL),
+        ],
+        "litellm_settings": {"telemetry": False},
+        "general_settings": {"master_key": MASTER_KEY},
+    }
+
+
+class RunningTarget:
+    """A started scenario: where to send each mode, and the proxy process (if any)."""
+
+    def __init__(self, scenario: Scenario, upstream: str, workdir: Path, cpus: str | None) -> None:
+        self.scenario = scenario
+        self.process: Process | None = None
+        self.version = ""
+        if scenario.kind == "direct":
+            self._base: str | None = None
+            self._upstream = upstream
+            return
+        port = free_port()
+        self._base = f"http://127.0.0.1:{port}/v1"
+        self._upstream = upstream
+        log_dir = workdir / scenario.name
+        log_dir.mkdir(exist_ok=True)
+        bin_dir = Path(sys.executable).parent
+        if scenario.kind == "litellm":
+            binary = litellm_binary()
+            if binary is None:
+                raise Skipped(
+                    "LiteLLM not found: create it outside the repo with "
+                    "`python3.11 -m venv ../litellm-venv && "
+                    "../litellm-venv/bin/pip install 'litellm[proxy]'` (or set LITELLM_BIN)"
+                )
+            config = log_dir / "litellm.yaml"
+            config.write_text(yaml.safe_dump(litellm_config(upstream), sort_keys=False))
+            argv = [str(binary), "--config", str(config), "--host", "127.0.0.1"]
+            argv += ["--port", str(port), "--num_workers", "1"]
+            env = {
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch from GitHub at start-up
+                "LITELLM_LOG": "ERROR",
+            }
+            self.version = _litellm_version(binary)
+            timeout = 90.0
+        else:
+            config = log_dir / "gateway.yaml"
+            config.write_text(yaml.safe_dump(gateway_config(upstream, port), sort_keys=False))
+            if scenario.kind == "gateway-cli":
+                argv = [str(bin_dir / "llm-gateway"), "serve", "--config", str(config)]
+                argv += ["--host", "127.0.0.1", "--port", str(port)]
+            else:
+                # Run by path, from the log dir: `gateway` then resolves like it does for the
+                # CLI (PYTHONPATH first, then the installed package), not to the harness's cwd.
+                launcher = str(Path(__file__).with_name("gateway_server.py"))
+                argv = [sys.executable, launcher, "--config", str(config)]
+                argv += ["--port", str(port), "--transport", scenario.transport]
+                argv += ["--loop", scenario.loop, "--http", scenario.http]
+            env = {}
+            timeout = 30.0
+        self.process = Process(scenario.name, argv, log_dir, cpus=cpus, env=env, cwd=log_dir)
+        try:
+            self.process.wait_port(port, timeout)
+        except RuntimeError:
+            self.process.stop()
+            raise
+
+    def url(self, mode: str) -> str:
+        if self._base is None:
+            return self._upstream + BASE_PATHS[mode] + OPERATIONS[mode]
+        return self._base + OPERATIONS[mode]
+
+    def model(self, mode: str) -> str:
+        if self._base is None:
+            return EMBED_MODEL if mode == "embed" else UPSTREAM_MODEL
+        return MODELS[mode]
+
+    @property
+    def is_gateway(self) -> bool:
+        return self.scenario.kind.startswith("gateway")
+
+    def cpu_seconds(self) -> float | None:
+        return self.process.cpu_seconds() if self.process else None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+def gateway_source() -> str:
+    """Where the proxies will import ``gateway`` from (honours PYTHONPATH, like they do)."""
+    import subprocess
+
+    code = "import gateway, os; print(os.path.dirname(os.path.dirname(gateway.__file__)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd="/"
+    )
+    return out.stdout.strip() or out.stderr.strip()[-200:]
+
+
+def _litellm_version(binary: Path) -> str:
+    import subprocess
+
+    python = binary.parent / "python"
+    code = "import importlib.metadata as m; print(m.version('litellm'))"
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
+    return out.stdout.strip()
