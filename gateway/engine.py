@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from gateway.accounting import Accountant
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, UpstreamTimeoutError
+from gateway.costs import Cost
+from gateway.errors import ClientDisconnectedError, GatewayError, UpstreamTimeoutError
 from gateway.health import HealthBoard, Ticket
+from gateway.ledger import Ledger, Operation
 from gateway.resilience import AttemptRecord, run_plan
 from gateway.routing import Plan, Router
 from gateway.shared_circuits import RedisCircuits
@@ -39,6 +42,7 @@ class CallInfo:
 
     request_id: str
     started: float = field(default_factory=time.perf_counter)
+    client_request_id: str | None = None  # the caller's own id, echoed back
     model: str | None = None
     provider: str | None = None
     deployment: str | None = None
@@ -50,6 +54,19 @@ class CallInfo:
     dropped_params: tuple[str, ...] = ()
     malformed_events: int = 0
     attempt_log: list[AttemptRecord] = field(default_factory=list)
+    operation: Operation = "chat"
+    stream: bool = False
+    served_by: Deployment | None = None  # the deployment whose answer the caller got
+    upstream_model: str | None = None  # the model the upstream said answered
+    ttft_seconds: float | None = None
+    cost: Cost | None = None
+    key_id: str | None = None
+    team: str | None = None
+    end_user: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+
+    def elapsed_seconds(self) -> float:
+        return time.perf_counter() - self.started
 
     def overhead_ms(self) -> float:
         """Time spent in the gateway so far, excluding time waiting on upstream."""
@@ -67,6 +84,10 @@ class CallInfo:
         }
         if self.dropped_params:
             headers["x-gateway-dropped-params"] = ",".join(self.dropped_params)
+        if self.client_request_id:
+            headers["x-client-request-id"] = self.client_request_id
+        if self.cost is not None:
+            headers["x-gateway-cost"] = self.cost.usd_str()
         return headers
 
 
@@ -87,12 +108,43 @@ class Engine:
                 d.id for deps in self.router.deployments.values() for d in deps
             )
         self.transport: Transport = transport or AiohttpTransport()
+        self.ledger = Ledger(config.ledger) if config.ledger.enabled else None
+        self.accountant = Accountant(config, self.ledger)
+        self._background: set[asyncio.Task[None]] = set()
+        self._started = False
 
     # -- public operations -------------------------------------------------------------
     async def chat(self, request: ChatCompletionRequest, info: CallInfo) -> JSON:
         """A complete (non-streaming) chat completion."""
-        plan = self.router.plan(request.model, request.fallbacks, request.needs())
         info.model = request.model
+        info.end_user = info.end_user or request.user
+        try:
+            result = await self._chat(request, info)
+        except GatewayError as exc:
+            self.accountant.record(info, exc)
+            raise
+        info.upstream_model = result.get("model")
+        usage = result.get("usage")
+        if not usage:  # some OpenAI-compatible servers send none
+            texts = [
+                str((c.get("message") or {}).get("content") or "")
+                for c in result.get("choices") or ()
+            ]
+            usage = await self.accountant.estimate(
+                info.served_by,
+                info.upstream_model,
+                request.upstream_body()["messages"],
+                texts,
+                request.tools,
+            )
+        info.usage = usage
+        info.cost = self.accountant.cost(info.served_by, info.upstream_model, usage)
+        self._settle_tokens(info, request.estimated_tokens())
+        self.accountant.record(info)
+        return result
+
+    async def _chat(self, request: ChatCompletionRequest, info: CallInfo) -> JSON:
+        plan = self.router.plan(request.model, request.fallbacks, request.needs())
         deadline = self._deadline(plan, request.gateway_timeout)
 
         async def attempt(dep: Deployment, ticket: Ticket) -> JSON:
@@ -103,8 +155,7 @@ class Engine:
             raw = await self._exchange(provider, dep, upstream, info, timeouts)
             return provider.chat_response(raw, dep)
 
-        estimate = request.estimated_tokens()
-        result = await self._within(
+        return await self._within(
             deadline,
             run_plan(
                 plan,
@@ -112,29 +163,53 @@ class Engine:
                 info,
                 self.health,
                 deadline=deadline,
-                tokens=estimate,
+                tokens=request.estimated_tokens(),
                 fallback_on_content_filter=self.config.routing.fallback_on_content_filter,
             ),
         )
-        info.usage = result.get("usage")
-        self._settle_tokens(info, estimate)
-        return result
 
     async def chat_stream(self, request: ChatCompletionRequest, info: CallInfo) -> ChunkStream:
         """Open a streaming chat completion. Returns once an upstream has produced its first
         output, so a failure before anything reached the caller is retried or failed over."""
-        plan = self.router.plan(request.model, request.fallbacks, request.needs())
         info.model = request.model
-        deadline = self._deadline(plan, request.gateway_timeout)
-        opened = await self._open_stream(
-            plan, plan.attempts, request.upstream_body, info, deadline, request.estimated_tokens()
-        )
+        info.stream = True
+        info.end_user = info.end_user or request.user
+        try:
+            plan = self.router.plan(request.model, request.fallbacks, request.needs())
+            deadline = self._deadline(plan, request.gateway_timeout)
+            opened = await self._open_stream(
+                plan,
+                plan.attempts,
+                request.upstream_body,
+                info,
+                deadline,
+                request.estimated_tokens(),
+            )
+        except GatewayError as exc:
+            self.accountant.record(info, exc)
+            raise
         return ChunkStream(self, plan, request, info, deadline, opened)
 
     async def embeddings(self, request: EmbeddingRequest, info: CallInfo) -> JSON:
         """Embeddings for one or more inputs."""
-        plan = self.router.plan(request.model, request.fallbacks, request.needs())
         info.model = request.model
+        info.operation = "embeddings"
+        info.end_user = info.end_user or request.user
+        try:
+            result = await self._embeddings(request, info)
+        except GatewayError as exc:
+            self.accountant.record(info, exc)
+            raise
+        info.upstream_model = result.get("model")
+        info.usage = result.get("usage")
+        info.cost = self.accountant.cost(
+            info.served_by, info.upstream_model, info.usage, embedding=True
+        )
+        self.accountant.record(info)
+        return result
+
+    async def _embeddings(self, request: EmbeddingRequest, info: CallInfo) -> JSON:
+        plan = self.router.plan(request.model, request.fallbacks, request.needs())
         deadline = self._deadline(plan, request.gateway_timeout)
 
         async def attempt(dep: Deployment, ticket: Ticket) -> JSON:
@@ -145,11 +220,9 @@ class Engine:
             raw = await self._exchange(provider, dep, upstream, info, timeouts)
             return provider.embeddings_response(raw, dep)
 
-        result = await self._within(
+        return await self._within(
             deadline, run_plan(plan, attempt, info, self.health, deadline=deadline)
         )
-        info.usage = result.get("usage")
-        return result
 
     def models(self) -> list[JSON]:
         """The public models, in the OpenAI ``/v1/models`` shape."""
@@ -158,8 +231,26 @@ class Engine:
             for name in self.router.models()
         ]
 
+    async def start(self) -> None:
+        """Bring the ledger's schema up to date and start its writer (idempotent)."""
+        if self._started:
+            return
+        self._started = True
+        if self.ledger is not None:
+            await self.ledger.start()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run bookkeeping after the answer has gone out; ``aclose`` waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def aclose(self) -> None:
-        """Close pooled upstream connections."""
+        """Finish bookkeeping, flush the ledger, close pooled upstream connections."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self.ledger is not None:
+            await self.ledger.aclose()
         await self.transport.close()
         if self.shared_circuits is not None:
             await self.shared_circuits.aclose()
@@ -234,6 +325,8 @@ class Engine:
                 raise
             finally:
                 info.upstream_seconds += time.perf_counter() - started
+            if info.ttft_seconds is None:
+                info.ttft_seconds = info.elapsed_seconds()
             return OpenedStream(stream, prelude, ticket, time.perf_counter() - started)
 
         sub = Plan(plan.model, plan.policy, deployments, plan.context_attempts)
@@ -305,10 +398,12 @@ class ChunkStream:
     """The canonical chunks of one streaming answer, as the caller receives them.
 
     Usage is always recorded in ``info.usage``; the usage chunk reaches the caller only if
-    they asked for it (``stream_options.include_usage``), as OpenAI does. When the upstream
-    breaks after output has reached the caller, the answer is continued on a later deployment
-    of the Plan that supports assistant prefill, if any; otherwise the original error is
-    raised, so a cut answer is never presented as complete.
+    they asked for it (``stream_options.include_usage``), as OpenAI does, with the call's cost
+    added to it. When the upstream breaks after output has reached the caller, the answer is
+    continued on a later deployment of the Plan that supports assistant prefill, if any;
+    otherwise the original error is raised, so a cut answer is never presented as complete.
+    However the stream ends — complete, broken, or abandoned by the caller — it is accounted
+    once: what was generated is billed (estimated offline when the provider sent no usage).
     """
 
     def __init__(
@@ -326,6 +421,11 @@ class ChunkStream:
         self._info = info
         self._deadline = deadline
         self._current: OpenedStream | None = opened
+        self._messages: list[JSON] = request.upstream_body()["messages"]
+        self._generated: dict[int, str] = {}  # by choice, this attempt's text and arguments
+        self._broken: list[tuple[Deployment, str | None, list[JSON], list[str]]] = []
+        self._usage: JSON | None = None  # the last attempt's reported usage
+        self._accounted = False
 
     def __aiter__(self) -> AsyncIterator[JSON]:
         return self._chunks()
@@ -347,11 +447,27 @@ class ChunkStream:
                         echo.strip(chunk)
                         chunk["id"] = stream_id or chunk.get("id")
                     stream_id = stream_id or chunk.get("id")
+                    self._info.upstream_model = self._info.upstream_model or chunk.get("model")
                     for choice in chunk.get("choices") or ():
+                        index = choice.get("index", 0)
                         delta = choice.get("delta") or {}
-                        if choice.get("index", 0) != 0 or delta.get("tool_calls"):
+                        if index != 0 or delta.get("tool_calls"):
                             other_output = True
-                        text += delta.get("content") or ""
+                        content = delta.get("content") or ""
+                        text += content if index == 0 else ""
+                        self._generated[index] = (
+                            self._generated.get(index, "")
+                            + content
+                            + "".join(
+                                str((call.get("function") or {}).get("arguments") or "")
+                                for call in delta.get("tool_calls") or ()
+                            )
+                        )
+                    if chunk.get("usage"):
+                        self._usage = chunk["usage"]
+                        if include_usage:
+                            cost = await self._cost_with_usage(opened, chunk["usage"])
+                            chunk["usage"] = {**chunk["usage"], "cost": cost.usd_str()}
                     if "usage" in chunk and not include_usage:
                         if not chunk.get("choices"):
                             continue
@@ -361,20 +477,83 @@ class ChunkStream:
                 health.finish(opened.ticket, exc)
                 self._current = None
                 if other_output or not text:
+                    self._account_later(exc)
                     raise
-                self._current = await self._continuation(opened, text, exc)
+                try:
+                    self._current = await self._continuation(opened, text, exc)
+                except GatewayError:
+                    self._account_later(exc)
+                    raise
                 echo = EchoedPrefix(text)
                 continue
             finally:
                 self._info.malformed_events += opened.stream.malformed_events
-            self._info.usage = opened.stream.usage or self._info.usage
             health.finish(opened.ticket, latency=opened.first_output_seconds)
             self._current = None
-            usage = self._info.usage or {}
+            usage = self._usage or {}
             if isinstance(usage.get("total_tokens"), int):
                 health.add_tokens(
                     opened.ticket.deployment.id, usage["total_tokens"] - opened.ticket.tokens
                 )
+        self._account_later(None)
+
+    def _break(
+        self, opened: OpenedStream, served_by: Deployment | None, upstream_model: str | None
+    ) -> None:
+        """Set aside what a broken attempt generated (to bill it) as another continues."""
+        texts = [self._generated[i] for i in sorted(self._generated)]
+        dep = served_by or opened.ticket.deployment
+        self._broken.append((dep, upstream_model, list(self._messages), texts))
+        self._generated = {}
+        self._usage = None
+        self._info.upstream_model = None
+
+    async def _cost_with_usage(self, opened: OpenedStream, usage: JSON) -> Cost:
+        accountant = self._engine.accountant
+        cost = accountant.cost(opened.ticket.deployment, self._info.upstream_model, usage)
+        for part in await self._broken_costs():
+            cost = part + cost
+        return cost
+
+    async def _broken_costs(self) -> list[Cost]:
+        accountant = self._engine.accountant
+        costs = []
+        for dep, model, messages, texts in self._broken:
+            estimate = await accountant.estimate(dep, model, messages, texts, self._request.tools)
+            costs.append(accountant.cost(dep, model, estimate))
+        return costs
+
+    def _account_later(self, error: GatewayError | None) -> None:
+        """Account for the stream once; estimation (if needed) runs in the background."""
+        if self._accounted:
+            return
+        self._accounted = True
+        if self._usage is not None and not self._broken:  # the common case: no waiting
+            self._settle(self._usage, [], error)
+            return
+        self._engine.spawn(self._account(error))
+
+    async def _account(self, error: GatewayError | None) -> None:
+        usage = self._usage
+        if usage is None and self._generated:
+            texts = [self._generated[i] for i in sorted(self._generated)]
+            usage = await self._engine.accountant.estimate(
+                self._info.served_by,
+                self._info.upstream_model,
+                self._messages,
+                texts,
+                self._request.tools,
+            )
+        self._settle(usage, await self._broken_costs(), error)
+
+    def _settle(self, usage: JSON | None, broken: list[Cost], error: GatewayError | None) -> None:
+        info = self._info
+        info.usage = usage
+        cost = self._engine.accountant.cost(info.served_by, info.upstream_model, usage)
+        for part in broken:
+            cost = part + cost
+        info.cost = cost
+        self._engine.accountant.record(info, error)
 
     async def _continuation(
         self, broken: OpenedStream, text: str, error: GatewayError
@@ -392,26 +571,39 @@ class ChunkStream:
         able = [d for d in later if d.provider.capabilities.assistant_prefill]
         if not able:
             raise error
+        prefix = {"role": "assistant", "content": text, "prefix": True}
 
         def body() -> JSON:
             b = self._request.upstream_body()
-            b["messages"] = [*b["messages"], {"role": "assistant", "content": text, "prefix": True}]
+            b["messages"] = [*b["messages"], prefix]
             return b
 
+        served_by, upstream_model = self._info.served_by, self._info.upstream_model
         try:
             opened = await self._engine._open_stream(
                 self._plan, able, body, self._info, self._deadline, broken.ticket.tokens
             )
         except GatewayError:
+            # The broken attempt stays the one to account for.
+            self._info.served_by, self._info.upstream_model = served_by, upstream_model
             raise error from None
+        self._break(broken, served_by, upstream_model)
+        self._messages = [*self._messages, prefix]
         self._info.continued = True
         return opened
 
     async def aclose(self) -> None:
+        """Stop reading (the caller went away): cancel the upstream request and bill what
+        was generated so far."""
         if self._current is not None:
             self._engine.health.finish(self._current.ticket)
             await self._current.stream.aclose()
             self._current = None
+            self._account_later(
+                ClientDisconnectedError(
+                    "the caller closed the connection before the answer was complete"
+                )
+            )
 
 
 async def _prelude_then_rest(opened: OpenedStream) -> AsyncGenerator[JSON, None]:

@@ -187,6 +187,14 @@ class StreamInterruptedError(GatewayError):
     code = "stream_interrupted"
 
 
+class ClientDisconnectedError(GatewayError):
+    """The caller went away mid-answer (recorded as nginx's 499; never sent to anyone)."""
+
+    status = 499
+    type = "client_closed_request"
+    code = "client_disconnected"
+
+
 class MalformedEventError(Exception):
     """One stream event could not be decoded; the stream guard skips and counts it."""
 

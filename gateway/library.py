@@ -84,6 +84,7 @@ class _AsyncCompletions:
             }
         )
         info = CallInfo(request_id=uuid.uuid4().hex)
+        await self._engine.start()
         if stream:
             return AsyncChunkStream(await self._engine.chat_stream(request, info), info)
         completion = ChatCompletion.model_validate(await self._engine.chat(request, info))
@@ -109,6 +110,7 @@ class _AsyncEmbeddings:
             {"model": model, "input": input, **params, **extra}
         )
         info = CallInfo(request_id=uuid.uuid4().hex)
+        await self._engine.start()
         result = CreateEmbeddingResponse.model_validate(
             await self._engine.embeddings(request, info)
         )

@@ -13,6 +13,7 @@ context-window fallbacks. Every attempt passes the deployment's circuit breaker 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from tenacity import (
     AsyncRetrying,
+    DoSleep,
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
@@ -144,22 +146,10 @@ async def run_plan(
     unavailable: list[_Unavailable] = []
     while queue and info.attempts < retries.attempts_per_request:
         dep = queue.popleft()
-        retrying = AsyncRetrying(
-            stop=stop_any(
-                stop_after_attempt(retries.attempts_per_deployment),
-                stop_when_waiting_is_futile(retries, deadline, info, health, dep),
-            ),
-            wait=wait_for_upstream(retries, deadline),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-            sleep=asyncio.sleep,
-        )
         try:
-            async for try_ in retrying:
-                with try_:
-                    result = await _one_attempt(
-                        dep, attempt, info, health, tokens, settle_on_success
-                    )
+            result = await _on_deployment(
+                dep, attempt, info, health, tokens, settle_on_success, retries, deadline
+            )
             info.fallback_used = plan.uses_fallback(dep)
             return result
         except _Unavailable as skipped:
@@ -183,6 +173,50 @@ async def run_plan(
     if info.attempts > 1:
         last.message = f"all {info.attempts} attempts failed; last error: {last.message}"
     raise last
+
+
+async def _on_deployment(
+    dep: Deployment,
+    attempt: Callable[[Deployment, Ticket], Awaitable[T]],
+    info: CallInfo,
+    health: HealthBoard,
+    tokens: int,
+    settle_on_success: bool,
+    retries: RetryConfig,
+    deadline: float,
+) -> T:
+    """Try one deployment, retrying per policy. The first try runs bare (it usually
+    succeeds; building tenacity's machinery costs ~35 us); only a transient failure brings
+    in tenacity, seeded with that failure so its wait and stop rules apply to it."""
+    try:
+        return await _one_attempt(dep, attempt, info, health, tokens, settle_on_success)
+    except GatewayError as exc:
+        if not exc.retryable or retries.attempts_per_deployment == 1:
+            raise
+        failure = sys.exc_info()
+    retrying = AsyncRetrying(
+        stop=stop_any(
+            stop_after_attempt(retries.attempts_per_deployment),
+            stop_when_waiting_is_futile(retries, deadline, info, health, dep),
+        ),
+        wait=wait_for_upstream(retries, deadline),
+        retry=retry_if_exception(_retryable),
+        reraise=True,
+        sleep=asyncio.sleep,
+    )
+    retrying.begin()
+    state = RetryCallState(retrying, fn=None, args=(), kwargs={})
+    state.set_exception(failure)  # type: ignore[arg-type]
+    while True:
+        action = await retrying.iter(state)  # raises the last error once it should stop
+        if not isinstance(action, DoSleep):
+            raise RuntimeError(f"unexpected retry action {action!r}")
+        state.prepare_for_next_attempt()
+        await asyncio.sleep(action)
+        try:
+            return await _one_attempt(dep, attempt, info, health, tokens, settle_on_success)
+        except GatewayError:
+            state.set_exception(sys.exc_info())  # type: ignore[arg-type]
 
 
 async def _one_attempt(
@@ -216,6 +250,7 @@ async def _one_attempt(
         raise
     record.seconds = time.monotonic() - started
     record.status = 200
+    info.served_by = dep
     if settle_on_success:
         health.finish(ticket, latency=record.seconds)
     return result

@@ -22,6 +22,13 @@ SINGLE_ATTEMPT: dict[str, Any] = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _scratch_working_directory(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Gateways write their default SQLite ledger in the working directory: keep it out of
+    the repository."""
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 def service_missing(reason: str) -> None:
     """Skip a test whose real service is absent — or fail it where CI requires services."""
     if os.environ.get("GATEWAY_REQUIRE_SERVICES") == "1":

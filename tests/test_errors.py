@@ -222,13 +222,14 @@ def test_unknown_route_is_openai_shaped_404(http):
     assert_error(http.post("/completions-typo", json=HELLO), 404, "unknown_route")
 
 
-def test_error_responses_carry_request_id(http):
+def test_error_responses_carry_the_gateway_id_and_echo_the_callers(http):
     resp = http.post(
         "/chat/completions",
         json={"model": "gpt-9", "messages": []},
         headers={"x-request-id": "req-abc-123"},
     )
-    assert resp.headers["x-request-id"] == "req-abc-123"
+    assert resp.headers["x-client-request-id"] == "req-abc-123"
+    assert len(resp.headers["x-request-id"]) == 32  # the gateway's own, unique id
 
 
 def test_health_endpoints_answer_without_key(gateway_url):

@@ -143,9 +143,13 @@ def apply_gateway_headers(request: Request, body: ChatCompletionRequest | Embedd
 
 
 def new_info(request: Request) -> CallInfo:
-    given = request.headers.get("x-request-id")
-    rid = given if given and _REQUEST_ID.match(given) else uuid.uuid4().hex
-    return CallInfo(request_id=rid)
+    """A call's facts, with an id of the gateway's own (the ledger's key, so a caller cannot
+    make two calls share one); a sane id the caller sent is kept alongside and echoed."""
+    info = CallInfo(request_id=uuid.uuid4().hex)
+    given = request.headers.get("x-client-request-id") or request.headers.get("x-request-id")
+    if given and _REQUEST_ID.match(given):
+        info.client_request_id = given
+    return info
 
 
 def create_app(
@@ -159,6 +163,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await eng.start()
         yield
         if owned:
             await eng.aclose()
@@ -211,7 +216,8 @@ def create_app(
             headers={"x-request-id": info.request_id},
         )
 
-    async def get_model(request: Request, model_id: str) -> Response:
+    async def get_model(request: Request) -> Response:
+        model_id = request.path_params["model_id"]
         info = new_info(request)
         try:
             gate.authenticate(request)
@@ -230,11 +236,13 @@ def create_app(
         except GatewayError as exc:
             return error_response(exc, info.headers())
 
+    # Plain Starlette routes: the handlers read and validate the body themselves, so FastAPI's
+    # per-request parameter machinery would only cost time (~0.1 ms a request, measured).
     for prefix in ("/v1", ""):
-        app.add_api_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
-        app.add_api_route(f"{prefix}/embeddings", embeddings, methods=["POST"])
-        app.add_api_route(f"{prefix}/models", list_models, methods=["GET"])
-        app.add_api_route(f"{prefix}/models/{{model_id:path}}", get_model, methods=["GET"])
+        app.add_route(f"{prefix}/chat/completions", chat_completions, methods=["POST"])
+        app.add_route(f"{prefix}/embeddings", embeddings, methods=["POST"])
+        app.add_route(f"{prefix}/models", list_models, methods=["GET"])
+        app.add_route(f"{prefix}/models/{{model_id:path}}", get_model, methods=["GET"])
 
     @app.get("/health/live")
     async def live() -> Response:

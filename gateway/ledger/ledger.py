@@ -1,0 +1,82 @@
+"""``Ledger``: one gateway process's spend ledger — its database, schema, writer and reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.config import LedgerConfig
+from gateway.ledger.db import create_ledger_engine, ledger_url
+from gateway.ledger.migrate import upgrade
+from gateway.ledger.records import SpendRecord
+from gateway.ledger.reports import GroupBy, RecordPage, SpendRow, spend_records, spend_report
+from gateway.ledger.writer import LedgerWriter
+
+
+class Ledger:
+    """Built from the ``ledger:`` config section; ``start`` migrates the schema and starts the
+    writer, ``submit`` records a request without waiting, ``aclose`` writes what is held."""
+
+    def __init__(self, config: LedgerConfig, *, engine: AsyncEngine | None = None) -> None:
+        self.config = config
+        self._url = ledger_url(config.url).render_as_string(hide_password=False)
+        self.engine = engine or create_ledger_engine(self._url)
+        self.writer = LedgerWriter(
+            self.engine,
+            batch_size=config.batch_size,
+            flush_interval=config.flush_interval,
+            queue_size=config.queue_size,
+            overflow_size=config.overflow_size,
+            shutdown_timeout=config.shutdown_timeout,
+        )
+
+    async def start(self) -> None:
+        """Bring the schema up to date (if ``migrate``) and start writing in the background.
+        Raises if the database cannot be reached or migrated: better not to start at all than
+        to serve requests whose spend cannot be recorded."""
+        if self.config.migrate:
+            await upgrade(self._url)
+        self.writer.start()
+
+    def submit(self, record: SpendRecord) -> None:
+        """Record one finished request (O(1); never blocks or raises)."""
+        self.writer.submit(record)
+
+    async def spend_report(
+        self, group_by: GroupBy, since: datetime, until: datetime, key_id: str | None = None
+    ) -> list[SpendRow]:
+        return await spend_report(self.engine, group_by, since, until, key_id)
+
+    async def spend_records(
+        self,
+        since: datetime,
+        until: datetime,
+        key_id: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> RecordPage:
+        return await spend_records(self.engine, since, until, key_id, limit, cursor)
+
+    def status(self) -> dict[str, Any]:
+        """The writer's state, for metrics and health: backlog, losses, last error, latency."""
+        w = self.writer
+        return {
+            "running": w.running,
+            "backlog": w.backlog,
+            "written": w.written,
+            "duplicates": w.duplicates,
+            "dropped": w.dropped,
+            "rejected": w.rejected,
+            "failing": w.failing,
+            "last_error": w.last_error,
+            "last_write_seconds": w.last_write_seconds,
+        }
+
+    async def aclose(self) -> None:
+        """Write what is held (within ``shutdown_timeout``), then close the connections."""
+        try:
+            await self.writer.aclose()
+        finally:
+            await self.engine.dispose()

@@ -1,0 +1,100 @@
+"""``SpendRecord``: the facts about one finished request that the ledger keeps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any, Literal, NamedTuple
+
+Operation = Literal["chat", "embeddings"]
+
+# Costs are kept to 1e-10 USD, the precision of the ``cost_usd`` column (and of the budget
+# counters in gateway.limits), rounded the same way (half-even) wherever they are summed.
+COST_QUANTUM = Decimal("1e-10")
+ERROR_STATUS = 400  # a record whose status is at least this counts as an error
+
+
+def quantize_cost(cost: Decimal | int | None) -> Decimal | None:
+    """``cost`` at the ledger's precision; None (unknown) stays None, never 0."""
+    if cost is None:
+        return None
+    return Decimal(cost).quantize(COST_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken to be UTC already."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+@dataclass(slots=True)
+class SpendRecord:
+    """One request as the ledger stores it: who asked, what answered, what it used and cost.
+
+    ``cost_usd`` is exact (Decimal) or None when the price is unknown — never 0 for unknown.
+    ``status`` is the HTTP status returned to the caller; ``usage_estimated`` says the token
+    counts were estimated because the provider sent none.
+    """
+
+    request_id: str
+    started_at: datetime
+    finished_at: datetime
+    model: str  # the public model name the caller asked for
+    status: int
+    operation: Operation = "chat"
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    key_id: str | None = None
+    team: str | None = None
+    end_user: str | None = None  # OpenAI ``user`` field or the end-user header
+    tags: dict[str, Any] = field(default_factory=dict)
+    provider: str | None = None
+    deployment: str | None = None
+    upstream_model: str | None = None  # what the upstream said it ran
+    region: str | None = None
+    attempts: int = 0
+    fallback_used: bool = False
+    error_type: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal | None = None
+    usage_estimated: bool = False
+    stream: bool = False
+
+    @property
+    def is_error(self) -> bool:
+        return self.status >= ERROR_STATUS
+
+    @property
+    def day(self) -> date:
+        """The UTC day the request started on (the roll-up's day)."""
+        return as_utc(self.started_at).date()
+
+
+class TokenCounts(NamedTuple):
+    prompt: int
+    cached: int  # part of prompt served from the provider's cache
+    completion: int
+    reasoning: int  # part of completion spent reasoning
+
+
+def token_counts(usage: Mapping[str, Any] | None) -> TokenCounts:
+    """The four token counts of an OpenAI-shaped ``usage`` object (missing parts are 0)."""
+    usage = usage or {}
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return TokenCounts(
+        _count(usage.get("prompt_tokens")),
+        _count(prompt_details.get("cached_tokens")),
+        _count(usage.get("completion_tokens")),
+        _count(completion_details.get("reasoning_tokens")),
+    )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

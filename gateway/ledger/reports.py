@@ -1,0 +1,287 @@
+"""Reading the ledger: spend grouped by key, team, user, model, provider or day; the records
+themselves, page by page; CSV.
+
+A report over ``[since, until)`` reads a daily roll-up (``spend_daily_users`` by user,
+``spend_daily`` otherwise) for the whole UTC days inside the range and the raw records only
+for the partial days at its ends, so its cost grows with the number of days and groups, not
+with the number of requests. Both parts sum the same stored values, so a report's totals
+equal the sums of its records exactly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Literal, TextIO, get_args
+
+from sqlalchemy import ColumnElement, Select, String, case, func, literal, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.ledger.records import ERROR_STATUS, SpendRecord, as_utc
+from gateway.ledger.schema import UTCDateTime, spend_daily, spend_daily_users
+from gateway.ledger.schema import spend_records as records_table
+
+GroupBy = Literal["key", "team", "user", "model", "provider", "day"]
+GROUPS: tuple[str, ...] = get_args(GroupBy)
+GROUP_COLUMNS = {
+    "key": "key_id",
+    "team": "team",
+    "user": "end_user",
+    "model": "model",
+    "provider": "provider",
+}
+MAX_PAGE = 10_000
+
+
+@dataclass(slots=True)
+class SpendRow:
+    """One group of a spend report. ``group`` is the key id, team, user, model, provider or
+    ISO day (None: records without one); ``cost_usd`` sums the known costs and
+    ``unknown_cost_requests`` counts the requests whose cost is unknown."""
+
+    group: str | None
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    unknown_cost_requests: int = 0
+
+    def add(self, values: Sequence[Any]) -> None:
+        """Add one result row of ``_sums`` (requests … unknown_cost_requests)."""
+        (requests, errors, prompt, cached, completion, reasoning, cost, unknown) = values
+        self.requests += int(requests or 0)
+        self.errors += int(errors or 0)
+        self.prompt_tokens += int(prompt or 0)
+        self.cached_tokens += int(cached or 0)
+        self.completion_tokens += int(completion or 0)
+        self.reasoning_tokens += int(reasoning or 0)
+        self.cost_usd += cost if cost is not None else Decimal(0)
+        self.unknown_cost_requests += int(unknown or 0)
+
+
+@dataclass(slots=True)
+class RecordPage:
+    """Records in (started_at, request_id) order; pass ``next_cursor`` for the next page
+    (None: this is the last one)."""
+
+    records: list[SpendRecord]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RangePlan:
+    """Which part of ``[since, until)`` the roll-up answers and which the raw records do."""
+
+    days: tuple[date, date] | None  # whole UTC days [first, last)
+    partial: tuple[tuple[datetime, datetime], ...]  # each within one UTC day
+
+
+def plan_range(since: datetime, until: datetime) -> RangePlan:
+    since, until = as_utc(since), as_utc(until)
+    if since >= until:
+        return RangePlan(None, ())
+    floor_since = datetime.combine(since.date(), time(), tzinfo=since.tzinfo)
+    first_full = floor_since if since == floor_since else floor_since + timedelta(days=1)
+    last_full = datetime.combine(until.date(), time(), tzinfo=until.tzinfo)
+    if first_full > last_full:  # inside one day, touching neither midnight
+        return RangePlan(None, ((since, until),))
+    partial = []
+    if since < first_full:
+        partial.append((since, first_full))
+    if last_full < until:
+        partial.append((last_full, until))
+    days = (first_full.date(), last_full.date()) if first_full < last_full else None
+    return RangePlan(days, tuple(partial))
+
+
+def _sums(table: Any, raw: bool) -> list[ColumnElement[Any]]:
+    c = table.c
+    if raw:
+        requests: ColumnElement[Any] = func.count()
+        errors: ColumnElement[Any] = func.sum(case((c.status >= ERROR_STATUS, 1), else_=0))
+        unknown: ColumnElement[Any] = func.sum(case((c.cost_usd.is_(None), 1), else_=0))
+    else:
+        requests, errors, unknown = (
+            func.sum(c.requests),
+            func.sum(c.errors),
+            func.sum(c.unknown_cost_requests),
+        )
+    return [
+        requests,
+        errors,
+        func.sum(c.prompt_tokens),
+        func.sum(c.cached_tokens),
+        func.sum(c.completion_tokens),
+        func.sum(c.reasoning_tokens),
+        func.sum(c.cost_usd),
+        unknown,
+    ]
+
+
+async def spend_report(
+    engine: AsyncEngine,
+    group_by: GroupBy,
+    since: datetime,
+    until: datetime,
+    key_id: str | None = None,
+) -> list[SpendRow]:
+    """Spend in ``[since, until)`` grouped by ``group_by``, optionally for one key.
+
+    Rows by day come in date order; other groupings by cost, highest first.
+    """
+    if group_by not in GROUPS:
+        raise ValueError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")
+    plan = plan_range(since, until)
+    rows: dict[str | None, SpendRow] = {}
+
+    def merge(group: object, values: Sequence[Any]) -> None:
+        name = group.isoformat() if isinstance(group, date) else (str(group) if group else None)
+        rows.setdefault(name, SpendRow(name)).add(values)
+
+    async with engine.connect() as conn:
+        if plan.days is not None:
+            rollup = spend_daily_users if group_by == "user" else spend_daily
+            d = rollup.c
+            label = d.day if group_by == "day" else d[GROUP_COLUMNS[group_by]]
+            daily = (
+                select(label, *_sums(rollup, raw=False))
+                .where(d.day >= plan.days[0], d.day < plan.days[1])
+                .group_by(label)
+            )
+            if key_id is not None:
+                daily = daily.where(d.key_id == key_id)
+            for group, *values in await conn.execute(daily):
+                merge(group, values)
+        r = records_table.c
+        for start, end in plan.partial:
+            raw: Select[Any]
+            if group_by == "day":
+                raw = select(literal(start.date().isoformat()), *_sums(records_table, raw=True))
+            else:
+                dim = func.coalesce(r[GROUP_COLUMNS[group_by]], "")
+                raw = select(dim, *_sums(records_table, raw=True)).group_by(dim)
+            raw = raw.where(r.started_at >= start, r.started_at < end)
+            if key_id is not None:
+                raw = raw.where(r.key_id == key_id)
+            for group, *values in await conn.execute(raw):
+                if values[0]:  # an aggregate without GROUP BY answers one row even for none
+                    merge(group, values)
+
+    if group_by == "day":
+        return sorted(rows.values(), key=lambda row: row.group or "")
+    return sorted(rows.values(), key=lambda row: (-row.cost_usd, -row.requests, row.group or ""))
+
+
+async def spend_records(
+    engine: AsyncEngine,
+    since: datetime,
+    until: datetime,
+    key_id: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> RecordPage:
+    """One page of the records in ``[since, until)``, oldest first (keyset pagination on
+    (started_at, request_id): every record appears exactly once, however deep the page)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+    r = records_table.c
+    query = select(records_table).where(r.started_at >= as_utc(since), r.started_at < as_utc(until))
+    if key_id is not None:
+        query = query.where(r.key_id == key_id)
+    if cursor is not None:
+        after, request_id = decode_cursor(cursor)
+        position = tuple_(literal(after, UTCDateTime()), literal(request_id, String()))
+        query = query.where(tuple_(r.started_at, r.request_id) > position)
+    query = query.order_by(r.started_at, r.request_id).limit(limit + 1)
+    async with engine.connect() as conn:
+        result = await conn.execute(query)
+        records = [SpendRecord(**row._mapping) for row in result]
+    more = len(records) > limit
+    del records[limit:]
+    return RecordPage(records, encode_cursor(records[-1]) if more else None)
+
+
+def encode_cursor(record: SpendRecord) -> str:
+    position = [as_utc(record.started_at).isoformat(), record.request_id]
+    return base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        started, request_id = json.loads(raw)
+        return as_utc(datetime.fromisoformat(started)), str(request_id)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise ValueError("invalid cursor: pass next_cursor from the previous page") from None
+
+
+# -- CSV -------------------------------------------------------------------------------
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """A CSV cell. Text that a spreadsheet would run as a formula (caller-supplied user ids
+    and tags can start with ``=``) is prefixed with ``'``."""
+    if value is None:
+        return ""
+    if isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    text = json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def report_csv(rows: Iterable[SpendRow], group_by: GroupBy) -> str:
+    """A spend report as CSV text; the first column is named after the grouping."""
+    names = [f.name for f in fields(SpendRow)]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([group_by, *names[1:]])
+    for row in rows:
+        writer.writerow([_cell(getattr(row, name)) for name in names])
+    return out.getvalue()
+
+
+def write_records_csv(records: Iterable[SpendRecord], out: TextIO, *, header: bool = True) -> int:
+    """Write records as CSV (one column per field); returns how many."""
+    names = [f.name for f in fields(SpendRecord)]
+    writer = csv.writer(out)
+    if header:
+        writer.writerow(names)
+    count = 0
+    for record in records:
+        writer.writerow([_cell(getattr(record, name)) for name in names])
+        count += 1
+    return count
+
+
+async def export_records_csv(
+    engine: AsyncEngine,
+    out: TextIO,
+    since: datetime,
+    until: datetime,
+    key_id: str | None = None,
+    page_size: int = 1000,
+) -> int:
+    """Every record in ``[since, until)`` as CSV, read page by page; returns how many."""
+    cursor: str | None = None
+    count = 0
+    while True:
+        page = await spend_records(engine, since, until, key_id, page_size, cursor)
+        count += write_records_csv(page.records, out, header=cursor is None)
+        cursor = page.next_cursor
+        if cursor is None:
+            return count
