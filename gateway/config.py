@@ -55,6 +55,31 @@ class ServerConfig(_Strict):
 
 class AuthConfig(_Strict):
     master_key: SecretStr | None = None
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long a virtual key lookup is reused; revocations and limit changes "
+        "take effect within this time on every replica.",
+    )
+
+
+class LimitsConfig(_Strict):
+    """Where rate limits, parallel caps and budgets are counted."""
+
+    backend: Literal["memory", "redis"] = Field(
+        default="memory", description="redis: one limit across replicas (needs redis.url)"
+    )
+    reservation_ttl: float = Field(
+        default=900.0,
+        gt=0,
+        description="Seconds a reservation lives if its request never settles (a dead replica).",
+    )
+    default_max_output_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="Output tokens reserved when neither the request nor the catalog caps them.",
+    )
 
 
 PRICE_FIELDS = frozenset({"input", "cached_input", "output", "reasoning", "embedding"})
@@ -227,13 +252,23 @@ class LedgerConfig(_Strict):
 
 
 class GatewayConfig(_Strict):
+    """The whole configuration file."""
+
     server: ServerConfig = Field(default_factory=ServerConfig)
     redis: RedisConfig | None = None
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _redis_for_shared_limits(self) -> GatewayConfig:
+        if self.limits.backend == "redis" and self.redis is None:
+            raise ValueError("limits.backend is redis but no redis.url is configured")
+        return self
+
     prices: dict[str, dict[str, PriceEntryConfig]] = Field(
         default_factory=dict,
         description="Price list entries by provider type and model, over the shipped catalog.",

@@ -10,14 +10,20 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from gateway.accounting import Accountant
+from gateway.auth import Authenticator, Principal
 from gateway.config import GatewayConfig
 from gateway.costs import Cost
 from gateway.errors import ClientDisconnectedError, GatewayError, UpstreamTimeoutError
 from gateway.health import HealthBoard, Ticket
+from gateway.keys import KeyStore
 from gateway.ledger import Ledger, Operation
+from gateway.limits import Admission, Limits, MemoryLimits, period_start
+from gateway.limits.redis import RedisLimits
 from gateway.resilience import AttemptRecord, run_plan
 from gateway.routing import Plan, Router
 from gateway.shared_circuits import RedisCircuits
@@ -64,6 +70,9 @@ class CallInfo:
     team: str | None = None
     end_user: str | None = None
     tags: dict[str, Any] = field(default_factory=dict)
+    principal: Principal | None = None
+    regions: frozenset[str] | None = None  # narrowed by the request (x-gateway-regions)
+    admission: Admission | None = None
 
     def elapsed_seconds(self) -> float:
         return time.perf_counter() - self.started
@@ -86,6 +95,8 @@ class CallInfo:
             headers["x-gateway-dropped-params"] = ",".join(self.dropped_params)
         if self.client_request_id:
             headers["x-client-request-id"] = self.client_request_id
+        if self.admission is not None:
+            headers.update(self.admission.headers)
         if self.cost is not None:
             headers["x-gateway-cost"] = self.cost.usd_str()
         return headers
@@ -110,6 +121,25 @@ class Engine:
         self.transport: Transport = transport or AiohttpTransport()
         self.ledger = Ledger(config.ledger) if config.ledger.enabled else None
         self.accountant = Accountant(config, self.ledger)
+        # Virtual keys live in the ledger's database and need a master key to manage them.
+        self.keys = KeyStore(self.ledger.engine) if self.ledger is not None else None
+        master = config.auth.master_key
+        self.auth = Authenticator(
+            master.get_secret_value() if master else None,
+            self.keys if master else None,
+            config.auth.key_cache_seconds,
+        )
+        self.limits: Limits = (
+            RedisLimits.from_url(
+                config.redis.url,
+                prefix=config.redis.key_prefix + "limits:",
+                seed=self._seed_spend,
+            )
+            if config.limits.backend == "redis" and config.redis is not None
+            else MemoryLimits(seed=self._seed_spend)
+        )
+        if isinstance(self.limits, RedisLimits):
+            self.limits.reservation_ttl = config.limits.reservation_ttl
         self._background: set[asyncio.Task[None]] = set()
         self._started = False
 
@@ -121,7 +151,7 @@ class Engine:
         try:
             result = await self._chat(request, info)
         except GatewayError as exc:
-            self.accountant.record(info, exc)
+            self.finish(info, exc)
             raise
         info.upstream_model = result.get("model")
         usage = result.get("usage")
@@ -140,12 +170,15 @@ class Engine:
         info.usage = usage
         info.cost = self.accountant.cost(info.served_by, info.upstream_model, usage)
         self._settle_tokens(info, request.estimated_tokens())
-        self.accountant.record(info)
+        self.finish(info)
         return result
 
     async def _chat(self, request: ChatCompletionRequest, info: CallInfo) -> JSON:
-        plan = self.router.plan(request.model, request.fallbacks, request.needs())
+        plan = self._plan(request, info)
         deadline = self._deadline(plan, request.gateway_timeout)
+        await self._admit(
+            info, plan, request.estimated_tokens(), self._worst_case_cost(plan, request)
+        )
 
         async def attempt(dep: Deployment, ticket: Ticket) -> JSON:
             provider = dep.provider
@@ -175,8 +208,11 @@ class Engine:
         info.stream = True
         info.end_user = info.end_user or request.user
         try:
-            plan = self.router.plan(request.model, request.fallbacks, request.needs())
+            plan = self._plan(request, info)
             deadline = self._deadline(plan, request.gateway_timeout)
+            await self._admit(
+                info, plan, request.estimated_tokens(), self._worst_case_cost(plan, request)
+            )
             opened = await self._open_stream(
                 plan,
                 plan.attempts,
@@ -186,7 +222,7 @@ class Engine:
                 request.estimated_tokens(),
             )
         except GatewayError as exc:
-            self.accountant.record(info, exc)
+            self.finish(info, exc)
             raise
         return ChunkStream(self, plan, request, info, deadline, opened)
 
@@ -198,19 +234,21 @@ class Engine:
         try:
             result = await self._embeddings(request, info)
         except GatewayError as exc:
-            self.accountant.record(info, exc)
+            self.finish(info, exc)
             raise
         info.upstream_model = result.get("model")
         info.usage = result.get("usage")
         info.cost = self.accountant.cost(
             info.served_by, info.upstream_model, info.usage, embedding=True
         )
-        self.accountant.record(info)
+        self.finish(info)
         return result
 
     async def _embeddings(self, request: EmbeddingRequest, info: CallInfo) -> JSON:
-        plan = self.router.plan(request.model, request.fallbacks, request.needs())
+        plan = self._plan(request, info)
         deadline = self._deadline(plan, request.gateway_timeout)
+        tokens = len(str(request.input).encode())
+        await self._admit(info, plan, tokens, self._worst_case_cost(plan, None, tokens))
 
         async def attempt(dep: Deployment, ticket: Ticket) -> JSON:
             provider = dep.provider
@@ -251,12 +289,108 @@ class Engine:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self.ledger is not None:
             await self.ledger.aclose()
+        await self.limits.aclose()
         await self.transport.close()
         if self.shared_circuits is not None:
             await self.shared_circuits.aclose()
         for provider in self.router.providers.values():
             if provider.transport is not None:
                 await provider.transport.close()
+
+    # -- admission and bookkeeping -----------------------------------------------------
+    def _plan(self, request: ChatCompletionRequest | EmbeddingRequest, info: CallInfo) -> Plan:
+        """The Plan, within what the caller may use: its models (fallbacks included) and its
+        regions, narrowed further by the request's own ``x-gateway-regions``."""
+        principal = info.principal
+        fallbacks = request.fallbacks
+        regions = info.regions
+        if principal is not None and not principal.is_master:
+            principal.check_model(request.model, self.router.models())
+            chain = (
+                fallbacks
+                if fallbacks is not None
+                else (
+                    self.router.configs[request.model].fallbacks
+                    if request.model in self.router.configs
+                    else []
+                )
+            )
+            fallbacks = [m for m in chain if principal.may_use(m)]
+            if principal.regions is not None:
+                regions = principal.regions if regions is None else regions & principal.regions
+        return self.router.plan(request.model, fallbacks, request.needs(), regions)
+
+    async def _admit(self, info: CallInfo, plan: Plan, tokens: int, cost: Decimal) -> None:
+        """Reserve rate-limit room and budget for the caller's key and team, or refuse."""
+        principal = info.principal
+        if principal is None or not principal.limits:
+            return
+        info.admission = await self.limits.admit(
+            info.request_id, principal.limits, tokens=tokens, cost=cost
+        )
+
+    def _worst_case_cost(
+        self, plan: Plan, request: ChatCompletionRequest | None, embedding_tokens: int = 0
+    ) -> Decimal:
+        """The most this request can cost on any deployment of its Plan: an upper bound of
+        its prompt plus its output cap (or the model's), at the dearest price."""
+        worst = Decimal(0)
+        for dep in [*plan.attempts, *plan.context_attempts]:
+            price = self.accountant.prices.price(dep)
+            if price is None:
+                continue  # an unpriced model cannot be budgeted: its calls count as unknown
+            if request is None:
+                rate = price.embedding_rate or Decimal(0)
+                worst = max(worst, embedding_tokens * rate / 10**6)
+                continue
+            cap = (
+                request.max_completion_tokens
+                or request.max_tokens
+                or price.max_output_tokens
+                or self.config.limits.default_max_output_tokens
+            )
+            out = cap * (request.n or 1)
+            rate_out = max(price.output or Decimal(0), price.reasoning_rate or Decimal(0))
+            cost = (
+                request.prompt_token_bound() * (price.input or Decimal(0)) + out * rate_out
+            ) / 10**6
+            worst = max(worst, cost)
+        return worst
+
+    def finish(self, info: CallInfo, error: GatewayError | None = None) -> None:
+        """A call has ended: record it in the ledger and settle its reservation."""
+        self.accountant.record(info, error)
+        if info.admission is not None and not info.admission.done:
+            self.spawn(self._settle(info, error))
+
+    async def _settle(self, info: CallInfo, error: GatewayError | None) -> None:
+        admission = info.admission
+        assert admission is not None
+        usage = info.usage or {}
+        tokens = usage.get("total_tokens")
+        if error is not None and info.cost is None:
+            await self.limits.release(admission)
+        else:
+            await self.limits.settle(
+                admission,
+                tokens=tokens if isinstance(tokens, int) else admission.tokens,
+                cost=None if info.cost is None else info.cost.total,
+            )
+
+    async def _seed_spend(self, scope: str, period: str) -> Decimal:
+        """A budget's starting point: what the ledger says the scope spent this period."""
+        if self.ledger is None:
+            return Decimal(0)
+        kind, _, ident = scope.partition(":")
+        since = period_start(period)
+        until = datetime.now(UTC) + timedelta(minutes=1)
+        rows = await self.ledger.spend_report(
+            "key" if kind == "key" else "team",
+            since,
+            until,
+            key_id=ident if kind == "key" else None,
+        )
+        return sum((r.cost_usd for r in rows if r.group == ident), Decimal(0))
 
     # -- steps -------------------------------------------------------------------------
     def _deadline(self, plan: Plan, override: float | None) -> float:
@@ -553,7 +687,7 @@ class ChunkStream:
         for part in broken:
             cost = part + cost
         info.cost = cost
-        self._engine.accountant.record(info, error)
+        self._engine.finish(info, error)
 
     async def _continuation(
         self, broken: OpenedStream, text: str, error: GatewayError

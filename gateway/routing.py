@@ -21,7 +21,7 @@ from gateway.config import (
     TimeoutConfig,
     overridden,
 )
-from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from gateway.health import HealthBoard
 from providers import provider_class
 from providers.base import Deployment, Provider
@@ -121,12 +121,17 @@ class Router:
         return list(self.deployments)
 
     def plan(
-        self, model: str, fallbacks: list[str] | None = None, needs: frozenset[str] = frozenset()
+        self,
+        model: str,
+        fallbacks: list[str] | None = None,
+        needs: frozenset[str] = frozenset(),
+        regions: frozenset[str] | None = None,
     ) -> Plan:
         """The Plan for ``model``; ``fallbacks`` (per request) replaces the configured chain.
 
         Deployments whose provider lacks a needed capability (tools, streaming, …) are left
-        out; if that leaves none, the request is refused with the reason.
+        out, and with ``regions`` so is every deployment outside them, fallbacks included;
+        if that leaves none, the request is refused with the reason.
         """
         if model not in self.deployments:
             raise NotFoundError(
@@ -143,26 +148,45 @@ class Router:
                     param="fallbacks",
                 )
         lacking: dict[str, list[str]] = {}
+        outside: list[str] = []
         plan = Plan(model, self.policies[model])
-        plan.attempts = self._ordered([model, *(fb for fb in chain if fb != model)], needs, lacking)
-        if not plan.attempts:
+        plan.attempts = self._ordered(
+            [model, *(fb for fb in chain if fb != model)], needs, lacking, regions, outside
+        )
+        if not plan.attempts and lacking:
             reasons = "; ".join(f"{d} lacks {', '.join(m)}" for d, m in lacking.items())
             raise InvalidRequestError(
                 f"no deployment of model '{model}' can serve this request: {reasons}",
                 code="unsupported_feature",
             )
+        if not plan.attempts:
+            raise PermissionDeniedError(
+                f"no deployment of model '{model}' or of its fallbacks is in the regions this "
+                f"request may use ({', '.join(sorted(regions or ())) or 'none'}); it was not "
+                f"sent to the others ({', '.join(outside)})",
+                param="model",
+                code="region_not_allowed",
+            )
         plan.context_attempts = self._ordered(
-            self.configs[model].context_window_fallbacks, needs, {}
+            self.configs[model].context_window_fallbacks, needs, {}, regions, []
         )
         return plan
 
     def _ordered(
-        self, models: list[str], needs: frozenset[str], lacking: dict[str, list[str]]
+        self,
+        models: list[str],
+        needs: frozenset[str],
+        lacking: dict[str, list[str]],
+        regions: frozenset[str] | None,
+        outside: list[str],
     ) -> list[Deployment]:
         out: list[Deployment] = []
         for name in models:
             able = []
             for dep in self.deployments[name]:
+                if regions is not None and dep.region not in regions:
+                    outside.append(f"{dep.id} in {dep.region or 'no region'}")
+                    continue  # data residency: never leave the allowed regions
                 missing = dep.provider.capabilities.lacks(needs)
                 if missing:
                     lacking[dep.id] = missing

@@ -100,6 +100,22 @@ class ChatCompletionRequest(_Open):
                 chars += sum(len(str(p.get("text", ""))) for p in m.content)
         return chars // 4 + (self.max_completion_tokens or self.max_tokens or 0)
 
+    def prompt_token_bound(self) -> int:
+        """An upper bound of the prompt's tokens (a token is at least one UTF-8 byte), for
+        budget reservations that must never be below the real cost."""
+        size = 0
+        for m in self.messages:
+            size += 16  # role, separators and names
+            if isinstance(m.content, str):
+                size += len(m.content.encode())
+            elif isinstance(m.content, list):
+                size += sum(len(str(p.get("text", "")).encode()) for p in m.content)
+            for call in m.tool_calls or ():
+                size += len((call.function.arguments or "").encode()) + 16
+        if self.tools:
+            size += len(str(self.tools).encode())
+        return size
+
     def needs(self) -> frozenset[str]:
         """Capabilities (see providers.base.Capabilities) a deployment must have to serve this."""
         needs = {"chat"}

@@ -22,6 +22,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import gateway.keys  # noqa: F401  (its tables join the ledger's metadata)
 from gateway.config import LedgerConfig, load_config
 from gateway.errors import ConfigError
 from gateway.ledger import (
@@ -206,7 +207,14 @@ async def test_upgrade_from_empty_creates_every_table_and_index(db_url):
         tables, indexes, keys, columns, drift = await conn.run_sync(look)
     await engine.dispose()
 
-    assert tables == {"alembic_version", "spend_records", "spend_daily", "spend_daily_users"}
+    assert tables == {
+        "alembic_version",
+        "spend_records",
+        "spend_daily",
+        "spend_daily_users",
+        "api_keys",
+        "teams",
+    }
     assert indexes["spend_records"] == {
         "ix_spend_records_started_at_request_id": ["started_at", "request_id"],
         "ix_spend_records_key_id_started_at_request_id": ["key_id", "started_at", "request_id"],

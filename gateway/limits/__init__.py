@@ -13,6 +13,7 @@ from gateway.limits.base import (
     Limits,
     ScopeLimits,
     budget_period,
+    period_start,
 )
 from gateway.limits.memory import MemoryLimits
 
@@ -23,4 +24,5 @@ __all__ = [
     "MemoryLimits",
     "ScopeLimits",
     "budget_period",
+    "period_start",
 ]

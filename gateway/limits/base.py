@@ -55,6 +55,15 @@ def budget_period(period: Period, now: datetime) -> tuple[str, datetime | None]:
     return "total", None
 
 
+def period_start(period_id: str) -> datetime:
+    """When a budget period (an id from ``budget_period``) began; ``total``: the epoch."""
+    if period_id.startswith(("d", "w")):
+        return datetime.strptime(period_id[1:], "%Y-%m-%d").replace(tzinfo=UTC)
+    if period_id.startswith("m"):
+        return datetime.strptime(period_id[1:], "%Y-%m").replace(tzinfo=UTC)
+    return datetime(1970, 1, 1, tzinfo=UTC)
+
+
 @dataclass(slots=True)
 class Admission:
     """What one request holds in each scope, to settle or release later."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import uuid
@@ -17,10 +16,10 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response, StreamingResponse
 
+from gateway.auth import Authenticator, Principal
 from gateway.config import GatewayConfig, resolve_config
 from gateway.engine import CallInfo, ChunkStream, Engine
 from gateway.errors import (
-    AuthenticationError,
     GatewayError,
     InvalidRequestError,
     NotFoundError,
@@ -59,26 +58,29 @@ def validation_message(exc: ValidationError) -> tuple[str, str | None]:
 class Gatekeeper:
     """Reads, size-limits, authenticates and validates request bodies."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, auth: Authenticator) -> None:
         self.max_body = config.server.max_body_bytes
-        key = config.auth.master_key
-        self.master_key = key.get_secret_value().encode() if key else None
+        self.auth = auth
 
-    def authenticate(self, request: Request) -> None:
-        if self.master_key is None:
-            return
+    async def authenticate(self, request: Request, info: CallInfo | None = None) -> Principal:
+        """The caller's Principal (401 when the key is missing, wrong, revoked or expired);
+        with ``info``, also who to bill and which regions the request narrows to."""
         header = request.headers.get("authorization")
         token = None
         if header:
             scheme, _, value = header.partition(" ")
             token = value.strip() if scheme.lower() == "bearer" else None
-        token = token or request.headers.get("api-key")
-        if not token:
-            raise AuthenticationError(
-                "missing API key: send it as 'Authorization: Bearer <key>'", code="missing_api_key"
-            )
-        if not hmac.compare_digest(token.encode(), self.master_key):
-            raise AuthenticationError("invalid API key: check the key you were given")
+        principal = await self.auth.authenticate(token or request.headers.get("api-key"))
+        if info is not None:
+            info.principal = principal
+            info.key_id = principal.key_id
+            info.team = principal.team_id
+            info.tags = dict(principal.tags)
+            info.end_user = request.headers.get("x-gateway-user")
+            regions = request.headers.get("x-gateway-regions")
+            if regions:
+                info.regions = frozenset(r.strip() for r in regions.split(",") if r.strip())
+        return principal
 
     async def body(self, request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -101,8 +103,8 @@ class Gatekeeper:
             "(server.max_body_bytes); send a smaller request"
         )
 
-    async def parse(self, request: Request, model: type[M]) -> M:
-        self.authenticate(request)
+    async def parse(self, request: Request, model: type[M], info: CallInfo) -> M:
+        await self.authenticate(request, info)
         raw = await self.body(request)
         try:
             data = orjson.loads(raw)
@@ -120,10 +122,15 @@ class Gatekeeper:
             raise InvalidRequestError(message, param=param) from exc
 
 
-def apply_gateway_headers(request: Request, body: ChatCompletionRequest | EmbeddingRequest) -> None:
+def apply_gateway_headers(
+    request: Request, body: ChatCompletionRequest | EmbeddingRequest, info: CallInfo
+) -> None:
     """Per-request options sent as headers (for clients that cannot add body fields):
     ``x-gateway-fallbacks: m1,m2`` (or ``none``) and ``x-gateway-timeout: <seconds>``.
     Values in the body win."""
+    metadata = (body.model_extra or {}).get("metadata")
+    if isinstance(metadata, dict):
+        info.tags.update({str(k): v for k, v in metadata.items()})
     fallbacks = request.headers.get("x-gateway-fallbacks")
     if fallbacks is not None and body.fallbacks is None:
         names = [n.strip() for n in fallbacks.split(",") if n.strip()]
@@ -157,9 +164,9 @@ def create_app(
 ) -> FastAPI:
     """The proxy app. ``engine`` may be shared (tests, library); otherwise one is built."""
     cfg = engine.config if engine is not None else resolve_config(config)
-    gate = Gatekeeper(cfg)
     owned = engine is None
     eng = engine or Engine(cfg)
+    gate = Gatekeeper(cfg, eng.auth)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -176,8 +183,8 @@ def create_app(
     async def chat_completions(request: Request) -> Response:
         info = new_info(request)
         try:
-            body = await gate.parse(request, ChatCompletionRequest)
-            apply_gateway_headers(request, body)
+            body = await gate.parse(request, ChatCompletionRequest, info)
+            apply_gateway_headers(request, body, info)
             if body.stream:
                 stream = await eng.chat_stream(body, info)
                 return StreamingResponse(
@@ -197,8 +204,8 @@ def create_app(
     async def embeddings(request: Request) -> Response:
         info = new_info(request)
         try:
-            body = await gate.parse(request, EmbeddingRequest)
-            apply_gateway_headers(request, body)
+            body = await gate.parse(request, EmbeddingRequest, info)
+            apply_gateway_headers(request, body, info)
             result = await eng.embeddings(body, info)
         except GatewayError as exc:
             return error_response(exc, info.headers())
@@ -207,7 +214,7 @@ def create_app(
     async def list_models(request: Request) -> Response:
         info = new_info(request)
         try:
-            gate.authenticate(request)
+            await gate.authenticate(request)
         except GatewayError as exc:
             return error_response(exc, info.headers())
         return Response(
@@ -220,7 +227,7 @@ def create_app(
         model_id = request.path_params["model_id"]
         info = new_info(request)
         try:
-            gate.authenticate(request)
+            await gate.authenticate(request)
             for m in eng.models():
                 if m["id"] == model_id:
                     return Response(
@@ -243,6 +250,9 @@ def create_app(
         app.add_route(f"{prefix}/embeddings", embeddings, methods=["POST"])
         app.add_route(f"{prefix}/models", list_models, methods=["GET"])
         app.add_route(f"{prefix}/models/{{model_id:path}}", get_model, methods=["GET"])
+    from gateway.server.spend import add_spend_routes  # spend.py builds on this module
+
+    add_spend_routes(app, eng, gate)
 
     @app.get("/health/live")
     async def live() -> Response:
