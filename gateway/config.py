@@ -145,7 +145,7 @@ class DeploymentConfig(_Strict):
         return self.deployment or self.model or ""
 
 
-Strategy = Literal["weighted", "round-robin", "least-busy", "latency"]
+Strategy = Literal["weighted", "round-robin", "least-busy", "latency", "cost"]
 
 
 class RetryConfig(_Strict):

@@ -113,7 +113,7 @@ class Engine:
             else None
         )
         self.health = HealthBoard(config.routing.circuit, shared=self.shared_circuits)
-        self.router = Router(config, health=self.health)
+        self.router = Router(config, health=self.health, price_of=self._list_price)
         if self.shared_circuits is not None:
             self.shared_circuits.track(
                 d.id for deps in self.router.deployments.values() for d in deps
@@ -296,6 +296,13 @@ class Engine:
         for provider in self.router.providers.values():
             if provider.transport is not None:
                 await provider.transport.close()
+
+    def _list_price(self, dep: Deployment) -> Decimal | None:
+        """A deployment's price per 1M input + output tokens (for the ``cost`` strategy)."""
+        price = self.accountant.prices.price(dep)
+        if price is None or price.input is None or price.output is None:
+            return None
+        return price.input + price.output
 
     # -- admission and bookkeeping -----------------------------------------------------
     def _plan(self, request: ChatCompletionRequest | EmbeddingRequest, info: CallInfo) -> Plan:

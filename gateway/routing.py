@@ -12,6 +12,7 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from gateway.config import (
     GatewayConfig,
@@ -69,8 +70,10 @@ class Router:
         *,
         health: HealthBoard | None = None,
         rng: random.Random | None = None,
+        price_of: Callable[[Deployment], Decimal | None] | None = None,
     ) -> None:
         self.health = health or HealthBoard(config.routing.circuit)
+        self.price_of = price_of or (lambda _: None)
         self.providers: dict[str, Provider] = {
             name: provider_class(settings.type)(name, settings)
             for name, settings in config.providers.items()
@@ -94,6 +97,7 @@ class Router:
             "round-robin": self._round_robin,
             "least-busy": self._least_busy,
             "latency": self._lowest_latency,
+            "cost": self._cheapest,
         }
 
     def _deployment(self, model: str, mcfg: ModelConfig, i: int) -> Deployment:
@@ -205,6 +209,13 @@ class Router:
     def _least_busy(self, model: str, deps: list[Deployment]) -> list[Deployment]:
         shuffled = self._rng.sample(deps, len(deps))  # ties are broken at random
         return sorted(shuffled, key=lambda d: self.health.get(d.id).in_flight)
+
+    def _cheapest(self, model: str, deps: list[Deployment]) -> list[Deployment]:
+        """Cheapest first (input + output price per 1M tokens); unpriced ones last; ties at
+        random. Unhealthy ones are skipped at admission, so this is the cheapest healthy."""
+        shuffled = self._rng.sample(deps, len(deps))
+        prices = {d.id: self.price_of(d) for d in deps}
+        return sorted(shuffled, key=lambda d: (prices[d.id] is None, prices[d.id] or 0))
 
     def _lowest_latency(self, model: str, deps: list[Deployment]) -> list[Deployment]:
         """Power of two choices: of two random deployments the faster goes first; the rest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -153,3 +154,22 @@ def test_request_can_disable_fallbacks(failover_gateway, openai_emu):
     )
     assert resp.status_code == 502
     assert openai_emu.requests == []
+
+
+def test_cost_strategy_puts_the_cheapest_priced_deployment_first():
+    prices = {"a/m": Decimal("12.5"), "b/m": Decimal("0.75")}
+    r = Router(
+        load_config({**CONFIG, "routing": {"strategy": "cost"}}),
+        rng=random.Random(3),
+        price_of=lambda d: prices.get(d.id),
+    )
+    assert [d.id for d in r.plan("big", []).attempts] == ["b/m", "a/m"]
+
+
+def test_cost_strategy_puts_unpriced_deployments_last():
+    r = Router(
+        load_config({**CONFIG, "routing": {"strategy": "cost"}}),
+        rng=random.Random(3),
+        price_of=lambda d: Decimal(1) if d.id == "a/m" else None,
+    )
+    assert [d.id for d in r.plan("big", []).attempts] == ["a/m", "b/m"]
