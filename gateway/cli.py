@@ -1,15 +1,23 @@
-"""The ``llm-gateway`` command: serve, config check, models, prices."""
+"""The ``llm-gateway`` command: serve, config check, models, prices, spend."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gateway.cli_keys import add_key_commands
 from gateway.config import GatewayConfig, resolve_config
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.ledger import GroupBy, SpendRow
 
 app = typer.Typer(
     help="llm-gateway: one OpenAI-compatible API over many LLM providers.",
@@ -18,6 +26,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Work with configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+add_key_commands(app)
 
 ConfigOption = Annotated[
     Path | None,
@@ -128,6 +137,168 @@ def prices(
         "\nPrices are USD per 1M tokens; see `llm-gateway prices --all` for the catalog, "
         "its sources and the dates they were checked."
     )
+
+
+class Grouping(StrEnum):
+    """What ``llm-gateway spend --by`` groups by."""
+
+    model = "model"
+    key = "key"
+    team = "team"
+    user = "user"
+    provider = "provider"
+    day = "day"
+
+
+@app.command()
+def spend(
+    config: ConfigOption = None,
+    by: Annotated[Grouping, typer.Option("--by", help="Group by this.")] = Grouping.model,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Start: 7d, 24h or 30m before now, or an ISO date or time (UTC unless it "
+            "says otherwise). Default: 30 days before --until."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="End, not included; same forms. Default: now.")
+    ] = None,
+    key_id: Annotated[str | None, typer.Option("--key-id", help="Only this key's spend.")] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask a running gateway (e.g. http://127.0.0.1:4000) instead of reading the "
+            "ledger database named by the config."
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key", envvar="GATEWAY_MASTER_KEY", help="The gateway's master key (with --url)."
+        ),
+    ] = None,
+) -> None:
+    """Print what was spent, grouped by model, key, team, user, provider or day, with a
+    total. Reads the ledger database directly, or a running gateway's /v1/spend with --url."""
+    from gateway.ledger import render_report, report_csv
+    from gateway.ledger.periods import PeriodError, report_period
+
+    group_by: GroupBy = by.value
+    if url is not None:
+        report = _remote_spend(url, api_key, group_by, since, until, key_id, as_csv)
+        if isinstance(report, str):
+            typer.echo(report, nl=False)
+            return
+        rows, start, end = report
+    else:
+        try:
+            start, end = report_period(since, until)
+        except PeriodError as exc:
+            raise typer.BadParameter(str(exc), param_hint=f"'--{exc.param}'") from None
+        rows = _ledger_spend(_load(config), group_by, start, end, key_id)
+        if as_csv:
+            typer.echo(report_csv(rows, group_by), nl=False)
+            return
+    moment = "%Y-%m-%d %H:%M:%S UTC"
+    typer.echo(f"Spend by {group_by}, {start:{moment}} to {end:{moment}}\n")
+    typer.echo(render_report(rows, group_by))
+
+
+def _ledger_spend(
+    cfg: GatewayConfig, group_by: GroupBy, since: datetime, until: datetime, key_id: str | None
+) -> list[SpendRow]:
+    """The report read straight from the ledger's database (not migrated, nothing written)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.ledger import Ledger
+    from gateway.ledger.writer import describe
+
+    if not cfg.ledger.enabled:
+        typer.echo("the spend ledger is disabled in this config (ledger.enabled: false)", err=True)
+        raise typer.Exit(1)
+    url = make_url(cfg.ledger.url)
+    where = url.render_as_string(hide_password=True)
+    database = url.database or ""
+    # Reading a missing SQLite file would create an empty one.
+    if url.get_backend_name() == "sqlite" and not Path(database).is_file():
+        typer.echo(f"no ledger database at {database} (ledger.url: {where})", err=True)
+        raise typer.Exit(1)
+
+    async def read() -> list[SpendRow]:
+        ledger = Ledger(cfg.ledger)
+        try:
+            return await ledger.spend_report(group_by, since, until, key_id)
+        finally:
+            await ledger.engine.dispose()
+
+    try:
+        return asyncio.run(read())
+    except (SQLAlchemyError, OSError) as exc:
+        typer.echo(
+            f"could not read the ledger at {where}: {describe(exc)}\n(the gateway creates its "
+            "tables when it starts, unless ledger.migrate is false)",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def _remote_spend(
+    url: str,
+    api_key: str | None,
+    group_by: GroupBy,
+    since: str | None,
+    until: str | None,
+    key_id: str | None,
+    as_csv: bool,
+) -> str | tuple[list[SpendRow], datetime, datetime]:
+    """The report from a running gateway: CSV text, or its rows and period."""
+    import httpx
+
+    from gateway.ledger import SpendRow
+
+    base = url.rstrip("/").removesuffix("/v1")
+    params = {"group_by": group_by, "since": since, "until": until, "key_id": key_id}
+    if as_csv:
+        params["format"] = "csv"
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(
+            base + "/v1/spend",
+            params={k: v for k, v in params.items() if v is not None},
+            headers=headers,
+            timeout=60,
+        )
+    except httpx.HTTPError as exc:
+        typer.echo(f"could not reach {base}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:500]
+        typer.echo(f"{base} answered {response.status_code}: {message}", err=True)
+        raise typer.Exit(1)
+    if as_csv:
+        return response.text
+    body = response.json()
+    rows = [
+        SpendRow(
+            group=item["group"],
+            requests=item["requests"],
+            errors=item["errors"],
+            prompt_tokens=item["prompt_tokens"],
+            cached_tokens=item["cached_tokens"],
+            completion_tokens=item["completion_tokens"],
+            reasoning_tokens=item["reasoning_tokens"],
+            cost_usd=Decimal(item["cost_usd"]),
+            unknown_cost_requests=item["unknown_cost_requests"],
+        )
+        for item in body["data"]
+    ]
+    return rows, datetime.fromisoformat(body["since"]), datetime.fromisoformat(body["until"])
 
 
 def main() -> None:

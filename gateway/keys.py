@@ -175,8 +175,8 @@ class KeyStore:
     async def create_key(self, **attrs: Any) -> tuple[VirtualKey, str]:
         """A new key and its plaintext (shown once)."""
         self._check(attrs, KEY_FIELDS)
-        if attrs.get("team_id"):
-            await self.get_team(attrs["team_id"])
+        if attrs.get("team_id"):  # by id or name; the key must keep the id
+            attrs["team_id"] = (await self.get_team(attrs["team_id"])).id
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         key = VirtualKey(
             id=uuid.uuid4().hex,
@@ -213,8 +213,8 @@ class KeyStore:
 
     async def update_key(self, key_id: str, **attrs: Any) -> VirtualKey:
         self._check(attrs, KEY_FIELDS)
-        if attrs.get("team_id"):
-            await self.get_team(attrs["team_id"])
+        if attrs.get("team_id"):  # by id or name; the key must keep the id
+            attrs["team_id"] = (await self.get_team(attrs["team_id"])).id
         key = replace(await self.get_key(key_id), **attrs)
         await self._save(keys_table, key.id, _row(key))
         return key

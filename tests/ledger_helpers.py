@@ -7,8 +7,9 @@ import asyncio
 import os
 import random
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -46,6 +47,24 @@ def with_database(dsn: str, database: str, driver: str = "postgresql+asyncpg") -
     _, rest = dsn.split("://", 1)
     server = rest.rsplit("/", 1)[0]
     return f"{driver}://{server}/{database}"
+
+
+@contextmanager
+def scratch_postgres() -> Iterator[str]:
+    """A new database on the test PostgreSQL (its asyncpg URL), dropped afterwards; the test
+    is skipped (failed under GATEWAY_REQUIRE_SERVICES=1) when PostgreSQL is not usable."""
+    from tests.conftest import service_missing
+
+    name = scratch_database_name()
+    try:
+        postgres(POSTGRES_ADMIN_DSN, f'CREATE DATABASE "{name}"')
+    except Exception as exc:
+        where = POSTGRES_ADMIN_DSN.rsplit("@", 1)[-1]
+        service_missing(f"PostgreSQL is not usable at {where}: {exc!r}")
+    try:
+        yield with_database(POSTGRES_ADMIN_DSN, name)
+    finally:
+        postgres(POSTGRES_ADMIN_DSN, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class TcpProxy:

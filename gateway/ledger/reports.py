@@ -16,7 +16,7 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import astuple, dataclass, fields
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal, TextIO, get_args
@@ -24,6 +24,7 @@ from typing import Any, Literal, TextIO, get_args
 from sqlalchemy import ColumnElement, Select, String, case, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.costs.compute import usd_str
 from gateway.ledger.records import ERROR_STATUS, SpendRecord, as_utc
 from gateway.ledger.schema import UTCDateTime, spend_daily, spend_daily_users
 from gateway.ledger.schema import spend_records as records_table
@@ -55,6 +56,14 @@ class SpendRow:
     reasoning_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     unknown_cost_requests: int = 0
+
+    @classmethod
+    def total(cls, rows: Iterable[SpendRow]) -> SpendRow:
+        """The sums of ``rows`` (``group`` None)."""
+        out = cls(None)
+        for row in rows:
+            out.add(astuple(row)[1:])
+        return out
 
     def add(self, values: Sequence[Any]) -> None:
         """Add one result row of ``_sums`` (requests … unknown_cost_requests)."""
@@ -285,3 +294,61 @@ async def export_records_csv(
         cursor = page.next_cursor
         if cursor is None:
             return count
+
+
+# -- text ------------------------------------------------------------------------------
+_COUNTS = ("REQUESTS", "ERRORS", "PROMPT", "CACHED", "COMPLETION", "REASONING")
+
+
+def render_report(rows: Sequence[SpendRow], group_by: GroupBy) -> str:
+    """A spend report as an aligned text table with a TOTAL line. Costs are exact and lined
+    up on the decimal point; UNKNOWN COST counts the requests they leave out (no price).
+    Rows without a group (no key, team, …) show as ``(none)``."""
+    total = SpendRow.total(rows)
+    lines = [[row.group or "(none)", *_counts(row)] for row in [*rows, total]]
+    lines[-1][0] = "TOTAL"
+    costs = _on_decimal_point([usd_str(row.cost_usd) for row in [*rows, total]])
+    table = [[group_by.upper(), *_COUNTS, "COST USD", "UNKNOWN COST"]] + [
+        [*line, cost, str(row.unknown_cost_requests)]
+        for line, cost, row in zip(lines, costs, [*rows, total], strict=True)
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    text = [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in table
+    ]
+    text.insert(-1, "-" * len(text[0]))
+    if total.unknown_cost_requests:
+        text.append(
+            f"\n{total.unknown_cost_requests} of {total.requests} requests have an unknown cost "
+            "(no price for their model), so the costs are lower bounds;\n"
+            "`llm-gateway prices` lists the deployments without a price."
+        )
+    return "\n".join(text)
+
+
+def _counts(row: SpendRow) -> list[str]:
+    return [
+        str(n)
+        for n in (
+            row.requests,
+            row.errors,
+            row.prompt_tokens,
+            row.cached_tokens,
+            row.completion_tokens,
+            row.reasoning_tokens,
+        )
+    ]
+
+
+def _on_decimal_point(amounts: Sequence[str]) -> list[str]:
+    """Pad amounts so their decimal points line up once right-aligned."""
+    decimals = max((len(a.partition(".")[2]) for a in amounts), default=0)
+    out = []
+    for amount in amounts:
+        whole, point, fraction = amount.partition(".")
+        out.append(whole + (point or (" " if decimals else "")) + fraction.ljust(decimals))
+    return out

@@ -253,6 +253,9 @@ def create_app(
     from gateway.server.spend import add_spend_routes  # spend.py builds on this module
 
     add_spend_routes(app, eng, gate)
+    from gateway.server.admin import add_admin_routes  # admin.py builds on this module
+
+    add_admin_routes(app, eng, gate)
 
     @app.get("/health/live")
     async def live() -> Response:
