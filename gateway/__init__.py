@@ -1,5 +1,6 @@
 """llm-gateway: one OpenAI-compatible API over OpenAI, Azure OpenAI, Mistral and more."""
 
+from gateway.client import AsyncGatewayClient, GatewayClient
 from gateway.config import GatewayConfig, load_config, load_config_file
 from gateway.engine import CallInfo, Engine
 from gateway.errors import (
@@ -24,6 +25,7 @@ from gateway.transport import AiohttpTransport, HttpxTransport, Transport
 __all__ = [
     "AiohttpTransport",
     "AsyncGateway",
+    "AsyncGatewayClient",
     "AuthenticationError",
     "CallInfo",
     "ConfigError",
@@ -31,6 +33,7 @@ __all__ = [
     "ContextLengthExceededError",
     "Engine",
     "Gateway",
+    "GatewayClient",
     "GatewayConfig",
     "GatewayError",
     "HttpxTransport",

@@ -15,6 +15,8 @@ class GatewayError(Exception):
     status: int = 500
     type: str = "api_error"
     code: str | None = None
+    # The gateway's x-request-id of the failed call, where it is known (set by gateway.client).
+    request_id: str | None = None
 
     def __init__(
         self,
