@@ -82,6 +82,7 @@ def serve(
         loop="auto",
         http="auto",
         access_log=access_log,
+        timeout_graceful_shutdown=cfg.server.shutdown_timeout,
         log_level="info",
     )
 

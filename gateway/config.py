@@ -51,6 +51,12 @@ class ServerConfig(_Strict):
     port: int = Field(default=4000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    shutdown_timeout: int = Field(
+        default=25,
+        ge=1,
+        description="On SIGTERM, seconds requests in flight may take to finish; those still "
+        "running then are cut and recorded as errors (499).",
+    )
 
 
 class AuthConfig(_Strict):

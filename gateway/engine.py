@@ -7,6 +7,8 @@ any step. Upstream responses stay plain dicts in the OpenAI shape on this path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from providers.base import Deployment, Provider
 
 JSON = dict[str, Any]
 T = TypeVar("T")
+log = logging.getLogger("gateway.engine")
 
 
 @dataclass(slots=True)
@@ -141,6 +144,9 @@ class Engine:
         if isinstance(self.limits, RedisLimits):
             self.limits.reservation_ttl = config.limits.reservation_ttl
         self._background: set[asyncio.Task[None]] = set()
+        self._open_calls: set[str] = set()  # request ids not yet accounted for
+        self._all_accounted = asyncio.Event()
+        self._streams: set[ChunkStream] = set()  # streams handed out and not yet accounted
         self._started = False
 
     # -- public operations -------------------------------------------------------------
@@ -148,10 +154,14 @@ class Engine:
         """A complete (non-streaming) chat completion."""
         info.model = request.model
         info.end_user = info.end_user or request.user
+        self._opened(info)
         try:
             result = await self._chat(request, info)
         except GatewayError as exc:
             self.finish(info, exc)
+            raise
+        except asyncio.CancelledError:
+            self.finish(info, _cancelled())
             raise
         info.upstream_model = result.get("model")
         usage = result.get("usage")
@@ -207,6 +217,7 @@ class Engine:
         info.model = request.model
         info.stream = True
         info.end_user = info.end_user or request.user
+        self._opened(info)
         try:
             plan = self._plan(request, info)
             deadline = self._deadline(plan, request.gateway_timeout)
@@ -224,6 +235,9 @@ class Engine:
         except GatewayError as exc:
             self.finish(info, exc)
             raise
+        except asyncio.CancelledError:
+            self.finish(info, _cancelled())
+            raise
         return ChunkStream(self, plan, request, info, deadline, opened)
 
     async def embeddings(self, request: EmbeddingRequest, info: CallInfo) -> JSON:
@@ -231,10 +245,14 @@ class Engine:
         info.model = request.model
         info.operation = "embeddings"
         info.end_user = info.end_user or request.user
+        self._opened(info)
         try:
             result = await self._embeddings(request, info)
         except GatewayError as exc:
             self.finish(info, exc)
+            raise
+        except asyncio.CancelledError:
+            self.finish(info, _cancelled())
             raise
         info.upstream_model = result.get("model")
         info.usage = result.get("usage")
@@ -284,8 +302,17 @@ class Engine:
         task.add_done_callback(self._background.discard)
 
     async def aclose(self) -> None:
-        """Finish bookkeeping, flush the ledger, close pooled upstream connections."""
-        if self._background:
+        """Let calls still ending account for themselves (within the ledger's shutdown time),
+        finish bookkeeping, flush the ledger, close pooled upstream connections."""
+        for stream in list(self._streams):  # abandoned by their readers: bill what they got
+            await stream.aclose()
+        if self._open_calls:  # cancelled calls record themselves as they unwind
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.ledger.shutdown_timeout):
+                    await self._all_accounted.wait()
+        if self._open_calls:
+            log.error("%d calls ended without a ledger record at shutdown", len(self._open_calls))
+        while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self.ledger is not None:
             await self.ledger.aclose()
@@ -364,8 +391,15 @@ class Engine:
             worst = max(worst, cost)
         return worst
 
+    def _opened(self, info: CallInfo) -> None:
+        self._open_calls.add(info.request_id)
+        self._all_accounted.clear()
+
     def finish(self, info: CallInfo, error: GatewayError | None = None) -> None:
         """A call has ended: record it in the ledger and settle its reservation."""
+        self._open_calls.discard(info.request_id)
+        if not self._open_calls:
+            self._all_accounted.set()
         self.accountant.record(info, error)
         if info.admission is not None and not info.admission.done:
             self.spawn(self._settle(info, error))
@@ -567,6 +601,7 @@ class ChunkStream:
         self._broken: list[tuple[Deployment, str | None, list[JSON], list[str]]] = []
         self._usage: JSON | None = None  # the last attempt's reported usage
         self._accounted = False
+        engine._streams.add(self)
 
     def __aiter__(self) -> AsyncIterator[JSON]:
         return self._chunks()
@@ -669,6 +704,7 @@ class ChunkStream:
         if self._accounted:
             return
         self._accounted = True
+        self._engine._streams.discard(self)
         if self._usage is not None and not self._broken:  # the common case: no waiting
             self._settle(self._usage, [], error)
             return
@@ -745,6 +781,12 @@ class ChunkStream:
                     "the caller closed the connection before the answer was complete"
                 )
             )
+
+
+def _cancelled() -> ClientDisconnectedError:
+    return ClientDisconnectedError(
+        "the call was cancelled before it completed (the caller went away or the gateway shut down)"
+    )
 
 
 async def _prelude_then_rest(opened: OpenedStream) -> AsyncGenerator[JSON, None]:

@@ -9,6 +9,7 @@ presented as a whole one.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -134,5 +135,7 @@ class UpstreamStream:
         return chunks
 
     async def aclose(self) -> None:
-        await self._chunks.aclose()
+        # If another task is inside the generator, closing the response ends it there.
+        with contextlib.suppress(RuntimeError):
+            await self._chunks.aclose()
         await self.response.close()

@@ -256,13 +256,6 @@ SERVE_WITH_GRACE = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request cancelled by uvicorn's graceful-shutdown timeout leaves no record: "
-    "Engine.chat/embeddings record only on a GatewayError, not on cancellation; a cut stream "
-    "is accounted in a task spawned after Engine.aclose has closed the ledger, and that task "
-    "is cancelled when the event loop ends",
-)
 async def test_requests_cut_by_a_graceful_shutdown_timeout_are_recorded_as_errors(
     upstream, tmp_path
 ):
