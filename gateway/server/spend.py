@@ -50,18 +50,13 @@ FLUSH_WAIT = 1.0
 def spend_scope(request: Request, principal: Principal) -> str | None:
     """The key id whose spend this caller may read; None means every key's.
 
-    The one place that decides who reads what (``request`` is there for what that may need).
-    For now only the master key (or a gateway without auth) reads spend, all of it; any other
-    key is refused. Per-key reading replaces this: a key that is not an admin gets its own
-    ``principal.key_id``, and the routes then report only that key and refuse a ``key_id``
-    naming another one.
+    The one place that decides who reads what: the master key (or a gateway without auth) and
+    admin keys read everything; any other key reads only its own spend, and the routes refuse
+    a ``key_id`` naming another key.
     """
-    if principal.is_master:
+    if principal.is_master or principal.admin:
         return None
-    raise PermissionDeniedError(
-        "reading spend needs the master key; this key may not read it",
-        code="spend_not_allowed",
-    )
+    return principal.key_id
 
 
 def add_spend_routes(app: FastAPI, engine: Engine, gate: Gatekeeper) -> None:
