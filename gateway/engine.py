@@ -154,15 +154,7 @@ class Engine:
         """A complete (non-streaming) chat completion."""
         info.model = request.model
         info.end_user = info.end_user or request.user
-        self._opened(info)
-        try:
-            result = await self._chat(request, info)
-        except GatewayError as exc:
-            self.finish(info, exc)
-            raise
-        except asyncio.CancelledError:
-            self.finish(info, _cancelled())
-            raise
+        result = await self._accounted(info, self._chat(request, info))
         info.upstream_model = result.get("model")
         usage = result.get("usage")
         if not usage:  # some OpenAI-compatible servers send none
@@ -217,27 +209,7 @@ class Engine:
         info.model = request.model
         info.stream = True
         info.end_user = info.end_user or request.user
-        self._opened(info)
-        try:
-            plan = self._plan(request, info)
-            deadline = self._deadline(plan, request.gateway_timeout)
-            await self._admit(
-                info, plan, request.estimated_tokens(), self._worst_case_cost(plan, request)
-            )
-            opened = await self._open_stream(
-                plan,
-                plan.attempts,
-                request.upstream_body,
-                info,
-                deadline,
-                request.estimated_tokens(),
-            )
-        except GatewayError as exc:
-            self.finish(info, exc)
-            raise
-        except asyncio.CancelledError:
-            self.finish(info, _cancelled())
-            raise
+        plan, deadline, opened = await self._accounted(info, self._open_first(request, info))
         return ChunkStream(self, plan, request, info, deadline, opened)
 
     async def embeddings(self, request: EmbeddingRequest, info: CallInfo) -> JSON:
@@ -245,15 +217,7 @@ class Engine:
         info.model = request.model
         info.operation = "embeddings"
         info.end_user = info.end_user or request.user
-        self._opened(info)
-        try:
-            result = await self._embeddings(request, info)
-        except GatewayError as exc:
-            self.finish(info, exc)
-            raise
-        except asyncio.CancelledError:
-            self.finish(info, _cancelled())
-            raise
+        result = await self._accounted(info, self._embeddings(request, info))
         info.upstream_model = result.get("model")
         info.usage = result.get("usage")
         info.cost = self.accountant.cost(
@@ -330,6 +294,36 @@ class Engine:
         if price is None or price.input is None or price.output is None:
             return None
         return price.input + price.output
+
+    async def _open_first(
+        self, request: ChatCompletionRequest, info: CallInfo
+    ) -> tuple[Plan, float, OpenedStream]:
+        plan = self._plan(request, info)
+        deadline = self._deadline(plan, request.gateway_timeout)
+        await self._admit(
+            info, plan, request.estimated_tokens(), self._worst_case_cost(plan, request)
+        )
+        opened = await self._open_stream(
+            plan,
+            plan.attempts,
+            request.upstream_body,
+            info,
+            deadline,
+            request.estimated_tokens(),
+        )
+        return plan, deadline, opened
+
+    async def _accounted(self, info: CallInfo, work: Awaitable[T]) -> T:
+        """Run one call's work; if it fails or is cancelled, the call is recorded as such."""
+        self._opened(info)
+        try:
+            return await work
+        except GatewayError as exc:
+            self.finish(info, exc)
+            raise
+        except asyncio.CancelledError:
+            self.finish(info, _cancelled())
+            raise
 
     # -- admission and bookkeeping -----------------------------------------------------
     def _plan(self, request: ChatCompletionRequest | EmbeddingRequest, info: CallInfo) -> Plan:
