@@ -237,3 +237,4 @@ def test_health_endpoints_answer_without_key(gateway_url):
     assert httpx.get(root + "/health/live").json() == {"status": "ok"}
     ready = httpx.get(root + "/health/ready").json()
     assert ready["status"] == "ready" and ready["models"] == 2
+    assert ready["ledger"]["running"] is True and ready["ledger"]["dropped"] == 0

@@ -263,7 +263,10 @@ def create_app(
 
     @app.get("/health/ready")
     async def ready() -> Response:
-        body = {"status": "ready", "models": len(eng.router.models())}
+        body: dict[str, Any] = {"status": "ready", "models": len(eng.router.models())}
+        if eng.ledger is not None:
+            # The writer's backlog and losses: a slow database shows here, not in requests.
+            body["ledger"] = eng.ledger.status()
         return Response(orjson.dumps(body), media_type=JSON_TYPE)
 
     @app.exception_handler(StarletteHTTPException)
