@@ -269,16 +269,16 @@ class GatewayConfig(_Strict):
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 
+    prices: dict[str, dict[str, PriceEntryConfig]] = Field(
+        default_factory=dict,
+        description="Price list entries by provider type and model, over the shipped catalog.",
+    )
+
     @model_validator(mode="after")
     def _redis_for_shared_limits(self) -> GatewayConfig:
         if self.limits.backend == "redis" and self.redis is None:
             raise ValueError("limits.backend is redis but no redis.url is configured")
         return self
-
-    prices: dict[str, dict[str, PriceEntryConfig]] = Field(
-        default_factory=dict,
-        description="Price list entries by provider type and model, over the shipped catalog.",
-    )
 
 
 DEFAULT_CONFIG: dict[str, Any] = {
