@@ -502,3 +502,8 @@ def test_resolve_config_accepts_a_mapping_and_a_ready_config() -> None:
     config = resolve_config(mock_config())
     assert isinstance(config, GatewayConfig)
     assert resolve_config(config) is config
+
+
+def test_redis_limits_without_a_redis_url_is_reported() -> None:
+    with pytest.raises(ConfigError, match=r"limits\.backend is redis but no redis\.url"):
+        load_config({"limits": {"backend": "redis"}})
