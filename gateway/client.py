@@ -17,6 +17,7 @@ from typing import Any, Literal, overload
 
 import httpx
 
+from gateway.admin_api import Keys, RemoteBackend, Spend
 from gateway.client_async import AsyncGatewayClient, AsyncRemoteChunkStream
 from gateway.errors import GatewayError
 from gateway.remote import (
@@ -134,6 +135,8 @@ class GatewayClient:
         self.chat = _Chat(self)
         self.embeddings = _Embeddings(self)
         self.models = _Models(self)
+        self.spend = Spend(RemoteBackend(self))
+        self.keys = Keys(RemoteBackend(self))
 
     def send(self, call: Call, *, timeout: Timeout | None = None) -> httpx.Response:
         """Send a call, retrying as the policy says; an error answer raises its exception.

@@ -12,6 +12,7 @@ from typing import Any, Literal, overload
 
 import httpx
 
+from gateway.admin_api import AsyncKeys, AsyncRemoteBackend, AsyncSpend
 from gateway.errors import GatewayError
 from gateway.remote import (
     Call,
@@ -106,6 +107,8 @@ class AsyncGatewayClient:
         self.chat = _AsyncChat(self)
         self.embeddings = _AsyncEmbeddings(self)
         self.models = _AsyncModels(self)
+        self.spend = AsyncSpend(AsyncRemoteBackend(self))
+        self.keys = AsyncKeys(AsyncRemoteBackend(self))
 
     async def send(self, call: Call, *, timeout: Timeout | None = None) -> httpx.Response:  # noqa: ASYNC109
         """Send a call, retrying as the policy says; an error answer raises its exception.

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
+from gateway.admin_api import in_process, in_process_blocking
 from gateway.config import GatewayConfig, resolve_config
 from gateway.engine import CallInfo, ChunkStream, Engine
 from gateway.transport import Transport
@@ -134,6 +135,7 @@ class AsyncGateway:
         self.chat = _AsyncChat(self.engine)
         self.embeddings = _AsyncEmbeddings(self.engine)
         self.models = _AsyncModels(self.engine)
+        self.spend, self.keys = in_process(self.engine)  # gateway.admin_api
 
     async def aclose(self) -> None:
         await self.engine.aclose()
@@ -260,6 +262,7 @@ class Gateway:
         self.chat = _Chat(self._async.chat, self._runner)
         self.embeddings = _Embeddings(self._async.embeddings, self._runner)
         self.models = _Models(self._async.models, self._runner)
+        self.spend, self.keys = in_process_blocking(self.engine, self._runner.run)
 
     def close(self) -> None:
         """Close upstream connections and stop the loop thread; safe to call twice."""

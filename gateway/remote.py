@@ -87,6 +87,7 @@ class Call:
     headers: Headers = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     stream: bool = False
+    root: bool = False  # the path is under the server's root (``/admin/…``), not ``/v1``
 
 
 def model_call(
@@ -443,9 +444,10 @@ class Settings:
         """The HTTP request for a call; one id per call, kept across retries, lets the
         gateway's logs tie the tries together (it echoes it as ``x-client-request-id``)."""
         chosen = as_timeout(timeout) or self.timeout
+        base = self.base_url.removesuffix("/v1") if call.root else self.base_url
         return http.build_request(
             call.method,
-            self.base_url + call.path,
+            base + call.path,
             json=call.body,
             params=call.params or None,
             headers={**self.headers, "x-client-request-id": uuid.uuid4().hex, **call.headers},

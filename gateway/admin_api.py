@@ -1,0 +1,796 @@
+"""Spend and keys from Python: ``client.spend`` and ``client.keys``, one interface four ways.
+
+``GatewayClient`` / ``AsyncGatewayClient`` ask a running gateway over HTTP (``/v1/spend…``,
+``/admin/keys…``, with the master key or an admin key); ``Gateway`` / ``AsyncGateway`` read the
+engine's ledger and key store in-process. Either way the answers are the same small typed
+values: ``SpendReport`` (rows and a total, money as ``Decimal``), ``SpendRecordView`` (one
+request), ``KeyInfo`` (a key's public view, never its secret) and ``CreatedKey`` (a key with its
+plaintext, shown once). ``to_pandas()`` turns reports and records into DataFrames when pandas
+is installed (it is not a dependency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from urllib.parse import quote
+
+import orjson
+
+from gateway.costs import usd_str
+from gateway.errors import GatewayError, InvalidRequestError
+from gateway.ledger import SpendRow as LedgerSpendRow
+from gateway.ledger.periods import PeriodError, report_period
+from gateway.ledger.reports import GROUPS, MAX_PAGE
+from gateway.remote import Call, Headers
+
+if TYPE_CHECKING:
+    from gateway.engine import Engine
+    from gateway.keys import KeyStore
+    from gateway.ledger import GroupBy, Ledger, SpendRecord
+
+T = TypeVar("T")
+Moment = str | datetime | None  # "7d", "24h", an ISO date or timestamp, or a datetime
+Page = tuple[list["SpendRecordView"], str | None]
+FLUSH_WAIT = 1.0  # as the HTTP routes: wait this long for the ledger writer before reading
+
+
+def _pandas() -> Any:
+    try:
+        return importlib.import_module("pandas")
+    except ImportError:
+        raise ImportError(
+            "to_pandas() needs pandas, which llm-gateway does not depend on; "
+            "install it with `pip install pandas`"
+        ) from None
+
+
+def _decimal(value: Any) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+def _moment(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+# --- typed results --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SpendReportRow:
+    """One group of a spend report (``group`` is None in the total and for an unset key,
+    team or user). ``cost_usd`` sums the known costs; ``unknown_cost_requests`` counts the
+    requests whose cost is unknown and left out."""
+
+    group: str | None
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    unknown_cost_requests: int = 0
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], group: str | None = None) -> SpendReportRow:
+        return cls(
+            group=data.get("group", group),
+            requests=int(data["requests"]),
+            errors=int(data["errors"]),
+            prompt_tokens=int(data["prompt_tokens"]),
+            cached_tokens=int(data["cached_tokens"]),
+            completion_tokens=int(data["completion_tokens"]),
+            reasoning_tokens=int(data["reasoning_tokens"]),
+            cost_usd=Decimal(str(data["cost_usd"])),
+            unknown_cost_requests=int(data["unknown_cost_requests"]),
+        )
+
+    @classmethod
+    def from_ledger(cls, row: LedgerSpendRow) -> SpendReportRow:
+        values = {f.name: getattr(row, f.name) for f in fields(cls)}
+        values["cost_usd"] = Decimal(usd_str(row.cost_usd))  # as the HTTP API writes it
+        return cls(**values)
+
+    def __repr__(self) -> str:
+        return (
+            f"SpendReportRow(group={self.group!r}, requests={self.requests}, "
+            f"errors={self.errors}, tokens={self.prompt_tokens}+{self.completion_tokens}, "
+            f"cost_usd={usd_str(self.cost_usd)}, "
+            f"unknown_cost_requests={self.unknown_cost_requests})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SpendReport:
+    """What was spent in ``[since, until)``, grouped by ``group_by``, and the ``total``."""
+
+    group_by: str
+    since: datetime
+    until: datetime
+    rows: list[SpendReportRow]
+    total: SpendReportRow
+
+    def __iter__(self) -> Iterator[SpendReportRow]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __repr__(self) -> str:
+        return (
+            f"SpendReport(group_by={self.group_by!r}, since={self.since.isoformat()!r}, "
+            f"until={self.until.isoformat()!r}, rows={len(self.rows)}, "
+            f"requests={self.total.requests}, cost_usd={usd_str(self.total.cost_usd)})"
+        )
+
+    def to_pandas(self) -> Any:
+        """The rows as a ``pandas.DataFrame`` (``cost_usd`` stays exact, as Decimal)."""
+        pd = _pandas()
+        columns = [f.name for f in fields(SpendReportRow)]
+        return pd.DataFrame([asdict(row) for row in self.rows], columns=columns)
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRecordView:
+    """One request as the ledger recorded it; ``cost_usd`` is None when the price is unknown."""
+
+    request_id: str
+    started_at: datetime
+    finished_at: datetime
+    model: str
+    status: int
+    operation: str = "chat"
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    key_id: str | None = None
+    team: str | None = None
+    end_user: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+    provider: str | None = None
+    deployment: str | None = None
+    upstream_model: str | None = None
+    region: str | None = None
+    attempts: int = 0
+    fallback_used: bool = False
+    error_type: str | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal | None = None
+    usage_estimated: bool = False
+    stream: bool = False
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SpendRecordView:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["started_at"] = _moment(values["started_at"])
+        values["finished_at"] = _moment(values["finished_at"])
+        values["cost_usd"] = _decimal(values.get("cost_usd"))
+        return cls(**values)
+
+    @classmethod
+    def from_ledger(cls, record: SpendRecord) -> SpendRecordView:
+        values = {f.name: getattr(record, f.name) for f in fields(cls)}
+        if record.cost_usd is not None:  # as the HTTP API writes it
+            values["cost_usd"] = Decimal(usd_str(record.cost_usd))
+        return cls(**values)
+
+    @property
+    def is_error(self) -> bool:
+        return self.status >= 400
+
+    def __repr__(self) -> str:
+        return (
+            f"SpendRecordView(request_id={self.request_id!r}, "
+            f"started_at={self.started_at.isoformat()!r}, model={self.model!r}, "
+            f"status={self.status}, provider={self.provider!r}, key_id={self.key_id!r}, "
+            f"tokens={self.prompt_tokens}+{self.completion_tokens}, "
+            f"cost_usd={'unknown' if self.cost_usd is None else usd_str(self.cost_usd)})"
+        )
+
+
+def records_to_pandas(records: Iterable[SpendRecordView]) -> Any:
+    """Records as a ``pandas.DataFrame``, one row each (``cost_usd`` as Decimal or None)."""
+    pd = _pandas()
+    columns = [f.name for f in fields(SpendRecordView)]
+    return pd.DataFrame([asdict(r) for r in records], columns=columns)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """A virtual key's public view: its ``prefix``, never its hash or plaintext."""
+
+    id: str
+    name: str
+    prefix: str
+    team_id: str | None = None
+    admin: bool = False
+    allowed_models: list[str] = field(default_factory=list)
+    regions: list[str] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    budget_usd: Decimal | None = None
+    budget_period: str = "monthly"
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KeyInfo:
+        """From the admin API's JSON or ``VirtualKey.public()`` (the same shape)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["budget_usd"] = _decimal(values.get("budget_usd"))
+        for name in ("created_at", "expires_at", "revoked_at"):
+            values[name] = _moment(values.get(name))
+        return cls(**values)
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def __repr__(self) -> str:
+        state = "revoked" if self.revoked else "active"
+        return (
+            f"KeyInfo(id={self.id!r}, name={self.name!r}, prefix={self.prefix!r}, "
+            f"team_id={self.team_id!r}, {state})"
+        )
+
+
+def keys_to_pandas(keys: Iterable[KeyInfo]) -> Any:
+    """Keys' public views as a ``pandas.DataFrame``."""
+    pd = _pandas()
+    return pd.DataFrame([asdict(k) for k in keys], columns=[f.name for f in fields(KeyInfo)])
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedKey:
+    """A key just created or rotated: ``key`` is its plaintext, shown this once — store it
+    now; ``info`` its public view."""
+
+    key: str
+    info: KeyInfo
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def prefix(self) -> str:
+        return self.info.prefix
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CreatedKey:
+        return cls(key=str(data["key"]), info=KeyInfo.from_json(data))
+
+    def __repr__(self) -> str:  # never the whole secret in logs
+        return f"CreatedKey(id={self.id!r}, name={self.info.name!r}, key='{self.prefix}…')"
+
+
+# --- the paging iterators -------------------------------------------------------------------
+
+
+class SpendRecords:
+    """Records oldest first, fetched a page at a time as iteration reaches them."""
+
+    def __init__(self, fetch: Callable[[str | None], Page]) -> None:
+        self._fetch = fetch
+        self._iter = self._iterate()
+
+    def _iterate(self) -> Iterator[SpendRecordView]:
+        cursor: str | None = None
+        while True:
+            records, cursor = self._fetch(cursor)
+            yield from records
+            if cursor is None:
+                return
+
+    def __iter__(self) -> Iterator[SpendRecordView]:
+        return self
+
+    def __next__(self) -> SpendRecordView:
+        return next(self._iter)
+
+    def to_pandas(self) -> Any:
+        """The records not yet iterated, as a ``pandas.DataFrame``."""
+        _pandas()  # fail before reading every page
+        return records_to_pandas(self)
+
+
+class AsyncSpendRecords:
+    """Records oldest first, for ``async for``, fetched a page at a time."""
+
+    def __init__(self, fetch: Callable[[str | None], Awaitable[Page]]) -> None:
+        self._fetch = fetch
+        self._iter = self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[SpendRecordView]:
+        cursor: str | None = None
+        while True:
+            records, cursor = await self._fetch(cursor)
+            for record in records:
+                yield record
+            if cursor is None:
+                return
+
+    def __aiter__(self) -> AsyncIterator[SpendRecordView]:
+        return self
+
+    async def __anext__(self) -> SpendRecordView:
+        return await anext(self._iter)
+
+    async def to_list(self) -> list[SpendRecordView]:
+        return [record async for record in self]
+
+    async def to_pandas(self) -> Any:
+        """The records not yet iterated, as a ``pandas.DataFrame``."""
+        _pandas()
+        return records_to_pandas(await self.to_list())
+
+
+# --- backends: what the namespaces ask of a remote gateway or an in-process engine ---------
+
+
+class Backend(Protocol):
+    def report(self, group_by: str, since: Moment, until: Moment, key_id: str | None) -> Any: ...
+    def page(
+        self, since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
+    ) -> Any: ...
+    def create_key(self, spec: dict[str, Any]) -> Any: ...
+    def list_keys(self) -> Any: ...
+    def revoke_key(self, key_id: str) -> Any: ...
+    def rotate_key(self, key_id: str) -> Any: ...
+
+
+def _text(value: Moment) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _report_call(group_by: str, since: Moment, until: Moment, key_id: str | None) -> Call:
+    params = {"group_by": group_by, "since": _text(since), "until": _text(until), "key_id": key_id}
+    return Call("GET", "/spend", params={k: v for k, v in params.items() if v is not None})
+
+
+def _page_call(
+    since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
+) -> Call:
+    params = {
+        "since": _text(since),
+        "until": _text(until),
+        "key_id": key_id,
+        "limit": str(size),
+        "cursor": cursor,
+    }
+    return Call("GET", "/spend/records", params={k: v for k, v in params.items() if v is not None})
+
+
+def _key_call(method: str, path: str, body: dict[str, Any] | None = None) -> Call:
+    return Call(method, path, body, root=True)
+
+
+def _parse_report(body: bytes) -> SpendReport:
+    data = orjson.loads(body)
+    return SpendReport(
+        group_by=data["group_by"],
+        since=datetime.fromisoformat(data["since"]),
+        until=datetime.fromisoformat(data["until"]),
+        rows=[SpendReportRow.from_json(row) for row in data["data"]],
+        total=SpendReportRow.from_json(data["total"]),
+    )
+
+
+def _parse_page(body: bytes) -> Page:
+    data = orjson.loads(body)
+    return [SpendRecordView.from_json(r) for r in data["data"]], data.get("next_cursor")
+
+
+def _spec_json(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in spec.items()}
+
+
+class Reader(Protocol):
+    def read(self, call: Call) -> tuple[bytes, Headers]: ...
+
+
+class AsyncReader(Protocol):
+    async def read(self, call: Call) -> tuple[bytes, Headers]: ...
+
+
+class RemoteBackend:
+    """A running gateway, for ``GatewayClient``."""
+
+    def __init__(self, client: Reader) -> None:
+        self._client = client
+
+    def report(
+        self, group_by: str, since: Moment, until: Moment, key_id: str | None
+    ) -> SpendReport:
+        return _parse_report(self._client.read(_report_call(group_by, since, until, key_id))[0])
+
+    def page(
+        self, since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
+    ) -> Page:
+        return _parse_page(self._client.read(_page_call(since, until, key_id, size, cursor))[0])
+
+    def create_key(self, spec: dict[str, Any]) -> CreatedKey:
+        body, _ = self._client.read(_key_call("POST", "/admin/keys", _spec_json(spec)))
+        return CreatedKey.from_json(orjson.loads(body))
+
+    def list_keys(self) -> list[KeyInfo]:
+        body, _ = self._client.read(_key_call("GET", "/admin/keys"))
+        return [KeyInfo.from_json(k) for k in orjson.loads(body)["data"]]
+
+    def revoke_key(self, key_id: str) -> KeyInfo:
+        body, _ = self._client.read(_key_call("POST", f"/admin/keys/{quote(key_id)}/revoke"))
+        return KeyInfo.from_json(orjson.loads(body))
+
+    def rotate_key(self, key_id: str) -> CreatedKey:
+        body, _ = self._client.read(_key_call("POST", f"/admin/keys/{quote(key_id)}/rotate"))
+        return CreatedKey.from_json(orjson.loads(body))
+
+
+class AsyncRemoteBackend:
+    """A running gateway, for ``AsyncGatewayClient``."""
+
+    def __init__(self, client: AsyncReader) -> None:
+        self._client = client
+
+    async def report(
+        self, group_by: str, since: Moment, until: Moment, key_id: str | None
+    ) -> SpendReport:
+        body, _ = await self._client.read(_report_call(group_by, since, until, key_id))
+        return _parse_report(body)
+
+    async def page(
+        self, since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
+    ) -> Page:
+        body, _ = await self._client.read(_page_call(since, until, key_id, size, cursor))
+        return _parse_page(body)
+
+    async def create_key(self, spec: dict[str, Any]) -> CreatedKey:
+        body, _ = await self._client.read(_key_call("POST", "/admin/keys", _spec_json(spec)))
+        return CreatedKey.from_json(orjson.loads(body))
+
+    async def list_keys(self) -> list[KeyInfo]:
+        body, _ = await self._client.read(_key_call("GET", "/admin/keys"))
+        return [KeyInfo.from_json(k) for k in orjson.loads(body)["data"]]
+
+    async def revoke_key(self, key_id: str) -> KeyInfo:
+        body, _ = await self._client.read(_key_call("POST", f"/admin/keys/{quote(key_id)}/revoke"))
+        return KeyInfo.from_json(orjson.loads(body))
+
+    async def rotate_key(self, key_id: str) -> CreatedKey:
+        body, _ = await self._client.read(_key_call("POST", f"/admin/keys/{quote(key_id)}/rotate"))
+        return CreatedKey.from_json(orjson.loads(body))
+
+
+class InProcessBackend:
+    """The engine's own ledger and key store, for ``AsyncGateway`` (and, run on its loop
+    thread, ``Gateway``). The same checks as the HTTP routes, the same errors."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    async def _ledger(self) -> Ledger:
+        ledger = self._engine.ledger
+        if ledger is None:
+            raise GatewayError(
+                "the spend ledger is disabled (ledger.enabled: false), so there is no spend "
+                "to report; enable it in the config to record requests from then on",
+                status=404,
+                type="invalid_request_error",
+                code="ledger_disabled",
+            )
+        await self._engine.start()
+        try:  # include the requests just answered, as the HTTP routes do
+            async with asyncio.timeout(FLUSH_WAIT):
+                await ledger.writer.flush()
+        except (TimeoutError, RuntimeError):
+            pass
+        return ledger
+
+    async def _store(self) -> KeyStore:
+        store = self._engine.keys
+        if store is None:
+            raise GatewayError(
+                "keys live in the ledger's database, and the ledger is disabled "
+                "(ledger.enabled: false); enable it to manage keys",
+                status=503,
+                type="api_error",
+                code="key_store_disabled",
+            )
+        await self._engine.start()
+        return store
+
+    @staticmethod
+    def _period(since: Moment, until: Moment) -> tuple[datetime, datetime]:
+        try:
+            return report_period(_text(since), _text(until))
+        except PeriodError as exc:
+            raise InvalidRequestError(str(exc), param=exc.param) from None
+
+    async def report(
+        self, group_by: str, since: Moment, until: Moment, key_id: str | None
+    ) -> SpendReport:
+        if group_by not in GROUPS:
+            raise InvalidRequestError(
+                f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}", param="group_by"
+            )
+        start, end = self._period(since, until)
+        ledger = await self._ledger()
+        rows = await ledger.spend_report(cast("GroupBy", group_by), start, end, key_id)
+        views = [SpendReportRow.from_ledger(row) for row in rows]
+        total = SpendReportRow.from_ledger(LedgerSpendRow.total(rows))
+        return SpendReport(group_by, start, end, views, total)
+
+    async def page(
+        self, since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
+    ) -> Page:
+        if not 1 <= size <= MAX_PAGE:
+            raise InvalidRequestError(f"page_size must be from 1 to {MAX_PAGE}", param="limit")
+        start, end = self._period(since, until)
+        ledger = await self._ledger()
+        try:
+            got = await ledger.spend_records(start, end, key_id, size, cursor)
+        except ValueError as exc:  # an unreadable cursor
+            raise InvalidRequestError(str(exc), param="cursor") from None
+        return [SpendRecordView.from_ledger(r) for r in got.records], got.next_cursor
+
+    async def create_key(self, spec: dict[str, Any]) -> CreatedKey:
+        store = await self._store()
+        attrs = dict(spec)
+        if "team" in attrs:
+            attrs["team_id"] = (await store.get_team(attrs.pop("team"))).id
+        days = attrs.pop("expires_in_days", None)
+        if days is not None:
+            if not 0 < days <= 36_500:
+                raise InvalidRequestError(
+                    "expires_in_days must be more than 0 and at most 36500",
+                    param="expires_in_days",
+                )
+            attrs["expires_at"] = datetime.now(UTC) + timedelta(days=days)
+        if not attrs.get("name"):
+            raise InvalidRequestError("a key needs a name", param="name")
+        key, plaintext = await store.create_key(**attrs)
+        self._engine.auth.forget()
+        return CreatedKey(plaintext, KeyInfo.from_json(key.public()))
+
+    async def list_keys(self) -> list[KeyInfo]:
+        store = await self._store()
+        return [KeyInfo.from_json(k.public()) for k in await store.list_keys()]
+
+    async def revoke_key(self, key_id: str) -> KeyInfo:
+        key = await (await self._store()).revoke_key(key_id)
+        self._engine.auth.forget()
+        return KeyInfo.from_json(key.public())
+
+    async def rotate_key(self, key_id: str) -> CreatedKey:
+        key, plaintext = await (await self._store()).rotate_key(key_id)
+        self._engine.auth.forget()
+        return CreatedKey(plaintext, KeyInfo.from_json(key.public()))
+
+
+class BlockingBackend:
+    """An async backend driven from synchronous code by ``run`` (``Gateway``'s loop thread)."""
+
+    def __init__(
+        self, inner: InProcessBackend, run: Callable[[Coroutine[Any, Any, Any]], Any]
+    ) -> None:
+        self._inner = inner
+        self._run = run
+
+    def report(self, group_by: str, since: Moment, until: Moment, key_id: str | None) -> Any:
+        return self._run(self._inner.report(group_by, since, until, key_id))
+
+    def page(
+        self, since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
+    ) -> Any:
+        return self._run(self._inner.page(since, until, key_id, size, cursor))
+
+    def create_key(self, spec: dict[str, Any]) -> Any:
+        return self._run(self._inner.create_key(spec))
+
+    def list_keys(self) -> Any:
+        return self._run(self._inner.list_keys())
+
+    def revoke_key(self, key_id: str) -> Any:
+        return self._run(self._inner.revoke_key(key_id))
+
+    def rotate_key(self, key_id: str) -> Any:
+        return self._run(self._inner.rotate_key(key_id))
+
+
+# --- the namespaces -------------------------------------------------------------------------
+
+
+def _key_spec(**given: Any) -> dict[str, Any]:
+    return {k: v for k, v in given.items() if v is not None}
+
+
+class Spend:
+    """``client.spend``: what was spent (the master key or an admin key, when remote)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def report(
+        self,
+        group_by: str = "model",
+        since: Moment = "7d",
+        until: Moment = None,
+        key_id: str | None = None,
+    ) -> SpendReport:
+        """Spend in ``[since, until)`` grouped by ``model``, ``key``, ``team``, ``user``,
+        ``provider`` or ``day``; ``since``/``until`` as ``7d``, ``24h``, an ISO date or
+        timestamp, or a datetime (``until`` defaults to now)."""
+        result: SpendReport = self._backend.report(group_by, since, until, key_id)
+        return result
+
+    def records(
+        self,
+        since: Moment = "7d",
+        until: Moment = None,
+        key_id: str | None = None,
+        page_size: int = 100,
+    ) -> SpendRecords:
+        """Every record in ``[since, until)``, oldest first, fetched ``page_size`` at a time."""
+        return SpendRecords(lambda c: self._backend.page(since, until, key_id, page_size, c))
+
+
+class Keys:
+    """``client.keys``: virtual keys (the master key or an admin key, when remote)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def create(
+        self,
+        *,
+        name: str,
+        team: str | None = None,
+        allowed_models: list[str] | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_parallel: int | None = None,
+        budget_usd: Decimal | str | int | None = None,
+        budget_period: str | None = None,
+        expires_in_days: float | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> CreatedKey:
+        """A new key; its plaintext (``.key``) is shown this once."""
+        spec = _key_spec(
+            name=name,
+            team=team,
+            allowed_models=allowed_models,
+            rpm=rpm,
+            tpm=tpm,
+            max_parallel=max_parallel,
+            budget_usd=budget_usd,
+            budget_period=budget_period,
+            expires_in_days=expires_in_days,
+            regions=regions,
+            metadata=metadata,
+        )
+        result: CreatedKey = self._backend.create_key(spec)
+        return result
+
+    def list(self) -> list[KeyInfo]:
+        """Every key's public view (prefix only)."""
+        result: list[KeyInfo] = self._backend.list_keys()
+        return result
+
+    def revoke(self, key_id: str) -> KeyInfo:
+        """Revoke a key for good."""
+        result: KeyInfo = self._backend.revoke_key(key_id)
+        return result
+
+    def rotate(self, key_id: str) -> CreatedKey:
+        """A new plaintext for the same key (same id, limits and spend)."""
+        result: CreatedKey = self._backend.rotate_key(key_id)
+        return result
+
+
+class AsyncSpend:
+    """``client.spend`` for asyncio code; see ``Spend``."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    async def report(
+        self,
+        group_by: str = "model",
+        since: Moment = "7d",
+        until: Moment = None,
+        key_id: str | None = None,
+    ) -> SpendReport:
+        """See ``Spend.report``."""
+        result: SpendReport = await self._backend.report(group_by, since, until, key_id)
+        return result
+
+    def records(
+        self,
+        since: Moment = "7d",
+        until: Moment = None,
+        key_id: str | None = None,
+        page_size: int = 100,
+    ) -> AsyncSpendRecords:
+        """See ``Spend.records``; iterate with ``async for``."""
+        return AsyncSpendRecords(lambda c: self._backend.page(since, until, key_id, page_size, c))
+
+
+class AsyncKeys:
+    """``client.keys`` for asyncio code; see ``Keys``."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    async def create(
+        self,
+        *,
+        name: str,
+        team: str | None = None,
+        allowed_models: list[str] | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_parallel: int | None = None,
+        budget_usd: Decimal | str | int | None = None,
+        budget_period: str | None = None,
+        expires_in_days: float | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> CreatedKey:
+        """See ``Keys.create``."""
+        spec = _key_spec(
+            name=name,
+            team=team,
+            allowed_models=allowed_models,
+            rpm=rpm,
+            tpm=tpm,
+            max_parallel=max_parallel,
+            budget_usd=budget_usd,
+            budget_period=budget_period,
+            expires_in_days=expires_in_days,
+            regions=regions,
+            metadata=metadata,
+        )
+        result: CreatedKey = await self._backend.create_key(spec)
+        return result
+
+    async def list(self) -> list[KeyInfo]:
+        result: list[KeyInfo] = await self._backend.list_keys()
+        return result
+
+    async def revoke(self, key_id: str) -> KeyInfo:
+        result: KeyInfo = await self._backend.revoke_key(key_id)
+        return result
+
+    async def rotate(self, key_id: str) -> CreatedKey:
+        result: CreatedKey = await self._backend.rotate_key(key_id)
+        return result
+
+
+def in_process(engine: Engine) -> tuple[AsyncSpend, AsyncKeys]:
+    """``spend`` and ``keys`` for ``AsyncGateway``."""
+    backend = InProcessBackend(engine)
+    return AsyncSpend(backend), AsyncKeys(backend)
+
+
+def in_process_blocking(
+    engine: Engine, run: Callable[[Coroutine[Any, Any, T]], T]
+) -> tuple[Spend, Keys]:
+    """``spend`` and ``keys`` for ``Gateway``, run on its loop thread by ``run``."""
+    backend = BlockingBackend(InProcessBackend(engine), run)
+    return Spend(backend), Keys(backend)
