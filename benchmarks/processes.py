@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -99,6 +100,36 @@ class Process:
                 continue
             total += int(fields[11]) + int(fields[12])  # utime, stime
         return total / _CLOCK_TICKS
+
+    def memory(self) -> dict[str, Any]:
+        """Peak (VmHWM) and current (VmRSS) resident memory, MiB, of each live process in the
+        tree; ``peak_mib`` is the largest peak of any one process (one worker's)."""
+        procs: list[dict[str, Any]] = []
+        for pid in _tree(self.pid):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            kib = {
+                k: int(v.split()[0])
+                for k, v in (ln.split(":", 1) for ln in status.splitlines() if ":" in ln)
+                if k in ("VmHWM", "VmRSS")
+            }
+            if kib:
+                procs.append(
+                    {
+                        "pid": pid,
+                        "cmd": cmd.strip()[:120],
+                        "peak_mib": kib.get("VmHWM", 0) / 1024,
+                        "rss_mib": kib.get("VmRSS", 0) / 1024,
+                    }
+                )
+        return {
+            "peak_mib": max((p["peak_mib"] for p in procs), default=None),
+            "rss_mib": max((p["rss_mib"] for p in procs), default=None),
+            "processes": procs,
+        }
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group this object started, then SIGKILL if it lingers."""

@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from importlib import metadata
@@ -33,7 +34,7 @@ from benchmarks.load import (
 )
 from benchmarks.payloads import MASTER_KEY, request_body
 from benchmarks.processes import cores_busy_seconds, cpu_sets
-from benchmarks.report import markdown, summarize
+from benchmarks.report import chart, markdown, pipeline_markdown, summarize
 from benchmarks.targets import (
     DEFAULT_SCENARIOS,
     REPO,
@@ -78,12 +79,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-pin", action="store_true", help="do not pin proxy and load to separate cores"
     )
     p.add_argument("--output", type=Path, help="JSON file (default: benchmarks/results/<time>)")
+    p.add_argument("--chart", type=Path, help="also draw req/s (c=32) and added p50 (c=1) as PNG")
+    p.add_argument(
+        "--soak", type=float, default=0.0, help="seconds of chat load on --soak-scenario at the end"
+    )
+    p.add_argument("--soak-scenario", default="gateway-full", help="scenario for --soak")
+    p.add_argument("--soak-connections", type=int, default=32)
+    p.add_argument("--soak-interval", type=float, default=10.0, help="seconds between RSS samples")
     args = p.parse_args(argv)
     names = list(SCENARIOS) if args.scenarios == "all" else args.scenarios.split(",")
     for name in names:
         if name not in SCENARIOS:
             p.error(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
     args.scenario_list = names
+    if args.soak_scenario not in SCENARIOS:
+        p.error(f"unknown --soak-scenario {args.soak_scenario!r}")
     args.mode_list = args.modes.split(",")
     for mode in args.mode_list:
         if mode not in MODES:
@@ -92,13 +102,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def headers() -> dict[str, str]:
-    return {"Content-Type": "application/json", "Authorization": f"Bearer {MASTER_KEY}"}
+def headers(key: str = MASTER_KEY) -> dict[str, str]:
+    return {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
 
 
-def check_answer(url: str, mode: str, body: str) -> None:
+def check_answer(url: str, mode: str, body: str, key: str = MASTER_KEY) -> None:
     """One real request: the scenario must answer correctly before it is measured."""
-    status, data, _ = _post(url, body)
+    status, data, _ = _post(url, body, key=key)
     text = data.decode(errors="replace")
     ok = status == 200 and (
         text.rstrip().endswith("data: [DONE]") if mode == "stream" else text.startswith("{")
@@ -108,35 +118,51 @@ def check_answer(url: str, mode: str, body: str) -> None:
 
 
 def _post(
-    url: str, body: str, conn: http.client.HTTPConnection | None = None
+    url: str,
+    body: str,
+    conn: http.client.HTTPConnection | None = None,
+    key: str = MASTER_KEY,
+    first_byte: list[float] | None = None,
 ) -> tuple[int, bytes, str | None]:
+    """POST ``body``; with ``first_byte``, append the ms until the first body byte arrived."""
     parts = urlsplit(url)
     c = conn or http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
     try:
-        c.request("POST", parts.path, body=body.encode(), headers=headers())
+        start = time.perf_counter()
+        c.request("POST", parts.path, body=body.encode(), headers=headers(key))
         resp = c.getresponse()
-        return resp.status, resp.read(), resp.getheader(OVERHEAD_HEADER)
+        head = b""
+        if first_byte is not None:
+            head = resp.read1(1)
+            first_byte.append((time.perf_counter() - start) * 1000)
+        return resp.status, head + resp.read(), resp.getheader(OVERHEAD_HEADER)
     finally:
         if conn is None:
             c.close()
 
 
-def idle_sample(url: str, body: str, count: int) -> dict[str, Any]:
+def idle_sample(url: str, body: str, count: int, key: str = MASTER_KEY) -> dict[str, Any]:
     """Sequential requests on one keep-alive connection: latency without queueing."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
     latencies: list[float] = []
     overhead: list[float] = []
+    first_byte: list[float] = []
     try:
         for _ in range(count):
             start = time.perf_counter()
-            status, _, value = _post(url, body, conn)
+            status, _, value = _post(url, body, conn, key, first_byte)
             latencies.append((time.perf_counter() - start) * 1000)
             if value is not None and status == 200:
                 overhead.append(float(value))
     finally:
         conn.close()
-    return {"latency_ms": percentiles(latencies), "overhead_ms": percentiles(overhead)}
+    return {
+        "latency_ms": percentiles(latencies),
+        "overhead_ms": percentiles(overhead),
+        # For a stream: time to the first event (TTFT as a client on one idle connection sees it).
+        "first_byte_ms": percentiles(first_byte),
+    }
 
 
 def environment(upstream: StaticUpstream, generator: str, pin: tuple[str | None, ...]) -> Any:
@@ -198,6 +224,8 @@ class Bench:
         self.records: list[dict[str, Any]] = []
         self.skipped: dict[str, str] = {}
         self.versions: dict[str, str] = {}
+        self.memory: dict[str, Any] = {}
+        self.soak: dict[str, Any] | None = None
 
     def run_scenario(self, name: str, round_no: int) -> None:
         scenario = SCENARIOS[name]
@@ -217,6 +245,10 @@ class Bench:
                 except (RuntimeError, OSError) as exc:  # e.g. wrk failed, or the proxy died
                     print(f"  {mode}: measurement failed: {exc}")
                     self.skipped[f"{name}/{mode}"] = f"measurement failed: {exc}"
+            memory = target.memory()
+            if memory is not None:
+                self.memory.setdefault(name, []).append(memory)
+                print(f"  peak RSS: {memory['peak_mib']:.1f} MiB (largest single process)")
         finally:
             target.stop()
 
@@ -224,12 +256,12 @@ class Bench:
         name = target.scenario.name
         url, body = target.url(mode), request_body(mode, target.model(mode))
         try:
-            check_answer(url, mode, body)
+            check_answer(url, mode, body, target.key)
         except (RuntimeError, OSError) as exc:
             print(f"  {mode}: not measured, the answer was wrong: {exc}")
             self.skipped[f"{name}/{mode}"] = str(exc)
             return
-        load = Target(url, body, headers(), sample_overhead=target.is_gateway)
+        load = Target(url, body, headers(target.key), sample_overhead=target.is_gateway)
         for conns in self.args.connection_list:
             if self.args.warmup > 0:
                 run_load(
@@ -246,7 +278,8 @@ class Bench:
             )
             cpu_after = target.cpu_seconds()
             core_after = cores_busy_seconds(self.proxy_cpus)
-            idle = idle_sample(url, body, self.args.idle_samples)
+            idle = idle_sample(url, body, self.args.idle_samples, target.key)
+            memory = target.memory()
             cpu = None
             if cpu_before is not None and cpu_after is not None:
                 cpu = cpu_after - cpu_before
@@ -269,6 +302,7 @@ class Bench:
                     ),
                     "idle": idle,
                     "other_cpu_on_proxy_core_seconds": foreign,
+                    "proxy_peak_rss_mib": memory["peak_mib"] if memory else None,
                 }
             )
             hdr = result.overhead_ms
@@ -287,6 +321,72 @@ class Bench:
                     "during this run; its numbers are pessimistic",
                     flush=True,
                 )
+
+    def run_soak(self) -> None:
+        """Chat load for ``--soak`` seconds on one scenario, sampling its RSS as it runs."""
+        name, seconds = self.args.soak_scenario, self.args.soak
+        print(f"\nsoak: {name}, chat, c={self.args.soak_connections}, {seconds:g}s", flush=True)
+        try:
+            target = RunningTarget(
+                SCENARIOS[name], self.upstream.url, self.workdir, self.proxy_cpus
+            )
+        except (Skipped, RuntimeError) as exc:
+            print(f"  skipped: {exc}")
+            self.skipped[f"soak/{name}"] = str(exc)
+            return
+        try:
+            url, body = target.url("chat"), request_body("chat", target.model("chat"))
+            check_answer(url, "chat", body, target.key)
+            load = Target(url, body, headers(target.key))
+            out: dict[str, Any] = {}
+
+            def work() -> None:
+                out["load"] = run_load(
+                    self.generator,
+                    load,
+                    duration=seconds,
+                    connections=self.args.soak_connections,
+                    threads=self.args.threads,
+                )
+
+            began = time.monotonic()
+            worker = threading.Thread(target=work)
+            worker.start()
+            samples = []
+            while worker.is_alive():
+                memory = target.memory() or {}
+                samples.append(
+                    {
+                        "t": round(time.monotonic() - began, 1),
+                        "rss_mib": memory.get("rss_mib"),
+                        "peak_mib": memory.get("peak_mib"),
+                    }
+                )
+                print(f"  t={samples[-1]['t']:6.1f}s  RSS {memory.get('rss_mib', 0):.1f} MiB")
+                worker.join(self.args.soak_interval)
+            memory = target.memory() or {}
+            samples.append(
+                {
+                    "t": round(time.monotonic() - began, 1),
+                    "rss_mib": memory.get("rss_mib"),
+                    "peak_mib": memory.get("peak_mib"),
+                }
+            )
+            result = out.get("load")
+            self.soak = {
+                "scenario": name,
+                "seconds": seconds,
+                "connections": self.args.soak_connections,
+                "load": result.to_json() if result else None,
+                "samples": samples,
+            }
+            if result:
+                print(
+                    f"  {result.rps:,.0f} req/s, errors {result.error_count}; "
+                    f"RSS {samples[0]['rss_mib']:.1f} → {samples[-1]['rss_mib']:.1f} MiB"
+                )
+        finally:
+            target.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,13 +409,21 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.scenario_list:
                 if name not in bench.skipped:
                     bench.run_scenario(name, round_no)
+        if args.soak > 0:
+            bench.run_soak()
     finally:
         upstream.stop()
     baseline = args.baseline if args.baseline in args.scenario_list else None
     rows = summarize(bench.records, baseline)
     table = markdown(rows, baseline)
+    pipeline = pipeline_markdown(rows)
     print()
     print(table)
+    print()
+    print(pipeline)
+    if args.chart:
+        chart(rows, args.chart)
+        print(f"\nchart: {args.chart} ({args.chart.stat().st_size / 1024:.0f} KiB)")
     for name, why in bench.skipped.items():
         print(f"\nskipped {name}: {why}")
     out = args.output or REPO / "benchmarks/results" / (
@@ -334,8 +442,11 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": {n: SCENARIOS[n].description for n in args.scenario_list},
         "skipped": bench.skipped,
         "records": bench.records,
+        "memory": bench.memory,
+        "soak": bench.soak,
         "summary": rows,
         "markdown": table,
+        "pipeline_markdown": pipeline,
     }
     out.write_text(json.dumps(result, indent=2))
     print(f"\nsaved {out} ({result['wall_seconds']}s)")

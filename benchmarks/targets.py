@@ -36,17 +36,24 @@ class Skipped(Exception):
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
-    kind: str  # "direct", "gateway-cli", "gateway", "litellm"
+    kind: str  # "direct", "floor", "gateway-cli", "gateway", "litellm"
     description: str
     transport: str = "aiohttp"
     loop: str = "uvloop"
     http: str = "httptools"
+    full: bool = False  # virtual key + limits, two weighted deployments, SQLite ledger
+    workers: int = 1  # more than one: pinned to every core, shared with wrk and nginx
 
 
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
         Scenario("direct", "direct", "load generator → static upstream (no proxy)"),
+        Scenario(
+            "floor",
+            "floor",
+            "bare ASGI + aiohttp pass-through under uvicorn, 1 worker (the Python floor)",
+        ),
         Scenario(
             "gateway",
             "gateway-cli",
@@ -75,6 +82,20 @@ SCENARIOS: dict[str, Scenario] = {
             "launcher: AiohttpTransport, uvloop, h11 parser",
             http="h11",
         ),
+        Scenario(
+            "gateway-full",
+            "gateway-cli",
+            "llm-gateway serve, full pipeline: virtual key (limits admission), two weighted "
+            "deployments, pricing, SQLite ledger; 1 worker",
+            full=True,
+        ),
+        Scenario(
+            "gateway-full-2w",
+            "gateway-cli",
+            "gateway-full with server.workers 2, pinned to all cores (shared with wrk + nginx)",
+            full=True,
+            workers=2,
+        ),
         Scenario("litellm", "litellm", "LiteLLM proxy (litellm --num_workers 1)"),
     )
 }
@@ -98,21 +119,65 @@ def litellm_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def gateway_config(upstream: str, port: int) -> dict[str, Any]:
+def gateway_config(
+    upstream: str, port: int, *, full: bool = False, workers: int = 1, ledger: str | None = None
+) -> dict[str, Any]:
+    """One model per answer shape; ``full``: each with two weighted deployments (3:1, two
+    providers, both pointing at the upstream) and the ledger at ``ledger``."""
     provider = {"type": "openai", "api_key": API_KEY}
-    return {
-        "server": {"host": "127.0.0.1", "port": port, "workers": 1},
+    providers = {
+        "bench-json": {**provider, "base_url": upstream + BASE_PATHS["chat"]},
+        "bench-sse": {**provider, "base_url": upstream + BASE_PATHS["stream"]},
+    }
+    if full:
+        providers["bench-json-b"] = providers["bench-json"]
+        providers["bench-sse-b"] = providers["bench-sse"]
+
+    def deployments(provider: str, model: str) -> dict[str, Any]:
+        if not full:
+            return {"deployments": [{"provider": provider, "model": model}]}
+        return {
+            "deployments": [
+                {"provider": provider, "model": model, "weight": 3},
+                {"provider": provider + "-b", "model": model, "weight": 1},
+            ]
+        }
+
+    config: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": port, "workers": workers},
         "auth": {"master_key": MASTER_KEY},
-        "providers": {
-            "bench-json": {**provider, "base_url": upstream + BASE_PATHS["chat"]},
-            "bench-sse": {**provider, "base_url": upstream + BASE_PATHS["stream"]},
-        },
+        "providers": providers,
         "models": {
-            MODELS["chat"]: {"deployments": [{"provider": "bench-json", "model": UPSTREAM_MODEL}]},
-            MODELS["stream"]: {"deployments": [{"provider": "bench-sse", "model": UPSTREAM_MODEL}]},
-            MODELS["embed"]: {"deployments": [{"provider": "bench-json", "model": EMBED_MODEL}]},
+            MODELS["chat"]: deployments("bench-json", UPSTREAM_MODEL),
+            MODELS["stream"]: deployments("bench-sse", UPSTREAM_MODEL),
+            MODELS["embed"]: deployments("bench-json", EMBED_MODEL),
         },
     }
+    if ledger:
+        config["ledger"] = {"url": ledger}
+    return config
+
+
+async def _create_virtual_key(url: str) -> str:
+    """Migrate the ledger DB at ``url`` and create a key whose limits never refuse a run."""
+    from gateway.keys import KeyStore
+    from gateway.ledger import create_ledger_engine, upgrade
+
+    await upgrade(url)
+    engine = create_ledger_engine(url)
+    try:
+        _, plaintext = await KeyStore(engine).create_key(
+            name="bench", rpm=1_000_000_000, tpm=1_000_000_000_000, budget_usd=1_000_000
+        )
+    finally:
+        await engine.dispose()
+    return plaintext
+
+
+def create_virtual_key(db_path: Path) -> str:
+    import asyncio
+
+    return asyncio.run(_create_virtual_key(f"sqlite+aiosqlite:///{db_path}"))
 
 
 def litellm_config(upstream: str) -> dict[str, Any]:
@@ -144,6 +209,7 @@ class RunningTarget:
         self.scenario = scenario
         self.process: Process | None = None
         self.version = ""
+        self.key = MASTER_KEY  # what the load generator sends as its bearer token
         if scenario.kind == "direct":
             self._base: str | None = None
             self._upstream = upstream
@@ -154,7 +220,15 @@ class RunningTarget:
         log_dir = workdir / scenario.name
         log_dir.mkdir(exist_ok=True)
         bin_dir = Path(sys.executable).parent
-        if scenario.kind == "litellm":
+        if scenario.workers > 1 and cpus is not None:
+            # Every core: left unpinned, the proxy would inherit the harness's core 0.
+            cpus = ",".join(str(i) for i in range(os.cpu_count() or 1))
+        if scenario.kind == "floor":
+            floor = str(Path(__file__).with_name("floor.py"))
+            argv = [sys.executable, floor, "--port", str(port), "--upstream", upstream]
+            env: dict[str, str] = {}
+            timeout = 30.0
+        elif scenario.kind == "litellm":
             binary = litellm_binary()
             if binary is None:
                 raise Skipped(
@@ -173,8 +247,17 @@ class RunningTarget:
             self.version = _litellm_version(binary)
             timeout = 90.0
         else:
+            ledger = None
+            if scenario.full:
+                db = log_dir / "ledger.db"
+                db.unlink(missing_ok=True)
+                ledger = f"sqlite+aiosqlite:///{db}"
+                self.key = create_virtual_key(db)
+            settings = gateway_config(
+                upstream, port, full=scenario.full, workers=scenario.workers, ledger=ledger
+            )
             config = log_dir / "gateway.yaml"
-            config.write_text(yaml.safe_dump(gateway_config(upstream, port), sort_keys=False))
+            config.write_text(yaml.safe_dump(settings, sort_keys=False))
             if scenario.kind == "gateway-cli":
                 argv = [str(bin_dir / "llm-gateway"), "serve", "--config", str(config)]
                 argv += ["--host", "127.0.0.1", "--port", str(port)]
@@ -197,10 +280,12 @@ class RunningTarget:
     def url(self, mode: str) -> str:
         if self._base is None:
             return self._upstream + BASE_PATHS[mode] + OPERATIONS[mode]
+        if self.scenario.kind == "floor":  # same paths as the upstream, on the floor's port
+            return self._base.removesuffix("/v1") + BASE_PATHS[mode] + OPERATIONS[mode]
         return self._base + OPERATIONS[mode]
 
     def model(self, mode: str) -> str:
-        if self._base is None:
+        if self._base is None or self.scenario.kind == "floor":
             return EMBED_MODEL if mode == "embed" else UPSTREAM_MODEL
         return MODELS[mode]
 
@@ -210,6 +295,10 @@ class RunningTarget:
 
     def cpu_seconds(self) -> float | None:
         return self.process.cpu_seconds() if self.process else None
+
+    def memory(self) -> dict[str, Any] | None:
+        """Peak and current RSS (MiB) of each of the proxy's processes, or None (direct)."""
+        return self.process.memory() if self.process else None
 
     def stop(self) -> None:
         if self.process is not None:
