@@ -24,6 +24,7 @@ import orjson
 
 from gateway.costs import usd_str
 from gateway.errors import GatewayError, InvalidRequestError
+from gateway.ledger import SpendRecord
 from gateway.ledger import SpendRow as LedgerSpendRow
 from gateway.ledger.periods import PeriodError, report_period
 from gateway.ledger.reports import GROUPS, MAX_PAGE
@@ -32,7 +33,7 @@ from gateway.remote import Call, Headers
 if TYPE_CHECKING:
     from gateway.engine import Engine
     from gateway.keys import KeyStore
-    from gateway.ledger import GroupBy, Ledger, SpendRecord
+    from gateway.ledger import GroupBy, Ledger
 
 T = TypeVar("T")
 Moment = str | datetime | None  # "7d", "24h", an ISO date or timestamp, or a datetime
@@ -138,71 +139,24 @@ class SpendReport:
         return pd.DataFrame([asdict(row) for row in self.rows], columns=columns)
 
 
-@dataclass(frozen=True, slots=True)
-class SpendRecordView:
-    """One request as the ledger recorded it; ``cost_usd`` is None when the price is unknown."""
+# A spend record is the ledger's own SpendRecord on every client; the name stays for callers.
+SpendRecordView = SpendRecord
 
-    request_id: str
-    started_at: datetime
-    finished_at: datetime
-    model: str
-    status: int
-    operation: str = "chat"
-    latency_ms: float = 0.0
-    ttft_ms: float | None = None
-    key_id: str | None = None
-    team: str | None = None
-    end_user: str | None = None
-    tags: dict[str, Any] = field(default_factory=dict)
-    provider: str | None = None
-    deployment: str | None = None
-    upstream_model: str | None = None
-    region: str | None = None
-    attempts: int = 0
-    fallback_used: bool = False
-    error_type: str | None = None
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    completion_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost_usd: Decimal | None = None
-    usage_estimated: bool = False
-    stream: bool = False
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SpendRecordView:
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
-        values["started_at"] = _moment(values["started_at"])
-        values["finished_at"] = _moment(values["finished_at"])
-        values["cost_usd"] = _decimal(values.get("cost_usd"))
-        return cls(**values)
-
-    @classmethod
-    def from_ledger(cls, record: SpendRecord) -> SpendRecordView:
-        values = {f.name: getattr(record, f.name) for f in fields(cls)}
-        if record.cost_usd is not None:  # as the HTTP API writes it
-            values["cost_usd"] = Decimal(usd_str(record.cost_usd))
-        return cls(**values)
-
-    @property
-    def is_error(self) -> bool:
-        return self.status >= 400
-
-    def __repr__(self) -> str:
-        return (
-            f"SpendRecordView(request_id={self.request_id!r}, "
-            f"started_at={self.started_at.isoformat()!r}, model={self.model!r}, "
-            f"status={self.status}, provider={self.provider!r}, key_id={self.key_id!r}, "
-            f"tokens={self.prompt_tokens}+{self.completion_tokens}, "
-            f"cost_usd={'unknown' if self.cost_usd is None else usd_str(self.cost_usd)})"
-        )
+def record_from_json(data: dict[str, Any]) -> SpendRecord:
+    """A record as ``/v1/spend/records`` sends it (ISO times, cost as a decimal string)."""
+    names = {f.name for f in fields(SpendRecord)}
+    values = {k: v for k, v in data.items() if k in names}
+    values["started_at"] = _moment(values["started_at"])
+    values["finished_at"] = _moment(values["finished_at"])
+    values["cost_usd"] = _decimal(values.get("cost_usd"))
+    return SpendRecord(**values)
 
 
 def records_to_pandas(records: Iterable[SpendRecordView]) -> Any:
     """Records as a ``pandas.DataFrame``, one row each (``cost_usd`` as Decimal or None)."""
     pd = _pandas()
-    columns = [f.name for f in fields(SpendRecordView)]
+    columns = [f.name for f in fields(SpendRecord)]
     return pd.DataFrame([asdict(r) for r in records], columns=columns)
 
 
@@ -393,7 +347,7 @@ def _parse_report(body: bytes) -> SpendReport:
 
 def _parse_page(body: bytes) -> Page:
     data = orjson.loads(body)
-    return [SpendRecordView.from_json(r) for r in data["data"]], data.get("next_cursor")
+    return [record_from_json(r) for r in data["data"]], data.get("next_cursor")
 
 
 def _spec_json(spec: dict[str, Any]) -> dict[str, Any]:
@@ -546,7 +500,7 @@ class InProcessBackend:
             got = await ledger.spend_records(start, end, key_id, size, cursor)
         except ValueError as exc:  # an unreadable cursor
             raise InvalidRequestError(str(exc), param="cursor") from None
-        return [SpendRecordView.from_ledger(r) for r in got.records], got.next_cursor
+        return list(got.records), got.next_cursor
 
     async def create_key(self, spec: dict[str, Any]) -> CreatedKey:
         store = await self._store()
