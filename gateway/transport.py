@@ -134,20 +134,28 @@ class AiohttpTransport:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
-        try:
-            resp = await session.request(
-                request.method,
-                request.url,
-                data=request.body,
-                headers=request.headers,
-                timeout=timeout,
-                allow_redirects=False,
-            )
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeoutError("upstream did not answer in time") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"could not reach upstream: {exc}") from exc
-        return _AiohttpResponse(resp)
+        for fresh in (False, True):
+            try:
+                resp = await session.request(
+                    request.method,
+                    request.url,
+                    data=request.body,
+                    headers=request.headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                raise UpstreamTimeoutError("upstream did not answer in time") from exc
+            except aiohttp.ServerDisconnectedError as exc:
+                # Most often a pooled keep-alive connection the upstream closed as we reused
+                # it (its idle timeout, e.g. uvicorn's 5 s): once more, on a new connection.
+                if fresh:
+                    raise UpstreamConnectionError(f"could not reach upstream: {exc}") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamConnectionError(f"could not reach upstream: {exc}") from exc
+            else:
+                return _AiohttpResponse(resp)
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         if self._session is not None:

@@ -3,6 +3,7 @@ streams, refused connections and each kind of timeout."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -119,3 +120,36 @@ async def test_stalled_stream_through_gateway_ends_with_timeout_error(openai_emu
         with pytest.raises(UpstreamTimeoutError, match="deployment 'openai/gpt-4o'"):
             async for _ in stream:
                 pass
+
+
+async def test_aiohttp_resends_once_when_a_pooled_connection_was_closed_under_it():
+    """The upstream answers the first request of each connection and drops the connection
+    on its second (as a server does whose keep-alive timeout fires as the request arrives):
+    the second call must still be answered, over a new connection."""
+    served: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for n in range(2):
+            head = (await reader.readuntil(b"\r\n\r\n")).lower()
+            _, _, rest = head.partition(b"content-length: ")
+            length = int(rest.split(b"\r\n", 1)[0] or b"0")
+            await reader.readexactly(length)
+            if n == 1:
+                writer.close()
+                return
+            served.append(1)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = AiohttpTransport()
+    request = UpstreamRequest("POST", f"http://127.0.0.1:{port}/x", {}, b"{}")
+    try:
+        for _ in range(2):
+            resp = await transport.send(request, Timeouts(connect=2, read=2))
+            assert resp.status == 200 and await resp.read() == b"{}"
+    finally:
+        await transport.close()
+        server.close()
+    assert len(served) == 2
