@@ -73,18 +73,24 @@ def serve(
             else " (no auth: set auth.master_key or GATEWAY_MASTER_KEY to require a key)"
         )
     )
-    uvicorn.run(
-        "gateway.server.app:create_app",
-        factory=True,
-        host=bind_host,
-        port=bind_port,
-        workers=workers or cfg.server.workers,
-        loop="auto",
-        http="auto",
-        access_log=access_log,
-        timeout_graceful_shutdown=cfg.server.shutdown_timeout,
-        log_level="info",
-    )
+    from gateway.observability import metrics_directory
+    from gateway.observability.logs import log_config
+
+    processes = workers or cfg.server.workers
+    with metrics_directory(cfg, processes):  # several workers: /metrics adds theirs up
+        uvicorn.run(
+            "gateway.server.app:create_app",
+            factory=True,
+            host=bind_host,
+            port=bind_port,
+            workers=processes,
+            loop="auto",
+            http="auto",
+            access_log=access_log,
+            timeout_graceful_shutdown=cfg.server.shutdown_timeout,
+            log_config=log_config(cfg.logging),
+            log_level=cfg.logging.level,
+        )
 
 
 @config_app.command("check")

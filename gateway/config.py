@@ -257,6 +257,48 @@ class LedgerConfig(_Strict):
         return url
 
 
+class MetricsConfig(_Strict):
+    """Prometheus metrics at ``GET /metrics`` (see docs/operations.md)."""
+
+    enabled: bool = True
+    require_auth: bool = Field(
+        default=False,
+        description="Only the master key or an admin key may read /metrics; off by default, "
+        "as scrapers usually sit inside the network.",
+    )
+
+
+class LoggingConfig(_Strict):
+    """The gateway's own log lines, and its access log (one line per request)."""
+
+    format: Literal["json", "text"] = Field(
+        default="json", description="json: one JSON object per line; text: for people."
+    )
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(
+        default=True,
+        description="One line per request on the gateway.access logger: who, which model, "
+        "status, latency, cost; prompts and answers only for keys with log_content.",
+    )
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry traces with GenAI attributes (needs the ``otel`` extra)."""
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console"] = "otlp"
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+        "else http://localhost:4318/v1/traces).",
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Sent with each export, e.g. a collector's API key."
+    )
+    service_name: str = "llm-gateway"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="Share of requests traced.")
+
+
 class GatewayConfig(_Strict):
     """The whole configuration file."""
 
@@ -266,6 +308,9 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 

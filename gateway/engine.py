@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -76,6 +76,16 @@ class CallInfo:
     principal: Principal | None = None
     regions: frozenset[str] | None = None  # narrowed by the request (x-gateway-regions)
     admission: Admission | None = None
+    # The prompt and the answer, kept only for callers whose key or team has the metadata
+    # ``log_content: true`` (for the access log); never otherwise.
+    content: JSON | None = None
+    observed: bool = False  # the observers have been told the call ended
+
+    @property
+    def keeps_content(self) -> bool:
+        """Whether the caller's key (or team) asked for its prompts and answers to be logged."""
+        principal = self.principal
+        return principal is not None and principal.tags.get("log_content") in (True, "true")
 
     def elapsed_seconds(self) -> float:
         return time.perf_counter() - self.started
@@ -103,6 +113,11 @@ class CallInfo:
         if self.cost is not None:
             headers["x-gateway-cost"] = self.cost.usd_str()
         return headers
+
+
+# Told once when a call ends, with its facts and its error (None: it succeeded). Observers
+# (metrics, access log, traces) run on the request path: they must be quick and not raise.
+Observer = Callable[[CallInfo, GatewayError | None], None]
 
 
 class Engine:
@@ -148,6 +163,7 @@ class Engine:
         self._all_accounted = asyncio.Event()
         self._streams: set[ChunkStream] = set()  # streams handed out and not yet accounted
         self._started = False
+        self.observers: list[Observer] = []
 
     # -- public operations -------------------------------------------------------------
     async def chat(self, request: ChatCompletionRequest, info: CallInfo) -> JSON:
@@ -172,6 +188,11 @@ class Engine:
         info.usage = usage
         info.cost = self.accountant.cost(info.served_by, info.upstream_model, usage)
         self._settle_tokens(info, request.estimated_tokens())
+        if info.keeps_content:
+            info.content = {
+                "messages": request.upstream_body()["messages"],
+                "choices": result.get("choices"),
+            }
         self.finish(info)
         return result
 
@@ -223,6 +244,8 @@ class Engine:
         info.cost = self.accountant.cost(
             info.served_by, info.upstream_model, info.usage, embedding=True
         )
+        if info.keeps_content:
+            info.content = {"input": request.input}
         self.finish(info)
         return result
 
@@ -397,6 +420,19 @@ class Engine:
         self.accountant.record(info, error)
         if info.admission is not None and not info.admission.done:
             self.spawn(self._settle(info, error))
+        self.observe(info, error)
+
+    def observe(self, info: CallInfo, error: GatewayError | None = None) -> None:
+        """Tell the observers that a call ended (once; the server also tells them of requests
+        refused before they reached the engine). An observer's failure never fails a call."""
+        if info.observed:
+            return
+        info.observed = True
+        for observer in self.observers:
+            try:
+                observer(info, error)
+            except Exception:
+                log.exception("observer %r failed on request %s", observer, info.request_id)
 
     async def _settle(self, info: CallInfo, error: GatewayError | None) -> None:
         admission = info.admission
@@ -724,6 +760,11 @@ class ChunkStream:
         for part in broken:
             cost = part + cost
         info.cost = cost
+        if info.keeps_content:
+            info.content = {
+                "messages": self._messages,
+                "output": [self._generated[i] for i in sorted(self._generated)],
+            }
         self._engine.finish(info, error)
 
     async def _continuation(

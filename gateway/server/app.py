@@ -25,6 +25,7 @@ from gateway.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
+from gateway.observability import instrument
 from gateway.streaming import DONE, encode_event
 from gateway.types import ChatCompletionRequest, EmbeddingRequest
 
@@ -171,14 +172,17 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await eng.start()
+        await observability.start()
         yield
         if owned:
             await eng.aclose()
+        await observability.aclose()
 
     app = FastAPI(
         title="llm-gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
     )
     app.state.engine = eng
+    observability = app.state.observability = instrument(app, eng, gate.authenticate)
 
     async def chat_completions(request: Request) -> Response:
         info = new_info(request)
@@ -198,6 +202,7 @@ def create_app(
                 )
             result = await eng.chat(body, info)
         except GatewayError as exc:
+            eng.observe(info, exc)  # if refused before the engine saw it (auth, body, headers)
             return error_response(exc, info.headers())
         return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
 
@@ -208,6 +213,7 @@ def create_app(
             apply_gateway_headers(request, body, info)
             result = await eng.embeddings(body, info)
         except GatewayError as exc:
+            eng.observe(info, exc)  # if refused before the engine saw it (auth, body, headers)
             return error_response(exc, info.headers())
         return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
 

@@ -1,0 +1,149 @@
+"""Log lines: JSON (one object per line) or text, and the access log, one line per request.
+
+The access log (logger ``gateway.access``) says who called (key id and team, never the key),
+what was asked and who answered, the status, timings, attempts and cost. Prompts, answers,
+error messages (which may quote an upstream's view of the request) and the request's tags
+are left out unless the caller's key or team carries the metadata ``log_content: true``.
+Each line is built as one dict and serialized once, by the formatter.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from gateway.config import LoggingConfig
+    from gateway.engine import CallInfo
+    from gateway.errors import GatewayError
+
+ACCESS_LOGGER = "gateway.access"
+JSON = dict[str, Any]
+
+
+def _timestamp(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``logger``, then the message, or the
+    access log's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        head: JSON = {
+            "ts": _timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        fields: JSON | None = getattr(record, "access", None)
+        if fields is not None:
+            return orjson.dumps({**head, **fields}, default=str).decode()
+        head["message"] = record.getMessage()
+        if record.exc_info:
+            head["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(head, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger message``; access lines as ``key=value`` pairs."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        fields: JSON | None = getattr(record, "access", None)
+        if fields is not None:
+            record.message = " ".join(
+                f"{k}={_text(v)}" for k, v in fields.items() if v is not None and k != "event"
+            )
+        return super().formatMessage(record)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    return orjson.dumps(value, default=str).decode()
+
+
+class AccessLog:
+    """Engine observer: one ``gateway.access`` line per finished request."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.logger = logger or logging.getLogger(ACCESS_LOGGER)
+
+    def observe(self, info: CallInfo, error: GatewayError | None) -> None:
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info("request", extra={"access": access_fields(info, error)})
+
+
+def access_fields(info: CallInfo, error: GatewayError | None) -> JSON:
+    """The access log's view of one finished call: facts only, no content (see module)."""
+    usage = info.usage or {}
+    cost = info.cost
+    ttft = info.ttft_seconds
+    fields: JSON = {
+        "event": "request",
+        "request_id": info.request_id,
+        "client_request_id": info.client_request_id,
+        "key_id": info.key_id,
+        "team": info.team,
+        "operation": info.operation,
+        "stream": info.stream,
+        "model": info.model,
+        "upstream_model": info.upstream_model,
+        "provider": info.provider,
+        "deployment": info.deployment,
+        "status": 200 if error is None else error.status,
+        "error_type": None if error is None else (error.code or error.type),
+        "latency_ms": round(info.elapsed_seconds() * 1000.0, 2),
+        "ttft_ms": None if ttft is None else round(ttft * 1000.0, 2),
+        "attempts": info.attempts,
+        "fallback_used": info.fallback_used,
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
+        "cost_usd": None if cost is None or cost.total is None else float(cost.total),
+        "usage_estimated": cost is not None and cost.estimated,
+    }
+    if info.keeps_content:
+        fields["end_user"] = info.end_user
+        fields["tags"] = info.tags
+        fields["error_message"] = None if error is None else error.message
+        fields["content"] = info.content
+    return fields
+
+
+def log_config(config: LoggingConfig) -> JSON:
+    """A ``logging.config.dictConfig`` mapping for the gateway's and uvicorn's loggers (uvicorn
+    applies it in every worker process)."""
+    level = config.level.upper()
+    formatter = "json" if config.format == "json" else "text"
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": formatter,
+        "stream": "ext://sys.stderr",
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "json": {"()": "gateway.observability.logs.JsonFormatter"},
+            "text": {"()": "gateway.observability.logs.TextFormatter"},
+        },
+        "handlers": {"default": handler},
+        "loggers": {
+            "gateway": {"handlers": ["default"], "level": level, "propagate": False},
+            ACCESS_LOGGER: {
+                "handlers": ["default"],
+                "level": "INFO" if config.access_log else "WARNING",
+                "propagate": False,
+            },
+            "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
+            "uvicorn.error": {"level": level},
+            "uvicorn.access": {"handlers": ["default"], "level": "INFO", "propagate": False},
+        },
+    }

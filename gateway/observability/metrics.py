@@ -1,0 +1,346 @@
+"""Prometheus metrics: what the gateway served, failed, spent and waited for.
+
+One Engine observer turns each finished call into a handful of counter increments and
+histogram observations. Label children are resolved once per label combination and kept in
+a dict, so a request costs one dictionary lookup plus the updates themselves (see
+docs/operations.md for the measured cost).
+
+Several uvicorn workers (``server.workers > 1``) each count in their own process; with
+``PROMETHEUS_MULTIPROC_DIR`` set (``llm-gateway serve`` sets it to a per-run directory) every
+worker writes its values there and ``/metrics`` adds them up, whichever worker answers the
+scrape. State held by a worker — circuit breakers, the ledger writer's backlog — is read into
+gauges when ``/metrics`` is scraped and, with several workers, every few seconds by each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+
+from gateway.errors import GatewayError, RateLimitError
+
+if TYPE_CHECKING:
+    from gateway.engine import CallInfo, Engine
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+REFRESH_SECONDS = 5.0  # how often each worker publishes its gauges when there are several
+# Circuit state as a number, so the worst state across workers is their maximum.
+CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+OTHER_MODEL = "other"  # a model name the config does not serve (bounds the label's values)
+
+
+def multiprocess_mode() -> bool:
+    """Whether values live in ``PROMETHEUS_MULTIPROC_DIR`` (shared by several workers)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+@dataclass(slots=True)
+class _CallSeries:
+    """The label children one kind of call updates, resolved once."""
+
+    requests: Counter
+    latency: Histogram
+    ttft: Histogram
+    prompt_tokens: Counter
+    completion_tokens: Counter
+    spend: Counter
+    unpriced: Counter
+    overhead: Histogram
+    fallbacks: Counter
+
+
+class GatewayMetrics:
+    """The metrics of one gateway process, fed by ``observe`` (an Engine observer)."""
+
+    def __init__(self, engine: Engine, registry: CollectorRegistry | None) -> None:
+        self.engine = engine
+        r = registry
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests answered, by public model, provider, operation and HTTP status.",
+            ["model", "provider", "operation", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "gateway_errors",
+            "Failed requests by error type (the OpenAI-style error code).",
+            ["model", "provider", "type"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "gateway_request_duration_seconds",
+            "Whole request duration (for streams: until the last chunk).",
+            ["model", "provider", "operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Streaming requests: time from arrival to the first output chunk.",
+            ["model", "provider"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Time spent in the gateway itself, upstream waiting excluded (x-gateway-overhead-ms;"
+            " for streams, until the first token).",
+            ["operation"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "gateway_upstream_attempts",
+            "Upstream attempts by deployment and outcome (success, or the error code).",
+            ["provider", "deployment", "outcome"],
+            registry=r,
+        )
+        self.attempt_latency = Histogram(
+            "gateway_upstream_attempt_duration_seconds",
+            "One upstream attempt (streams: until the first output).",
+            ["provider", "deployment"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "gateway_fallbacks",
+            "Requests answered by a fallback model rather than the one asked for.",
+            ["model", "provider"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "gateway_tokens",
+            "Tokens billed (reported, or estimated when the provider sent no usage).",
+            ["model", "provider", "key", "team", "kind"],
+            registry=r,
+        )
+        self.spend = Counter(
+            "gateway_spend_usd",
+            "Spend in USD at catalog (or configured) prices.",
+            ["model", "provider", "key", "team"],
+            registry=r,
+        )
+        self.unpriced = Counter(
+            "gateway_unpriced_requests",
+            "Answered requests whose cost is unknown (no price for the model).",
+            ["model", "provider"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "gateway_limit_rejections",
+            "Requests refused by the gateway's own limits (rate limit or budget).",
+            ["reason", "key", "team"],
+            registry=r,
+        )
+        self.circuit = Gauge(
+            "gateway_circuit_state",
+            "Circuit breaker per deployment: 0 closed, 1 half-open (probe due), 2 open; "
+            "with several workers, the worst any live worker sees.",
+            ["provider", "deployment"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.ledger_backlog = Gauge(
+            "gateway_ledger_backlog_records",
+            "Spend records held and not yet written to the ledger database.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.ledger_written = Counter(
+            "gateway_ledger_written_records", "Spend records written to the ledger.", registry=r
+        )
+        self.ledger_dropped = Counter(
+            "gateway_ledger_dropped_records",
+            "Spend records lost (buffers full, database down at shutdown).",
+            registry=r,
+        )
+        self._calls: dict[tuple[str, str, str, int, str, str], _CallSeries] = {}
+        self._attempt_latency: dict[str, Histogram] = {}  # by deployment
+        self._outcomes: dict[tuple[str, str], Counter] = {}  # by deployment and outcome
+        self._errors: dict[tuple[str, str, str], Counter] = {}
+        self._ledger_seen = (0, 0)  # written, dropped: already counted
+
+    # -- the hot path ------------------------------------------------------------------
+    def observe(self, info: CallInfo, error: GatewayError | None) -> None:
+        """Count one finished call."""
+        model = info.model
+        if model is None:
+            model = ""
+        elif model not in self.engine.router.configs:
+            model = OTHER_MODEL
+        provider = info.provider or ""
+        status = 200 if error is None else error.status
+        key = (model, provider, info.operation, status, info.key_id or "", info.team or "")
+        series = self._calls.get(key)
+        if series is None:
+            series = self._calls[key] = self._call_series(key)
+        series.requests.inc()
+        series.latency.observe(info.elapsed_seconds())
+        ttft = info.ttft_seconds
+        if ttft is not None:
+            series.ttft.observe(ttft)
+            series.overhead.observe(max(0.0, ttft - info.upstream_seconds))
+        else:
+            series.overhead.observe(info.overhead_ms() / 1000.0)
+        if info.fallback_used:
+            series.fallbacks.inc()
+        usage = info.usage
+        if usage:
+            prompt = usage.get("prompt_tokens")
+            if isinstance(prompt, int) and prompt:
+                series.prompt_tokens.inc(prompt)
+            completion = usage.get("completion_tokens")
+            if isinstance(completion, int) and completion:
+                series.completion_tokens.inc(completion)
+        cost = info.cost
+        if cost is not None:
+            if cost.total is None:
+                series.unpriced.inc()
+            elif cost.total:
+                series.spend.inc(float(cost.total))
+        for record in info.attempt_log:
+            dep = record.deployment
+            latency = self._attempt_latency.get(dep)
+            if latency is None:
+                latency = self._attempt_latency[dep] = self.attempt_latency.labels(
+                    self._provider_of(dep), dep
+                )
+            latency.observe(record.seconds)
+            outcome_key = (dep, record.error or "success")
+            outcome = self._outcomes.get(outcome_key)
+            if outcome is None:
+                outcome = self._outcomes[outcome_key] = self.attempts.labels(
+                    self._provider_of(dep), *outcome_key
+                )
+            outcome.inc()
+        if error is not None:
+            self._count_error(model, provider, info, error)
+
+    def _count_error(self, model: str, provider: str, info: CallInfo, error: GatewayError) -> None:
+        kind = error.code or error.type
+        key = (model, provider, kind)
+        child = self._errors.get(key)
+        if child is None:
+            child = self._errors[key] = self.errors.labels(*key)
+        child.inc()
+        if error.code == "budget_exceeded":
+            self.rejections.labels("budget", info.key_id or "", info.team or "").inc()
+        elif isinstance(error, RateLimitError) and error.provider is None:
+            self.rejections.labels("rate_limit", info.key_id or "", info.team or "").inc()
+
+    def _call_series(self, key: tuple[str, str, str, int, str, str]) -> _CallSeries:
+        model, provider, operation, status, api_key, team = key
+        return _CallSeries(
+            requests=self.requests.labels(model, provider, operation, str(status)),
+            latency=self.latency.labels(model, provider, operation),
+            ttft=self.ttft.labels(model, provider),
+            prompt_tokens=self.tokens.labels(model, provider, api_key, team, "prompt"),
+            completion_tokens=self.tokens.labels(model, provider, api_key, team, "completion"),
+            spend=self.spend.labels(model, provider, api_key, team),
+            unpriced=self.unpriced.labels(model, provider),
+            overhead=self.overhead.labels(operation),
+            fallbacks=self.fallbacks.labels(model, provider),
+        )
+
+    def _provider_of(self, deployment_id: str) -> str:
+        for deps in self.engine.router.deployments.values():
+            for dep in deps:
+                if dep.id == deployment_id:
+                    return dep.provider_name
+        return ""
+
+    # -- state read at scrape time -----------------------------------------------------
+    def refresh(self) -> None:
+        """Publish this process's circuit states and ledger writer counts."""
+        health = self.engine.health
+        now = health.clock()
+        seen: set[str] = set()
+        for deps in self.engine.router.deployments.values():
+            for dep in deps:
+                if dep.id in seen:
+                    continue
+                seen.add(dep.id)
+                h = health.get(dep.id)
+                state = h.state
+                if state == "open" and now >= h.open_until:
+                    state = "half_open"  # cooled down: the next request probes it
+                if health.shared is not None and state == "closed":
+                    state = health.shared.state(dep.id)[0]
+                self.circuit.labels(dep.provider_name, dep.id).set(CIRCUIT_VALUES[state])
+        ledger = self.engine.ledger
+        if ledger is not None:
+            writer = ledger.writer
+            self.ledger_backlog.set(writer.backlog)
+            written, dropped = self._ledger_seen
+            if writer.written > written:
+                self.ledger_written.inc(writer.written - written)
+            if writer.dropped > dropped:
+                self.ledger_dropped.inc(writer.dropped - dropped)
+            self._ledger_seen = (writer.written, writer.dropped)
+
+
+class MetricsEndpoint:
+    """``GET /metrics``: this process's registry, or every worker's values added up."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, engine: Engine) -> None:
+        # No ``*_created`` series: they double the output and dashboards do not read them.
+        disable_created_metrics()
+        self.multiprocess = multiprocess_mode()
+        self.registry: CollectorRegistry | None = None
+        if not self.multiprocess:
+            # A registry per gateway (not the global one): tests and embedders may run
+            # several gateways in one process.
+            self.registry = CollectorRegistry(auto_describe=True)
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        self.metrics = GatewayMetrics(engine, self.registry)
+        self._refresher: asyncio.Task[None] | None = None
+
+    def render(self) -> bytes:
+        """The exposition text (call ``metrics.refresh`` first, on the event loop)."""
+        if self.registry is not None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    async def start(self) -> None:
+        if self.multiprocess and self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def aclose(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+        if self.multiprocess:
+            # This worker's gauges stop counting (its counters stay: they happened).
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            self.metrics.refresh()
+            await asyncio.sleep(REFRESH_SECONDS)
