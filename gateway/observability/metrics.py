@@ -306,7 +306,7 @@ class MetricsEndpoint:
 
     def __init__(self, engine: Engine) -> None:
         # No ``*_created`` series: they double the output and dashboards do not read them.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.multiprocess = multiprocess_mode()
         self.registry: CollectorRegistry | None = None
         if not self.multiprocess:
