@@ -132,6 +132,17 @@ def test_a_request_is_a_server_span_with_genai_attributes(
     assert attempt.end_time <= root.end_time + 1_000_000
 
 
+def test_a_request_joins_the_callers_trace(traced: Traced, openai_emu: OpenAIEmulator) -> None:
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    answer = chat(traced.url, MASTER_KEY, headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    assert answer.status_code == 200
+    root, (attempt,) = traced.finished(answer.headers["x-request-id"])
+    assert root.context is not None and root.parent is not None
+    assert f"{root.context.trace_id:032x}" == trace_id
+    assert f"{root.parent.span_id:016x}" == parent_id
+    assert attempt.context is not None and attempt.context.trace_id == root.context.trace_id
+
+
 def test_a_failed_attempt_and_its_fallback_are_child_spans(
     traced: Traced, openai_emu: OpenAIEmulator
 ) -> None:

@@ -75,6 +75,9 @@ def instrument(
     if config.tracing.enabled:
         attached.tracing = _tracing(engine, config)
         engine.observers.append(attached.tracing.observe)
+        from gateway.observability.tracing import TraceContextMiddleware
+
+        app.add_middleware(TraceContextMiddleware)
     return attached
 
 

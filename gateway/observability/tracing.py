@@ -9,6 +9,7 @@ OpenTelemetry) is imported only when ``tracing.enabled`` is true. Needs the ``ot
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
@@ -21,14 +22,44 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
     from gateway.config import TracingConfig
     from gateway.engine import CallInfo, Engine
     from gateway.errors import GatewayError
 
 # gen_ai.provider.name values of the GenAI conventions, by our adapter type.
 GENAI_PROVIDER = {"openai": "openai", "azure": "azure.ai.openai", "mistral": "mistral_ai"}
+# The W3C trace headers of the request being served (set by TraceContextMiddleware).
+_CALLER_TRACE: ContextVar[dict[str, str] | None] = ContextVar("caller_trace", default=None)
+_TRACE_HEADERS = (b"traceparent", b"tracestate")
+
+
+class TraceContextMiddleware:
+    """Keeps a request's ``traceparent``/``tracestate`` so its span joins the caller's trace
+    (added only when tracing is on)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            carrier = {
+                name.decode(): value.decode("latin-1")
+                for name, value in scope["headers"]
+                if name in _TRACE_HEADERS
+            }
+            if carrier:
+                token = _CALLER_TRACE.set(carrier)
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    _CALLER_TRACE.reset(token)
+                return
+        await self.app(scope, receive, send)
 
 
 class Tracing:
@@ -45,6 +76,7 @@ class Tracing:
         self.provider.add_span_processor(BatchSpanProcessor(exporter or _exporter(config)))
         self.tracer = self.provider.get_tracer("llm-gateway")
         self._provider_types: dict[str, str] = {}  # deployment id → gen_ai.provider.name
+        self._propagator = TraceContextTextMapPropagator()
 
     def observe(self, info: CallInfo, error: GatewayError | None) -> None:
         end = time.time_ns()
@@ -80,8 +112,10 @@ class Tracing:
             "gateway.cost_usd": None if cost is None or cost.total is None else float(cost.total),
             "gateway.usage_estimated": cost is not None and cost.estimated,
         }
+        carrier = _CALLER_TRACE.get()
         span = self.tracer.start_span(
             f"{operation} {info.model}" if info.model else operation,
+            context=self._propagator.extract(carrier) if carrier else None,
             kind=SpanKind.SERVER,
             start_time=start,
             attributes={k: v for k, v in attributes.items() if v is not None},
