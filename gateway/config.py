@@ -266,6 +266,11 @@ class MetricsConfig(_Strict):
         description="Only the master key or an admin key may read /metrics; off by default, "
         "as scrapers usually sit inside the network.",
     )
+    per_key: bool = Field(
+        default=True,
+        description="Label tokens, spend and limit refusals by key and team id; switch off "
+        "with very many keys (each adds series per model).",
+    )
 
 
 class LoggingConfig(_Strict):

@@ -217,3 +217,16 @@ def test_metrics_can_require_an_admin_key(
 def test_metrics_can_be_switched_off(start_gateway: GatewayFactory) -> None:
     url = start_gateway({"ledger": {"enabled": False}, "metrics": {"enabled": False}})
     assert httpx.get(server_root(url) + "/metrics").status_code == 404
+
+
+def test_keys_can_be_left_out_of_the_labels(
+    start_gateway: GatewayFactory, openai_upstream: OpenAIEmulator, tmp_path: Path
+) -> None:
+    url = start_gateway(
+        gateway_config(openai_upstream.url, tmp_path / "ledger.db", metrics={"per_key": False})
+    )
+    key = Admin(url).create_key(name="unlabelled")
+    assert chat(url, key["key"]).status_code == 200
+    samples = scrape(url)
+    assert value(samples, "gateway_tokens_total", kind="prompt", model="gpt-4o") > 0
+    assert {labels["key"] for name, labels, _ in samples if name == "gateway_tokens_total"} == {""}

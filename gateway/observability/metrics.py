@@ -72,8 +72,11 @@ class _CallSeries:
 class GatewayMetrics:
     """The metrics of one gateway process, fed by ``observe`` (an Engine observer)."""
 
-    def __init__(self, engine: Engine, registry: CollectorRegistry | None) -> None:
+    def __init__(
+        self, engine: Engine, registry: CollectorRegistry | None, *, per_key: bool = True
+    ) -> None:
         self.engine = engine
+        self.per_key = per_key
         r = registry
         self.requests = Counter(
             "gateway_requests",
@@ -190,7 +193,8 @@ class GatewayMetrics:
             model = OTHER_MODEL
         provider = info.provider or ""
         status = 200 if error is None else error.status
-        key = (model, provider, info.operation, status, info.key_id or "", info.team or "")
+        api_key, team = (info.key_id or "", info.team or "") if self.per_key else ("", "")
+        key = (model, provider, info.operation, status, api_key, team)
         series = self._calls.get(key)
         if series is None:
             series = self._calls[key] = self._call_series(key)
@@ -234,9 +238,11 @@ class GatewayMetrics:
                 )
             outcome.inc()
         if error is not None:
-            self._count_error(model, provider, info, error)
+            self._count_error(model, provider, api_key, team, error)
 
-    def _count_error(self, model: str, provider: str, info: CallInfo, error: GatewayError) -> None:
+    def _count_error(
+        self, model: str, provider: str, api_key: str, team: str, error: GatewayError
+    ) -> None:
         kind = error.code or error.type
         key = (model, provider, kind)
         child = self._errors.get(key)
@@ -244,9 +250,9 @@ class GatewayMetrics:
             child = self._errors[key] = self.errors.labels(*key)
         child.inc()
         if error.code == "budget_exceeded":
-            self.rejections.labels("budget", info.key_id or "", info.team or "").inc()
+            self.rejections.labels("budget", api_key, team).inc()
         elif isinstance(error, RateLimitError) and error.provider is None:
-            self.rejections.labels("rate_limit", info.key_id or "", info.team or "").inc()
+            self.rejections.labels("rate_limit", api_key, team).inc()
 
     def _call_series(self, key: tuple[str, str, str, int, str, str]) -> _CallSeries:
         model, provider, operation, status, api_key, team = key
@@ -315,7 +321,7 @@ class MetricsEndpoint:
             self.registry = CollectorRegistry(auto_describe=True)
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
-        self.metrics = GatewayMetrics(engine, self.registry)
+        self.metrics = GatewayMetrics(engine, self.registry, per_key=engine.config.metrics.per_key)
         self._refresher: asyncio.Task[None] | None = None
 
     def render(self) -> bytes:
