@@ -3,7 +3,9 @@ happened, and no prompts, answers or secrets unless the caller's key asks for it
 
 from __future__ import annotations
 
+import io
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,12 @@ import httpx
 import orjson
 import pytest
 
-from gateway.observability.logs import ACCESS_LOGGER, JsonFormatter, TextFormatter
+from gateway.observability.logs import (
+    ACCESS_LOGGER,
+    BackgroundHandler,
+    JsonFormatter,
+    TextFormatter,
+)
 from tests.conftest import GatewayFactory
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator
 from tests.keys_helpers import MASTER_KEY, Admin, chat, gateway_config
@@ -203,3 +210,40 @@ def test_the_access_log_can_be_switched_off(
     assert answer.status_code == 200
     time.sleep(0.2)
     assert not [line for line in access.lines if answer.headers["x-request-id"] in line]
+
+
+class StuckStream(io.StringIO):
+    """A stream whose writes wait until ``release`` is set (a full pipe to a log shipper)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.entered.set()
+        assert self.release.wait(10)
+        return super().write(text)
+
+
+def test_a_stuck_log_stream_delays_lines_not_requests() -> None:
+    stream = StuckStream()
+    handler = BackgroundHandler(stream, capacity=2)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("tests.background")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("first")
+        assert stream.entered.wait(10)  # the writer thread is stuck in the first write
+        started = time.monotonic()
+        for n in range(4):
+            logger.warning("line %d", n)
+        assert time.monotonic() - started < 1.0
+        assert handler.dropped == 2  # two wait in the queue, two did not fit
+        stream.release.set()
+    finally:
+        logger.removeHandler(handler)
+        handler.close()  # writes what waits
+    messages = [orjson.loads(line)["message"] for line in stream.getvalue().splitlines()]
+    assert messages == ["first", "line 0", "line 1"]

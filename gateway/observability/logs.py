@@ -4,14 +4,17 @@ The access log (logger ``gateway.access``) says who called (key id and team, nev
 what was asked and who answered, the status, timings, attempts and cost. Prompts, answers,
 error messages (which may quote an upstream's view of the request) and the request's tags
 are left out unless the caller's key or team carries the metadata ``log_content: true``.
-Each line is built as one dict and serialized once, by the formatter.
+Each line is built as one dict on the request path; a thread serializes it (once, with
+orjson) and writes it, so a slow standard error never holds up the event loop.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from gateway.errors import GatewayError
 
 ACCESS_LOGGER = "gateway.access"
+CLOSE_SECONDS = 5.0  # at exit, the longest wait for queued lines to be written
 JSON = dict[str, Any]
 
 
@@ -68,6 +72,53 @@ def _text(value: Any) -> str:
     if isinstance(value, str | int | float):
         return str(value)
     return orjson.dumps(value, default=str).decode()
+
+
+class BackgroundHandler(logging.Handler):
+    """Hands records to a thread that formats and writes them to ``stream``: a full pipe to a
+    log shipper then delays log lines, not requests. Past ``capacity`` lines waiting, lines
+    are dropped and counted (``dropped``); those waiting at exit are written first."""
+
+    def __init__(self, stream: IO[str] | None = None, capacity: int = 10_000) -> None:
+        super().__init__()
+        self.target = logging.StreamHandler(stream)
+        self.queue: queue.Queue[logging.LogRecord | None] = queue.Queue(capacity)
+        self.dropped = 0
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._write, name="log-writer", daemon=True
+        )
+        self._thread.start()
+
+    def setFormatter(self, fmt: logging.Formatter | None) -> None:
+        super().setFormatter(fmt)
+        self.target.setFormatter(fmt)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def _write(self) -> None:
+        while True:
+            record = self.queue.get()
+            try:
+                if record is None:
+                    return
+                self.target.handle(record)
+            finally:
+                self.queue.task_done()
+
+    def close(self) -> None:
+        """Write what is queued (for at most ``CLOSE_SECONDS``), then stop the thread."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            try:
+                self.queue.put(None, timeout=CLOSE_SECONDS)
+                thread.join(CLOSE_SECONDS)
+            except queue.Full:
+                pass  # the stream is stuck: give up on the rest (the thread is a daemon)
+        super().close()
 
 
 class AccessLog:
@@ -128,7 +179,7 @@ def log_config(config: LoggingConfig) -> JSON:
     level = config.level.upper()
     formatter = "json" if config.format == "json" else "text"
     handler = {
-        "class": "logging.StreamHandler",
+        "()": "gateway.observability.logs.BackgroundHandler",
         "formatter": formatter,
         "stream": "ext://sys.stderr",
     }
