@@ -54,7 +54,13 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: server.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: server.port).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
-    access_log: Annotated[bool, typer.Option(help="Log every request line.")] = False,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            help="uvicorn's line per HTTP request, besides the gateway's own access log "
+            "(logging.access_log)."
+        ),
+    ] = False,
 ) -> None:
     """Start the HTTP proxy."""
     import uvicorn

@@ -247,3 +247,14 @@ def test_a_stuck_log_stream_delays_lines_not_requests() -> None:
         handler.close()  # writes what waits
     messages = [orjson.loads(line)["message"] for line in stream.getvalue().splitlines()]
     assert messages == ["first", "line 0", "line 1"]
+
+
+def test_a_refused_embeddings_request_is_logged_as_embeddings(proxy: str, access: Lines) -> None:
+    response = httpx.post(
+        proxy + "/embeddings",
+        content=b"not json",
+        headers={"authorization": f"Bearer {MASTER_KEY}"},
+    )
+    assert response.status_code == 400
+    fields = orjson.loads(access.line_of(response.headers["x-request-id"]))
+    assert (fields["operation"], fields["status"], fields["model"]) == ("embeddings", 400, None)

@@ -208,6 +208,7 @@ def create_app(
 
     async def embeddings(request: Request) -> Response:
         info = new_info(request)
+        info.operation = "embeddings"  # for metrics and logs, should it be refused early
         try:
             body = await gate.parse(request, EmbeddingRequest, info)
             apply_gateway_headers(request, body, info)
