@@ -102,6 +102,8 @@ class CallInfo:
             headers.update(self.admission.headers)
         if self.cost is not None:
             headers["x-gateway-cost"] = self.cost.usd_str()
+            if self.cost.estimated:
+                headers["x-gateway-usage-estimated"] = "true"
         return headers
 
 

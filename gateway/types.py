@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from gateway.facts import GatewayFacts
+
 if TYPE_CHECKING:
     from gateway.engine import CallInfo
 
@@ -28,11 +30,18 @@ class _Open(BaseModel):
 class _WithFacts(_Open):
     """A response that carries the gateway's facts about the call that produced it."""
 
+    _facts: GatewayFacts = PrivateAttr(default_factory=GatewayFacts)
     _gateway: CallInfo | None = PrivateAttr(default=None)
 
     @property
+    def facts(self) -> GatewayFacts:
+        """Request id, provider, deployment, attempts, fallback use, cost and whether the usage
+        was estimated, in-process or from a running gateway alike."""
+        return self._facts
+
+    @property
     def gateway(self) -> CallInfo | None:
-        """Provider, deployment, attempts, fallback use and usage of the call (library only)."""
+        """In-process only: the engine's full record of the call (attempt log, usage)."""
         return self._gateway
 
 
