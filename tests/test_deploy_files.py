@@ -222,3 +222,32 @@ def test_nginx_accepts_the_balancer_config(tmp_path):
         timeout=30,
     )
     assert checked.returncode == 0, checked.stderr
+
+
+# -- docs/deploy.md's Kubernetes example ---------------------------------------------------
+def kubernetes_example() -> dict[str, Any]:
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.DOTALL)
+    manifests = [yaml.safe_load(b) for b in blocks if "kind: Deployment" in b]
+    assert len(manifests) == 1
+    manifest: dict[str, Any] = manifests[0]
+    return manifest
+
+
+def test_kubernetes_example_probes_the_health_endpoints_on_the_images_port(deploy_config):
+    pod = kubernetes_example()["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    exposed = dict(dockerfile_instructions())["EXPOSE"]
+    assert container["ports"] == [{"name": "http", "containerPort": int(exposed)}]
+    uid = next(args for name, args in reversed(dockerfile_instructions()) if name == "USER")
+    assert pod["securityContext"]["runAsUser"] == int(uid.split(":")[0])
+
+
+def test_kubernetes_example_waits_for_shutdown_and_the_ledger_before_killing(deploy_config):
+    pod = kubernetes_example()["spec"]["template"]["spec"]
+    pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    needed = (
+        pre_stop + deploy_config.server.shutdown_timeout + deploy_config.ledger.shutdown_timeout
+    )
+    assert pod["terminationGracePeriodSeconds"] > needed
