@@ -156,37 +156,40 @@ def primary_calls(emulator: OpenAIEmulator) -> int:
 
 def test_failures_through_one_replica_open_the_circuit_for_the_other(cluster, openai_emu):
     key = Admin(cluster.a.url).create_key(name="circuit")["key"]
-    caller = httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=10)
-    for _ in range(2):  # the primary fails, gpt-4o-mini answers; twice opens A's circuit
-        openai_emu.fail_next(SERVER_ERROR)  # taken by the next upstream call: the primary
-        response = flaky(cluster.a, caller)
-        assert response.headers["x-gateway-deployment"] == "openai/gpt-4o-mini"
-    assert primary_calls(openai_emu) == 2
+    with httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=10) as caller:
+        for _ in range(2):  # the primary fails, gpt-4o-mini answers; twice opens A's circuit
+            openai_emu.fail_next(SERVER_ERROR)  # taken by the next upstream call: the primary
+            response = flaky(cluster.a, caller)
+            assert response.headers["x-gateway-deployment"] == "openai/gpt-4o-mini"
+        assert primary_calls(openai_emu) == 2
+        wait_for_shared_open_circuit(cluster, "openai/flaky-primary")
 
+        # B has seen no failure itself; it follows the shared state once its snapshot
+        # refreshes (every 0.5 s, from its first request on). Until then its calls reach the
+        # healthy-again primary, which is allowed; after, none may.
+        deadline = time.monotonic() + 5
+        while flaky(cluster.b, caller).headers["x-gateway-deployment"] != "openai/gpt-4o-mini":
+            assert time.monotonic() < deadline, "replica B kept sending to the open deployment"
+            time.sleep(0.1)
+        before = primary_calls(openai_emu)
+        for _ in range(5):
+            response = flaky(cluster.b, caller)
+            assert response.headers["x-gateway-deployment"] == "openai/gpt-4o-mini"
+            assert response.headers["x-gateway-fallback-used"] == "true"
+        assert primary_calls(openai_emu) == before
+
+
+def wait_for_shared_open_circuit(cluster: Cluster, deployment_id: str) -> None:
+    """Until the replica that opened the circuit has written it to Redis (in the background)."""
     shared = redis.Redis.from_url(cluster.redis_url)
     try:
-        open_key = cluster.redis_key("circuit", "open", "openai/flaky-primary")
+        open_key = cluster.redis_key("circuit", "open", deployment_id)
         deadline = time.monotonic() + 5
         while not shared.exists(open_key):
-            assert time.monotonic() < deadline, "replica A did not publish the open circuit"
+            assert time.monotonic() < deadline, "the open circuit was not written to Redis"
             time.sleep(0.05)
     finally:
         shared.close()
-
-    # B has seen no failure itself; it follows the shared state once its snapshot refreshes
-    # (every 0.5 s, from its first request on). Until then its calls reach the healthy-again
-    # primary, which is allowed; after, none may.
-    deadline = time.monotonic() + 5
-    while flaky(cluster.b, caller).headers["x-gateway-deployment"] != "openai/gpt-4o-mini":
-        assert time.monotonic() < deadline, "replica B kept sending to the open deployment"
-        time.sleep(0.1)
-    before = primary_calls(openai_emu)
-    for _ in range(5):
-        response = flaky(cluster.b, caller)
-        assert response.headers["x-gateway-deployment"] == "openai/gpt-4o-mini"
-        assert response.headers["x-gateway-fallback-used"] == "true"
-    assert primary_calls(openai_emu) == before
-    caller.close()
 
 
 # -- migrations --------------------------------------------------------------------------
