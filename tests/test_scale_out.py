@@ -56,9 +56,10 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture
 def cluster(
-    postgres_url: str, redis_url: str, openai_emu: OpenAIEmulator, tmp_path: Path
+    redis_url: str, postgres_url: str, openai_emu: OpenAIEmulator, tmp_path: Path
 ) -> Iterator[Cluster]:
-    """Two replicas of the deployed shape, on this test's own database and Redis prefix."""
+    """Two replicas of the deployed shape, on this test's own database and Redis prefix.
+    (Redis is asked for first: without it no scratch database is created in vain.)"""
     prefix = f"llm-gateway-test:{uuid.uuid4().hex}:"
     config: dict[str, Any] = gateway_config(openai_emu.url, tmp_path / "unused.db")
     config["ledger"]["url"] = postgres_url
