@@ -64,6 +64,7 @@ class CallInfo:
     malformed_events: int = 0
     attempt_log: list[AttemptRecord] = field(default_factory=list)
     operation: Operation = "chat"
+    surface: str = "openai"  # the API the caller spoke: openai, azure, mistral or library
     stream: bool = False
     served_by: Deployment | None = None  # the deployment whose answer the caller got
     upstream_model: str | None = None  # the model the upstream said answered

@@ -84,7 +84,7 @@ class _AsyncCompletions:
                 **({"stream": True} if stream else {}),
             }
         )
-        info = CallInfo(request_id=uuid.uuid4().hex)
+        info = CallInfo(request_id=uuid.uuid4().hex, surface="library")
         await self._engine.start()
         if stream:
             return AsyncChunkStream(await self._engine.chat_stream(request, info), info)
@@ -110,7 +110,7 @@ class _AsyncEmbeddings:
         request = EmbeddingRequest.model_validate(
             {"model": model, "input": input, **params, **extra}
         )
-        info = CallInfo(request_id=uuid.uuid4().hex)
+        info = CallInfo(request_id=uuid.uuid4().hex, surface="library")
         await self._engine.start()
         result = CreateEmbeddingResponse.model_validate(
             await self._engine.embeddings(request, info)

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal, NamedTuple
 
-Operation = Literal["chat", "embeddings"]
+Operation = Literal["chat", "fim", "embeddings"]
 
 # Costs are kept to 1e-10 USD, the precision of the ``cost_usd`` column (and of the budget
 # counters in gateway.limits), rounded the same way (half-even) wherever they are summed.
@@ -65,6 +65,7 @@ class SpendRecord:
     cost_usd: Decimal | None = None
     usage_estimated: bool = False
     stream: bool = False
+    surface: str = "openai"  # the API the caller spoke: openai, azure, mistral or library
 
     @property
     def is_error(self) -> bool:
