@@ -44,9 +44,9 @@ from gateway.ledger import (
     write_batch,
 )
 from gateway.ledger.reports import MAX_PAGE, plan_range
-from gateway.ledger.store import record_row
 from gateway.ledger.schema import ROLLUPS, metadata, spend_daily
 from gateway.ledger.schema import spend_records as records_table
+from gateway.ledger.store import record_row
 from tests.conftest import service_missing
 from tests.ledger_helpers import (
     DAY0,

@@ -126,6 +126,13 @@ def gateway(
                     ]
                 },
                 "codestral": one("mistral", model="codestral-latest"),
+                "coder": {
+                    "strategy": "round-robin",
+                    "deployments": [
+                        {"provider": "openai", "model": "gpt-4o"},
+                        {"provider": "mistral", "model": "codestral-latest"},
+                    ],
+                },
                 "mistral-large": one("mistral", model="mistral-large-latest"),
                 "mistral-embed": one("mistral", model="mistral-embed"),
             },
@@ -460,7 +467,17 @@ def test_fim_on_a_model_without_a_fim_deployment_is_a_clear_400(gateway, openai_
     error = resp.json()["error"]
     assert error["code"] == "unsupported_feature"
     assert "openai/gpt-4o lacks fim" in error["message"]
+    assert "codestral" in error["message"]
     assert openai_emu.requests == []
+
+
+def test_fim_goes_only_to_the_mistral_deployments_of_a_mixed_model(
+    mistral_client, seen, openai_emu, mistral_emu
+):
+    for _ in range(3):
+        response = mistral_client.fim.complete(model="coder", prompt="a", suffix="b")
+        assert response.choices[0].message.content == "<fill between 'a' and 'b'>"
+    assert len(mistral_emu.requests) == 3 and openai_emu.requests == []
 
 
 def test_fim_fields_mistral_does_not_know_are_dropped_and_reported(gateway, mistral_emu):

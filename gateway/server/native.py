@@ -212,6 +212,11 @@ class MistralSurface:
             apply_gateway_headers(request, body, info)
             return await completion_response(self.engine, body, info, mistral_chunks)
         except GatewayError as exc:
+            if exc.code == "unsupported_feature" and "lacks fim" in exc.message:
+                exc.message += (
+                    "; fill-in-the-middle needs a deployment on Mistral (La Plateforme or Azure "
+                    "serverless) of a model with FIM, such as codestral-latest"
+                )
             return error_response(exc, info.headers())
 
     async def chat(self, request: Request) -> Response:
