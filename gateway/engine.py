@@ -23,7 +23,7 @@ from gateway.costs import Cost
 from gateway.errors import ClientDisconnectedError, GatewayError, UpstreamTimeoutError
 from gateway.health import HealthBoard, Ticket
 from gateway.keys import KeyStore
-from gateway.ledger import Ledger, Operation
+from gateway.ledger import Ledger, Operation, Surface
 from gateway.limits import Admission, Limits, MemoryLimits, period_start
 from gateway.limits.redis import RedisLimits
 from gateway.resilience import AttemptRecord, run_plan
@@ -64,7 +64,7 @@ class CallInfo:
     malformed_events: int = 0
     attempt_log: list[AttemptRecord] = field(default_factory=list)
     operation: Operation = "chat"
-    surface: str = "openai"  # the API the caller spoke: openai, azure, mistral or library
+    surface: Surface = "openai"  # the API the caller spoke (gateway.ledger.Surface)
     stream: bool = False
     served_by: Deployment | None = None  # the deployment whose answer the caller got
     upstream_model: str | None = None  # the model the upstream said answered

@@ -29,6 +29,7 @@ from starlette.types import Scope
 
 from gateway.engine import CallInfo, Engine
 from gateway.errors import GatewayError
+from gateway.ledger import Surface
 from gateway.server.app import (
     JSON_TYPE,
     Gatekeeper,
@@ -117,7 +118,7 @@ async def completion_response(
     return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
 
 
-def surface_info(request: Request, surface: str) -> CallInfo:
+def surface_info(request: Request, surface: Surface) -> CallInfo:
     info = new_info(request)
     info.surface = surface
     return info
