@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -186,7 +186,7 @@ class Engine:
 
         async def attempt(dep: Deployment, ticket: Ticket) -> JSON:
             provider = dep.provider
-            upstream = _upstream_request(provider, info)(request.upstream_body(), dep, stream=False)
+            upstream = _upstream_request(provider, info, request.upstream_body(), dep, stream=False)
             info.dropped_params = upstream.dropped_params
             timeouts = self._timeouts(plan, dep, stream=False)
             raw = await self._exchange(provider, dep, upstream, info, timeouts)
@@ -476,7 +476,7 @@ class Engine:
 
         async def attempt(dep: Deployment, ticket: Ticket) -> OpenedStream:
             provider = dep.provider
-            upstream = _upstream_request(provider, info)(body(), dep, stream=True)
+            upstream = _upstream_request(provider, info, body(), dep, stream=True)
             info.dropped_params = upstream.dropped_params
             response = await self._open(
                 provider, dep, upstream, info, self._timeouts(plan, dep, stream=True)
@@ -780,9 +780,12 @@ class ChunkStream:
             )
 
 
-def _upstream_request(provider: Provider, info: CallInfo) -> Callable[..., UpstreamRequest]:
-    """The adapter method that builds this call's upstream request."""
-    return provider.fim_request if info.operation == "fim" else provider.chat_request
+def _upstream_request(
+    provider: Provider, info: CallInfo, body: JSON, dep: Deployment, *, stream: bool
+) -> UpstreamRequest:
+    """This call's upstream request, built by the adapter method for its operation."""
+    build = provider.fim_request if info.operation == "fim" else provider.chat_request
+    return build(body, dep, stream=stream)
 
 
 def _cancelled() -> ClientDisconnectedError:
