@@ -25,6 +25,7 @@ from providers.mistral import FIM_FIELDS
 from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators import azure_api, mistral_api
 from tests.emulators.azure_api import AzureEmulator
+from tests.emulators.common import Fault
 from tests.emulators.mistral_api import MistralEmulator
 from tests.emulators.openai_api import API_KEY as OPENAI_KEY
 from tests.emulators.openai_api import OpenAIEmulator
@@ -126,6 +127,13 @@ def gateway(
                     ]
                 },
                 "codestral": one("mistral", model="codestral-latest"),
+                "codestral-twice": {
+                    "deployments": [
+                        {"provider": "mistral", "model": "codestral-latest"},
+                        {"provider": "mistral", "model": "codestral-2501"},
+                    ],
+                    "strategy": "round-robin",
+                },
                 "coder": {
                     "strategy": "round-robin",
                     "deployments": [
@@ -478,6 +486,23 @@ def test_fim_goes_only_to_the_mistral_deployments_of_a_mixed_model(
         response = mistral_client.fim.complete(model="coder", prompt="a", suffix="b")
         assert response.choices[0].message.content == "<fill between 'a' and 'b'>"
     assert len(mistral_emu.requests) == 3 and openai_emu.requests == []
+
+
+def test_cut_fim_stream_ends_with_an_error_and_is_not_continued_elsewhere(gateway, mistral_emu):
+    mistral_emu.fail_next(Fault(cut_after=3))
+    with httpx.stream(
+        "POST",
+        gateway + "/v1/fim/completions",
+        headers={"authorization": f"Bearer {MASTER}"},
+        json={"model": "codestral-twice", "prompt": "a b", "suffix": "c", "stream": True},
+    ) as resp:
+        events = [line for line in resp.iter_lines() if line.startswith("data: ")]
+        request_id = resp.headers["x-request-id"]
+    assert events[-1] != "data: [DONE]"
+    assert "error" in orjson.loads(events[-1].removeprefix("data: "))
+    assert len(mistral_emu.requests) == 1  # no continuation with an assistant prefix
+    rec = record(gateway, request_id)
+    assert rec["operation"] == "fim" and rec["status"] >= 400
 
 
 def test_fim_fields_mistral_does_not_know_are_dropped_and_reported(gateway, mistral_emu):
