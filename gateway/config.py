@@ -257,6 +257,22 @@ class LedgerConfig(_Strict):
         return url
 
 
+class AzureSurfaceConfig(_Strict):
+    """How Azure OpenAI clients' deployment names map to the gateway's models."""
+
+    deployments: dict[str, str] = Field(
+        default_factory=dict,
+        description="Azure deployment name (in /openai/deployments/{name}/… or the v1 body's "
+        "model) → gateway model; a name not listed means the model of the same name.",
+    )
+
+
+class SurfacesConfig(_Strict):
+    """Provider-native APIs served beside the OpenAI one (see gateway/server/native.py)."""
+
+    azure: AzureSurfaceConfig = Field(default_factory=AzureSurfaceConfig)
+
+
 class GatewayConfig(_Strict):
     """The whole configuration file."""
 
@@ -268,6 +284,7 @@ class GatewayConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    surfaces: SurfacesConfig = Field(default_factory=SurfacesConfig)
 
     prices: dict[str, dict[str, PriceEntryConfig]] = Field(
         default_factory=dict,
@@ -441,6 +458,14 @@ def _reference_problems(raw: dict[str, Any], providers: dict[str, Any]) -> list[
                     problems.append(f"models.{model}.{key}: a model cannot fall back to itself")
                 elif isinstance(fb, str) and fb not in models:
                     problems.append(f"models.{model}.{key}: {fb!r} is not a model in 'models'")
+    surfaces = raw.get("surfaces")
+    azure = surfaces.get("azure") if isinstance(surfaces, dict) else None
+    mapping = azure.get("deployments") if isinstance(azure, dict) else None
+    for name, target in mapping.items() if isinstance(mapping, dict) else ():
+        if isinstance(target, str) and target not in models:
+            problems.append(
+                f"surfaces.azure.deployments.{name}: {target!r} is not a model in 'models'"
+            )
     return problems
 
 

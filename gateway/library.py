@@ -87,7 +87,7 @@ def _call(
     if timeout is not None:
         body["gateway_timeout"] = timeout
     body.update(extra)
-    info = CallInfo(request_id=uuid.uuid4().hex)
+    info = CallInfo(request_id=uuid.uuid4().hex, surface="library")
     if regions is not None:
         info.regions = frozenset(regions)
     tags = body.get("metadata")
