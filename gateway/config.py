@@ -257,6 +257,15 @@ class LedgerConfig(_Strict):
         return url
 
 
+class UIConfig(_Strict):
+    """The web dashboard at ``/ui`` (master key or admin keys only)."""
+
+    enabled: bool = True
+    session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 30, description="How long a dashboard login lasts."
+    )
+
+
 class GatewayConfig(_Strict):
     """The whole configuration file."""
 
@@ -266,6 +275,7 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
 

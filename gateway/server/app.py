@@ -256,6 +256,10 @@ def create_app(
     from gateway.server.admin import add_admin_routes  # admin.py builds on this module
 
     add_admin_routes(app, eng, gate)
+    if cfg.ui.enabled:
+        from gateway.ui import add_ui_routes  # the dashboard at /ui
+
+        add_ui_routes(app, eng)
 
     @app.get("/health/live")
     async def live() -> Response:
