@@ -146,7 +146,9 @@ def test_traffic_page_counts_the_last_hour_from_the_ledger(
     assert page.inner_text("#hour-requests") == "5"
     assert page.inner_text("#hour-error-rate") == "20.0%"
     rows = page.locator("#minutes tbody tr")
-    assert sum(int(rows.nth(i).locator("td").nth(1).inner_text()) for i in range(rows.count())) == 5
+    assert (
+        sum(int(rows.nth(i).locator("td").nth(1).text_content()) for i in range(rows.count())) == 5
+    )
     page.wait_for_function("() => window.Chart && Chart.getChart('traffic-rate')")
     per_second = page.evaluate(
         "() => Chart.getChart('traffic-rate').data.datasets[0].data.reduce((a, b) => a + b, 0)"
@@ -225,7 +227,7 @@ def test_a_deployments_circuit_shows_open_after_injected_failures(
     page.goto(root + "/ui/deployments")
     row = page.locator("#deployments tr", has_text="gpt-4o-mini")
     assert row.locator("[data-state]").get_attribute("data-state") == "open"
-    assert "open, probe in" in row.inner_text()
+    assert "open · probe in" in row.inner_text()
     (count,) = row.locator("[data-error-type]").evaluate_all("els => els.map(e => e.dataset.count)")
     assert count == "2"  # the ledger's records: both requests failed with the same error type
     other = page.locator("#deployments tr[data-deployment]", has_text="text-embedding")

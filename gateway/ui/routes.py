@@ -96,6 +96,7 @@ class Dashboard:
             undefined=jinja2.StrictUndefined,
         )
         self.templates.filters["money"] = views.money
+        self.templates.filters["count"] = lambda n: "\u2013" if n is None else f"{n:,}"
         self.templates.filters["usd"] = lambda text: views.money(Decimal(str(text)))
 
     # -- plumbing --------------------------------------------------------------------------

@@ -78,7 +78,7 @@ class Names:
 
     def label(self, dimension: str, group: str | None) -> str:
         if group is None:
-            return "(none)"
+            return "master key" if dimension == "key" else "(none)"
         if dimension == "key" and group in self.keys:
             key = self.keys[group]
             return f"{key.name} ({key.prefix}…)"
@@ -204,7 +204,7 @@ def _short(bucket: str, unit: str) -> str:
 
 
 def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
+    return None if value is None else round(value)
 
 
 def minute_view(m: TrafficMinute) -> dict[str, Any]:
@@ -322,7 +322,7 @@ def _state_text(state: str, remaining: float, enabled: bool) -> str:
     if not enabled:
         return "no breaker"
     if state == "open":
-        return f"open, probe in {remaining:.0f}s" if remaining > 0 else "open, probe due"
+        return f"open · probe in {remaining:.0f}s" if remaining > 0 else "open · probe due"
     return "half-open" if state == "half_open" else "closed"
 
 

@@ -4,8 +4,8 @@
   "use strict";
   var money = function (v) {
     if (v === 0) return "$0";
-    if (Math.abs(v) >= 1) return "$" + v.toFixed(2);
-    return "$" + Number(v.toPrecision(3));
+    if (Math.abs(v) >= 0.01) return "$" + v.toFixed(2);
+    return "$" + Number(v.toPrecision(2));
   };
 
   function options(kind, canvas) {
