@@ -203,7 +203,7 @@ def test_editing_a_key_changes_its_limits_through_the_admin_rules(
     row.locator("input[name=rpm]").fill("")
     row.locator("input[name=tpm]").fill("1000")
     row.locator("form.fields button[type=submit]").click()
-    page.wait_for_selector(f"#keys tr[data-key-id='{created['id']}'] >> text=1000 tpm")
+    page.wait_for_selector(f"#keys tr[data-key-id='{created['id']}'] >> text=1,000 tpm")
     shown = Admin(root + "/v1").client.get(f"/admin/keys/{created['id']}").json()
     assert shown["rpm"] is None and shown["tpm"] == 1000
 

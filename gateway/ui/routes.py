@@ -26,8 +26,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from gateway.engine import Engine
-from gateway.errors import AuthenticationError, GatewayError, NotFoundError
-from gateway.keys import KeyStore, hash_key
+from gateway.errors import (
+    AuthenticationError,
+    GatewayError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from gateway.keys import KeyStore, VirtualKey, hash_key
 from gateway.ledger import report_csv
 from gateway.ledger.writer import describe
 from gateway.server.admin import KeyAdmin, KeyChange, KeySpec, TeamChange, TeamSpec
@@ -41,6 +46,8 @@ log = logging.getLogger("gateway.ui")
 HERE = Path(__file__).parent
 M = TypeVar("M", bound=BaseModel)
 Page = Callable[[Request, Session], Awaitable[Response]]
+Issued = tuple[VirtualKey, str, str]  # a key, its new plaintext, and "created" or "rotated"
+MAX_FORM_BYTES = 64 * 1024
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
     "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
@@ -134,24 +141,29 @@ class Dashboard:
             session = await self.session(request)
             if session is None:
                 return RedirectResponse(f"{PATH}/login", status_code=303)
-            if post:
-                form = await request.form()
-                if not csrf_ok(session, _text(form, "csrf")):
-                    return self.render(
-                        "error.html", request, 403, message="the form expired; reload the page"
-                    )
             try:
+                if post and not csrf_ok(session, _text(await form(request), "csrf")):
+                    return self.page(
+                        "error.html",
+                        request,
+                        session,
+                        status=403,
+                        message="the form expired; reload the page",
+                    )
                 return await page(request, session)
             except GatewayError as exc:
-                return self.render("error.html", request, exc.status, message=exc.message)
+                return self.page(
+                    "error.html", request, session, status=exc.status, message=exc.message
+                )
             except IntegrityError as exc:
-                return self.render("error.html", request, 409, message=describe(exc))
+                return self.page("error.html", request, session, status=409, message=describe(exc))
             except (SQLAlchemyError, RedisError, OSError) as exc:
                 log.warning("dashboard: the database failed: %s", describe(exc))
-                return self.render(
+                return self.page(
                     "error.html",
                     request,
-                    503,
+                    session,
+                    status=503,
                     message=f"the database could not be reached ({describe(exc)}); retry later",
                 )
 
@@ -193,11 +205,13 @@ class Dashboard:
             return self.unavailable(request)
         if not same_origin(request):
             return self.render("error.html", request, 403, message="cross-site request refused")
-        token = (_text(await request.form(), "key") or "").strip()
         try:
+            token = (_text(await form(request), "key") or "").strip()
             principal = await self.engine.auth.authenticate(token or None)
         except AuthenticationError:
             principal = None
+        except GatewayError as exc:
+            return self.render("error.html", request, exc.status, message=exc.message)
         if principal is None or not principal.admin:
             why = (
                 "this key is not an admin key; log in with the master key or a key created "
@@ -318,69 +332,63 @@ class Dashboard:
         except ValidationError as exc:
             raise GatewayError(validation_message(exc)[0], status=400) from None
 
-    async def _changed(self, request: Request, session: Session, work: Awaitable[Any]) -> Response:
-        """Run a change; on a mistake, show the keys page with the error (400)."""
+    async def _changed(
+        self, request: Request, session: Session, work: Awaitable[Issued | None]
+    ) -> Response:
+        """Run a change. A mistake shows the keys page with the admin API's message; a new
+        plaintext is shown on the page that answers (never in a URL, never again); anything
+        else goes back to the list."""
         try:
-            await work
+            issued = await work
         except GatewayError as exc:
             if exc.status >= 500:
                 raise
             return await self.keys(request, session, status=exc.status, error=exc.message)
-        return RedirectResponse(f"{PATH}/keys", status_code=303)
-
-    async def create_key(self, request: Request, session: Session) -> Response:
-        store = self.store()
-        try:
-            spec = self._validated(KeySpec, key_form(await request.form(), True))
-            key, plaintext = await self.admin.new_key(store, spec)
-        except GatewayError as exc:
-            if exc.status >= 500:
-                raise
-            return await self.keys(request, session, status=exc.status, error=exc.message)
-        created = {"name": key.name, "id": key.id, "key": plaintext, "action": "created"}
+        if issued is None:
+            return RedirectResponse(f"{PATH}/keys", status_code=303)
+        key, plaintext, action = issued
+        created = {"name": key.name, "id": key.id, "key": plaintext, "action": action}
         return await self.keys(request, session, created=created)
 
-    async def update_key(self, request: Request, session: Session) -> Response:
-        store = self.store()
-        key_id = request.path_params["key_id"]
+    async def create_key(self, request: Request, session: Session) -> Response:
+        async def work() -> Issued:
+            spec = self._validated(KeySpec, key_form(await form(request), True))
+            key, plaintext = await self.admin.new_key(self.store(), spec)
+            return key, plaintext, "created"
 
+        return await self._changed(request, session, work())
+
+    async def update_key(self, request: Request, session: Session) -> Response:
         async def work() -> None:
-            change = self._validated(KeyChange, key_form(await request.form(), False))
-            await self.admin.change_key(store, key_id, change)
+            change = self._validated(KeyChange, key_form(await form(request), False))
+            await self.admin.change_key(self.store(), request.path_params["key_id"], change)
 
         return await self._changed(request, session, work())
 
     async def revoke_key(self, request: Request, session: Session) -> Response:
-        work = self.admin.revoke(self.store(), request.path_params["key_id"])
-        return await self._changed(request, session, work)
+        async def work() -> None:
+            await self.admin.revoke(self.store(), request.path_params["key_id"])
+
+        return await self._changed(request, session, work())
 
     async def rotate_key(self, request: Request, session: Session) -> Response:
-        try:
+        async def work() -> Issued:
             key, plaintext = await self.admin.rotate(self.store(), request.path_params["key_id"])
-        except GatewayError as exc:
-            if exc.status >= 500:
-                raise
-            return await self.keys(request, session, status=exc.status, error=exc.message)
-        created = {"name": key.name, "id": key.id, "key": plaintext, "action": "rotated"}
-        return await self.keys(request, session, created=created)
+            return key, plaintext, "rotated"
+
+        return await self._changed(request, session, work())
 
     async def create_team(self, request: Request, session: Session) -> Response:
-        store = self.store()
-
         async def work() -> None:
-            body = team_form(await request.form(), True)
-            await self.admin.new_team(store, self._validated(TeamSpec, body))
+            spec = self._validated(TeamSpec, team_form(await form(request), True))
+            await self.admin.new_team(self.store(), spec)
 
         return await self._changed(request, session, work())
 
     async def update_team(self, request: Request, session: Session) -> Response:
-        store = self.store()
-        team_id = request.path_params["team_id"]
-
         async def work() -> None:
-            body = team_form(await request.form(), False)
-            change = self._validated(TeamChange, body)
-            await self.admin.change_team(store, team_id, change)
+            change = self._validated(TeamChange, team_form(await form(request), False))
+            await self.admin.change_team(self.store(), request.path_params["team_id"], change)
 
         return await self._changed(request, session, work())
 
@@ -399,6 +407,16 @@ def is_https(request: Request) -> bool:
     return proto.split(",")[0].strip() == "https"
 
 
-def _text(form: FormData, name: str) -> str | None:
-    value = form.get(name)
+async def form(request: Request) -> FormData:
+    """The posted form, refused (413) past MAX_FORM_BYTES: a dashboard form is small."""
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > MAX_FORM_BYTES:
+        raise PayloadTooLargeError(
+            f"a dashboard form is at most {MAX_FORM_BYTES} bytes, with a Content-Length"
+        )
+    return await request.form()
+
+
+def _text(data: FormData, name: str) -> str | None:
+    value = data.get(name)
     return value if isinstance(value, str) else None
