@@ -271,3 +271,26 @@ def test_without_a_master_key_the_dashboard_says_what_it_needs(
     root = server_root(start_gateway(config))
     response = httpx.get(root + "/ui/login", timeout=10)
     assert response.status_code == 503 and "auth.master_key" in response.text
+
+
+def test_pages_read_without_javascript(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path, browser: Any
+) -> None:
+    root = start(start_gateway, openai_emu.url, tmp_path / "ledger.db")
+    assert chat(root + "/v1", MASTER_KEY, model="gpt-4o-mini").status_code == 200
+    context = browser.new_context(java_script_enabled=False)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        log_in(page, root, MASTER_KEY)  # a plain form post and a redirect
+        page.goto(root + "/ui/spend?period=today&by=model")
+        row = page.locator("#spend-groups tr[data-group='gpt-4o-mini']")
+        assert row.locator("td").nth(1).inner_text() == "1"
+        page.select_option("select[name=by]", "provider")
+        page.click("form.filters button[type=submit]")  # the <noscript> Show button
+        assert "by=provider" in page.url
+        assert page.locator("#spend-groups tr[data-group='openai']").count() == 1
+        page.goto(root + "/ui/deployments")
+        assert page.locator("#deployments tr[data-deployment]").count() == 3
+    finally:
+        context.close()
