@@ -99,6 +99,9 @@ def test_spend_chart_and_tables_show_the_requests_just_made(
     expected = {row["group"]: row for row in spend_json(root, group_by="model", since="1d")["data"]}
     assert expected["gpt-4o"]["requests"] == 4
 
+    problems: list[str] = []  # script errors and Content-Security-Policy violations
+    page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+    page.on("pageerror", lambda e: problems.append(str(e)))
     log_in(page, root, MASTER_KEY)
     page.goto(root + "/ui/spend?period=today&by=model")
     row = page.locator("#spend-groups tr[data-group='gpt-4o']")
@@ -125,6 +128,10 @@ def test_spend_chart_and_tables_show_the_requests_just_made(
     page.wait_for_selector("#spend-groups tr[data-group='gpt-4o-mini']")
     assert page.locator("#spend-groups tr[data-group='gpt-4o'] td").nth(1).inner_text() == "3"
     assert "team research" in page.inner_text("h1")
+
+    page.click("nav >> text=Traffic")  # htmx swaps pages in place; charts are redrawn
+    page.wait_for_function("() => window.Chart && Chart.getChart('traffic-rate')")
+    assert problems == []
 
     csv = page.request.get(root + "/ui/spend.csv?period=today&by=model&team=" + team["id"])
     assert csv.ok and csv.headers["content-type"].startswith("text/csv")
@@ -294,3 +301,17 @@ def test_pages_read_without_javascript(
         assert page.locator("#deployments tr[data-deployment]").count() == 3
     finally:
         context.close()
+
+
+def test_a_session_ends_when_its_admin_key_is_revoked_or_rotated(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    root = start(start_gateway, openai_emu.url, tmp_path / "ledger.db")
+    admin = Admin(root + "/v1")
+    for end in (admin.revoke, admin.rotate):
+        created = admin.create_key(name="ops", admin=True)
+        with httpx.Client(base_url=root, timeout=10) as client:
+            assert client.post("/ui/login", data={"key": created["key"]}).status_code == 303
+            assert client.get("/ui/keys").status_code == 200
+            end(created["id"])
+            assert client.get("/ui/keys").status_code == 303  # back to the login form
