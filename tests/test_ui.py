@@ -100,7 +100,12 @@ def test_spend_chart_and_tables_show_the_requests_just_made(
     assert expected["gpt-4o"]["requests"] == 4
 
     problems: list[str] = []  # script errors and Content-Security-Policy violations
-    page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+
+    def console(message: Any) -> None:
+        if message.type == "error":
+            problems.append(message.text)
+
+    page.on("console", console)
     page.on("pageerror", lambda e: problems.append(str(e)))
     log_in(page, root, MASTER_KEY)
     page.goto(root + "/ui/spend?period=today&by=model")
