@@ -320,3 +320,15 @@ def test_a_session_ends_when_its_admin_key_is_revoked_or_rotated(
             assert client.get("/ui/keys").status_code == 200
             end(created["id"])
             assert client.get("/ui/keys").status_code == 303  # back to the login form
+
+
+def test_repeated_failed_logins_are_refused_for_a_while(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    root = start(start_gateway, openai_emu.url, tmp_path / "ledger.db")
+    with httpx.Client(base_url=root, timeout=10) as client:
+        for _ in range(10):
+            assert client.post("/ui/login", data={"key": "sk-guess"}).status_code == 401
+        refused = client.post("/ui/login", data={"key": MASTER_KEY})
+        assert refused.status_code == 429 and "too many failed logins" in refused.text
+        assert "gw_ui_session" not in client.cookies

@@ -40,7 +40,7 @@ from gateway.server.app import validation_message
 from gateway.server.spend import CSV_TYPE, caught_up
 from gateway.ui import views
 from gateway.ui.forms import key_form, team_form
-from gateway.ui.session import COOKIE, PATH, Session, SessionSigner, csrf_ok
+from gateway.ui.session import COOKIE, PATH, LoginThrottle, Session, SessionSigner, csrf_ok
 
 log = logging.getLogger("gateway.ui")
 HERE = Path(__file__).parent
@@ -91,6 +91,7 @@ class Dashboard:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.admin = KeyAdmin(engine)
+        self.throttle = LoginThrottle()
         master = engine.config.auth.master_key
         self.signer = (
             SessionSigner(master.get_secret_value(), engine.config.ui.session_hours * 3600)
@@ -205,6 +206,11 @@ class Dashboard:
             return self.unavailable(request)
         if not same_origin(request):
             return self.render("error.html", request, 403, message="cross-site request refused")
+        address = request.client.host if request.client else "unknown"
+        wait = self.throttle.blocked_for(address)
+        if wait:
+            why = f"too many failed logins from this address; try again in {wait:.0f} s"
+            return self.render("login.html", request, 429, session=None, error=why)
         try:
             token = (_text(await form(request), "key") or "").strip()
             principal = await self.engine.auth.authenticate(token or None)
@@ -213,6 +219,7 @@ class Dashboard:
         except GatewayError as exc:
             return self.render("error.html", request, exc.status, message=exc.message)
         if principal is None or not principal.admin:
+            self.throttle.failed(address)
             why = (
                 "this key is not an admin key; log in with the master key or a key created "
                 "with admin: true"

@@ -16,7 +16,8 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -85,3 +86,31 @@ def csrf_ok(session: Session, sent: str | None) -> bool:
 
 def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@dataclass(slots=True)
+class LoginThrottle:
+    """Refuses logins from an address after ``limit`` failures within ``window`` seconds, so
+    the login form cannot be used to guess a weak master key quickly. Per process."""
+
+    limit: int = 10
+    window: float = 60.0
+    _failures: dict[str, deque[float]] = field(default_factory=dict)
+
+    def blocked_for(self, address: str) -> float:
+        """Seconds until ``address`` may try again (0: now)."""
+        failures = self._recent(address)
+        if len(failures) < self.limit:
+            return 0.0
+        return max(0.0, failures[0] + self.window - time.monotonic())
+
+    def failed(self, address: str) -> None:
+        if len(self._failures) > 10_000:  # bounded: forget everyone rather than grow
+            self._failures.clear()
+        self._recent(address).append(time.monotonic())
+
+    def _recent(self, address: str) -> deque[float]:
+        failures = self._failures.setdefault(address, deque())
+        while failures and failures[0] < time.monotonic() - self.window:
+            failures.popleft()
+        return failures
