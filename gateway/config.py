@@ -273,6 +273,15 @@ class SurfacesConfig(_Strict):
     azure: AzureSurfaceConfig = Field(default_factory=AzureSurfaceConfig)
 
 
+class UIConfig(_Strict):
+    """The web dashboard at ``/ui`` (master key or admin keys only)."""
+
+    enabled: bool = True
+    session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 30, description="How long a dashboard login lasts."
+    )
+
+
 class GatewayConfig(_Strict):
     """The whole configuration file."""
 
@@ -282,6 +291,7 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     surfaces: SurfacesConfig = Field(default_factory=SurfacesConfig)

@@ -269,6 +269,10 @@ def create_app(
     from gateway.server.native import add_native_routes  # native.py builds on this module
 
     add_native_routes(app, eng, gate)
+    if cfg.ui.enabled:
+        from gateway.ui import add_ui_routes  # the dashboard at /ui
+
+        add_ui_routes(app, eng)
 
     @app.get("/health/live")
     async def live() -> Response:
