@@ -19,6 +19,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from gateway.facts import GatewayFacts
 from gateway.library import AsyncGateway, Gateway
 from gateway.transport import AiohttpTransport, HttpxTransport, Transport
 
@@ -36,6 +37,7 @@ __all__ = [
     "GatewayClient",
     "GatewayConfig",
     "GatewayError",
+    "GatewayFacts",
     "HttpxTransport",
     "InvalidRequestError",
     "NotFoundError",

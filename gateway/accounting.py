@@ -122,4 +122,5 @@ def spend_record(info: CallInfo, error: GatewayError | None) -> SpendRecord:
         cost_usd=total,
         usage_estimated=bool(cost is not None and cost.estimated),
         stream=info.stream,
+        surface=info.surface,
     )

@@ -20,39 +20,40 @@ import httpx
 from gateway.admin_api import Keys, RemoteBackend, Spend
 from gateway.client_async import AsyncGatewayClient, AsyncRemoteChunkStream
 from gateway.errors import GatewayError
+from gateway.facts import GatewayFacts
 from gateway.remote import (
     Call,
     ChunkDecoder,
     GatewayConnectionError,
     GatewayTimeoutError,
     Headers,
-    RemoteChatCompletion,
-    RemoteEmbeddingResponse,
-    RemoteFacts,
     RetryPolicy,
     Settings,
     Timeout,
     chat_result,
     embeddings_result,
     error_from_response,
-    facts_from_headers,
     headers_of,
     model_call,
     stream_broken,
     transport_error,
 )
-from gateway.types import ChatCompletionChunk, Model, ModelList
+from gateway.types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    CreateEmbeddingResponse,
+    Model,
+    ModelList,
+)
 
 __all__ = [
     "AsyncGatewayClient",
     "AsyncRemoteChunkStream",
     "GatewayClient",
     "GatewayConnectionError",
+    "GatewayFacts",
     "GatewayTimeoutError",
-    "RemoteChatCompletion",
     "RemoteChunkIterator",
-    "RemoteEmbeddingResponse",
-    "RemoteFacts",
     "RetryPolicy",
 ]
 
@@ -64,11 +65,16 @@ class RemoteChunkIterator:
     """The chunks of one streaming answer from a gateway; ``facts`` is read from its headers.
     Iterating to the end (or ``close()``) releases the connection."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, *, hide_usage: bool = False) -> None:
         self._response = response
         self._headers = headers_of(response)
-        self.facts: RemoteFacts = facts_from_headers(self._headers)
+        self._decoder = ChunkDecoder(self._headers, hide_usage=hide_usage)
         self._chunks = self._iterate()
+
+    @property
+    def facts(self) -> GatewayFacts:
+        """The call's facts; ``cost`` is filled in when the stream's usage chunk arrives."""
+        return self._decoder.facts
 
     def __iter__(self) -> Iterator[ChatCompletionChunk]:
         return self
@@ -77,7 +83,7 @@ class RemoteChunkIterator:
         return next(self._chunks)
 
     def _iterate(self) -> Generator[ChatCompletionChunk, None, None]:
-        decoder = ChunkDecoder(self._headers)
+        decoder = self._decoder
         try:
             try:
                 for data in self._response.iter_bytes():
@@ -215,7 +221,7 @@ class _Completions:
         user: str | None = None,
         timeout: Timeout | None = None,
         **params: Any,
-    ) -> RemoteChatCompletion: ...
+    ) -> ChatCompletion: ...
 
     @overload
     def create(
@@ -244,7 +250,7 @@ class _Completions:
         user: str | None = None,
         timeout: Timeout | None = None,
         **params: Any,
-    ) -> RemoteChatCompletion | RemoteChunkIterator:
+    ) -> ChatCompletion | RemoteChunkIterator:
         """Create a chat completion (keyword arguments as in the OpenAI SDK, plus the
         gateway's ``fallbacks``, ``regions`` and ``metadata``)."""
         body: dict[str, Any] = {"model": model, "messages": messages}
@@ -260,7 +266,9 @@ class _Completions:
             user=user,
         )
         if call.stream:
-            return RemoteChunkIterator(self._client.send(call, timeout=timeout))
+            return RemoteChunkIterator(
+                self._client.send(call, timeout=timeout), hide_usage=call.hide_usage
+            )
         return chat_result(*self._client.read(call, timeout=timeout))
 
 
@@ -284,7 +292,7 @@ class _Embeddings:
         user: str | None = None,
         timeout: Timeout | None = None,
         **params: Any,
-    ) -> RemoteEmbeddingResponse:
+    ) -> CreateEmbeddingResponse:
         """Create embeddings for one or more inputs."""
         call = model_call(
             "/embeddings",

@@ -14,25 +14,28 @@ import httpx
 
 from gateway.admin_api import AsyncKeys, AsyncRemoteBackend, AsyncSpend
 from gateway.errors import GatewayError
+from gateway.facts import GatewayFacts
 from gateway.remote import (
     Call,
     ChunkDecoder,
     Headers,
-    RemoteChatCompletion,
-    RemoteEmbeddingResponse,
-    RemoteFacts,
     Settings,
     Timeout,
     chat_result,
     embeddings_result,
     error_from_response,
-    facts_from_headers,
     headers_of,
     model_call,
     stream_broken,
     transport_error,
 )
-from gateway.types import ChatCompletionChunk, Model, ModelList
+from gateway.types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    CreateEmbeddingResponse,
+    Model,
+    ModelList,
+)
 
 # --- async ---------------------------------------------------------------------------------
 
@@ -41,11 +44,16 @@ class AsyncRemoteChunkStream:
     """The chunks of one streaming answer from a gateway, for ``async for``; ``facts`` is read
     from its headers. Iterating to the end (or ``aclose()``) releases the connection."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, *, hide_usage: bool = False) -> None:
         self._response = response
         self._headers = headers_of(response)
-        self.facts: RemoteFacts = facts_from_headers(self._headers)
+        self._decoder = ChunkDecoder(self._headers, hide_usage=hide_usage)
         self._chunks = self._iterate()
+
+    @property
+    def facts(self) -> GatewayFacts:
+        """The call's facts; ``cost`` is filled in when the stream's usage chunk arrives."""
+        return self._decoder.facts
 
     def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
         return self
@@ -54,7 +62,7 @@ class AsyncRemoteChunkStream:
         return await anext(self._chunks)
 
     async def _iterate(self) -> AsyncGenerator[ChatCompletionChunk, None]:
-        decoder = ChunkDecoder(self._headers)
+        decoder = self._decoder
         try:
             try:
                 async for data in self._response.aiter_bytes():
@@ -187,7 +195,7 @@ class _AsyncCompletions:
         user: str | None = None,
         timeout: Timeout | None = None,  # noqa: ASYNC109 (the OpenAI SDK's keyword)
         **params: Any,
-    ) -> RemoteChatCompletion: ...
+    ) -> ChatCompletion: ...
 
     @overload
     async def create(
@@ -216,7 +224,7 @@ class _AsyncCompletions:
         user: str | None = None,
         timeout: Timeout | None = None,  # noqa: ASYNC109 (the OpenAI SDK's keyword)
         **params: Any,
-    ) -> RemoteChatCompletion | AsyncRemoteChunkStream:
+    ) -> ChatCompletion | AsyncRemoteChunkStream:
         """Create a chat completion (keyword arguments as in the OpenAI SDK, plus the
         gateway's ``fallbacks``, ``regions`` and ``metadata``)."""
         body: dict[str, Any] = {"model": model, "messages": messages}
@@ -232,7 +240,9 @@ class _AsyncCompletions:
             user=user,
         )
         if call.stream:
-            return AsyncRemoteChunkStream(await self._client.send(call, timeout=timeout))
+            return AsyncRemoteChunkStream(
+                await self._client.send(call, timeout=timeout), hide_usage=call.hide_usage
+            )
         return chat_result(*await self._client.read(call, timeout=timeout))
 
 
@@ -256,7 +266,7 @@ class _AsyncEmbeddings:
         user: str | None = None,
         timeout: Timeout | None = None,  # noqa: ASYNC109 (the OpenAI SDK's keyword)
         **params: Any,
-    ) -> RemoteEmbeddingResponse:
+    ) -> CreateEmbeddingResponse:
         """Create embeddings for one or more inputs."""
         call = model_call(
             "/embeddings",

@@ -304,6 +304,31 @@ class TracingConfig(_Strict):
     sample_ratio: float = Field(default=1.0, ge=0, le=1, description="Share of requests traced.")
 
 
+class AzureSurfaceConfig(_Strict):
+    """How Azure OpenAI clients' deployment names map to the gateway's models."""
+
+    deployments: dict[str, str] = Field(
+        default_factory=dict,
+        description="Azure deployment name (in /openai/deployments/{name}/… or the v1 body's "
+        "model) → gateway model; a name not listed means the model of the same name.",
+    )
+
+
+class SurfacesConfig(_Strict):
+    """Provider-native APIs served beside the OpenAI one (see gateway/server/native.py)."""
+
+    azure: AzureSurfaceConfig = Field(default_factory=AzureSurfaceConfig)
+
+
+class UIConfig(_Strict):
+    """The web dashboard at ``/ui`` (master key or admin keys only)."""
+
+    enabled: bool = True
+    session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 30, description="How long a dashboard login lasts."
+    )
+
+
 class GatewayConfig(_Strict):
     """The whole configuration file."""
 
@@ -316,8 +341,10 @@ class GatewayConfig(_Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    surfaces: SurfacesConfig = Field(default_factory=SurfacesConfig)
 
     prices: dict[str, dict[str, PriceEntryConfig]] = Field(
         default_factory=dict,
@@ -491,6 +518,14 @@ def _reference_problems(raw: dict[str, Any], providers: dict[str, Any]) -> list[
                     problems.append(f"models.{model}.{key}: a model cannot fall back to itself")
                 elif isinstance(fb, str) and fb not in models:
                     problems.append(f"models.{model}.{key}: {fb!r} is not a model in 'models'")
+    surfaces = raw.get("surfaces")
+    azure = surfaces.get("azure") if isinstance(surfaces, dict) else None
+    mapping = azure.get("deployments") if isinstance(azure, dict) else None
+    for name, target in mapping.items() if isinstance(mapping, dict) else ():
+        if isinstance(target, str) and target not in models:
+            problems.append(
+                f"surfaces.azure.deployments.{name}: {target!r} is not a model in 'models'"
+            )
     return problems
 
 

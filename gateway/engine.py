@@ -23,7 +23,7 @@ from gateway.costs import Cost
 from gateway.errors import ClientDisconnectedError, GatewayError, UpstreamTimeoutError
 from gateway.health import HealthBoard, Ticket
 from gateway.keys import KeyStore
-from gateway.ledger import Ledger, Operation
+from gateway.ledger import Ledger, Operation, Surface
 from gateway.limits import Admission, Limits, MemoryLimits, period_start
 from gateway.limits.redis import RedisLimits
 from gateway.resilience import AttemptRecord, run_plan
@@ -37,7 +37,7 @@ from gateway.transport import (
     UpstreamRequest,
     UpstreamResponse,
 )
-from gateway.types import ChatCompletionRequest, EmbeddingRequest
+from gateway.types import CompletionRequest, EmbeddingRequest
 from providers.base import Deployment, Provider
 
 JSON = dict[str, Any]
@@ -64,6 +64,7 @@ class CallInfo:
     malformed_events: int = 0
     attempt_log: list[AttemptRecord] = field(default_factory=list)
     operation: Operation = "chat"
+    surface: Surface = "openai"  # the API the caller spoke (gateway.ledger.Surface)
     stream: bool = False
     served_by: Deployment | None = None  # the deployment whose answer the caller got
     upstream_model: str | None = None  # the model the upstream said answered
@@ -112,6 +113,8 @@ class CallInfo:
             headers.update(self.admission.headers)
         if self.cost is not None:
             headers["x-gateway-cost"] = self.cost.usd_str()
+            if self.cost.estimated:
+                headers["x-gateway-usage-estimated"] = "true"
         return headers
 
 
@@ -166,9 +169,10 @@ class Engine:
         self.observers: list[Observer] = []
 
     # -- public operations -------------------------------------------------------------
-    async def chat(self, request: ChatCompletionRequest, info: CallInfo) -> JSON:
-        """A complete (non-streaming) chat completion."""
+    async def chat(self, request: CompletionRequest, info: CallInfo) -> JSON:
+        """A complete (non-streaming) chat completion; a FIM request is answered the same way."""
         info.model = request.model
+        info.operation = request.operation
         info.end_user = info.end_user or request.user
         result = await self._accounted(info, self._chat(request, info))
         info.upstream_model = result.get("model")
@@ -181,7 +185,7 @@ class Engine:
             usage = await self.accountant.estimate(
                 info.served_by,
                 info.upstream_model,
-                request.upstream_body()["messages"],
+                request.prompt_messages(),
                 texts,
                 request.tools,
             )
@@ -196,7 +200,7 @@ class Engine:
         self.finish(info)
         return result
 
-    async def _chat(self, request: ChatCompletionRequest, info: CallInfo) -> JSON:
+    async def _chat(self, request: CompletionRequest, info: CallInfo) -> JSON:
         plan = self._plan(request, info)
         deadline = self._deadline(plan, request.gateway_timeout)
         await self._admit(
@@ -205,7 +209,7 @@ class Engine:
 
         async def attempt(dep: Deployment, ticket: Ticket) -> JSON:
             provider = dep.provider
-            upstream = provider.chat_request(request.upstream_body(), dep, stream=False)
+            upstream = _upstream_request(provider, info, request.upstream_body(), dep, stream=False)
             info.dropped_params = upstream.dropped_params
             timeouts = self._timeouts(plan, dep, stream=False)
             raw = await self._exchange(provider, dep, upstream, info, timeouts)
@@ -224,10 +228,11 @@ class Engine:
             ),
         )
 
-    async def chat_stream(self, request: ChatCompletionRequest, info: CallInfo) -> ChunkStream:
-        """Open a streaming chat completion. Returns once an upstream has produced its first
-        output, so a failure before anything reached the caller is retried or failed over."""
+    async def chat_stream(self, request: CompletionRequest, info: CallInfo) -> ChunkStream:
+        """Open a streaming chat (or FIM) completion. Returns once an upstream has produced its
+        first output, so a failure before anything reached the caller is retried or failed over."""
         info.model = request.model
+        info.operation = request.operation
         info.stream = True
         info.end_user = info.end_user or request.user
         plan, deadline, opened = await self._accounted(info, self._open_first(request, info))
@@ -319,7 +324,7 @@ class Engine:
         return price.input + price.output
 
     async def _open_first(
-        self, request: ChatCompletionRequest, info: CallInfo
+        self, request: CompletionRequest, info: CallInfo
     ) -> tuple[Plan, float, OpenedStream]:
         plan = self._plan(request, info)
         deadline = self._deadline(plan, request.gateway_timeout)
@@ -349,7 +354,7 @@ class Engine:
             raise
 
     # -- admission and bookkeeping -----------------------------------------------------
-    def _plan(self, request: ChatCompletionRequest | EmbeddingRequest, info: CallInfo) -> Plan:
+    def _plan(self, request: CompletionRequest | EmbeddingRequest, info: CallInfo) -> Plan:
         """The Plan, within what the caller may use: its models (fallbacks included) and its
         regions, narrowed further by the request's own ``x-gateway-regions``."""
         principal = info.principal
@@ -381,7 +386,7 @@ class Engine:
         )
 
     def _worst_case_cost(
-        self, plan: Plan, request: ChatCompletionRequest | None, embedding_tokens: int = 0
+        self, plan: Plan, request: CompletionRequest | None, embedding_tokens: int = 0
     ) -> Decimal:
         """The most this request can cost on any deployment of its Plan: an upper bound of
         its prompt plus its output cap (or the model's), at the dearest price."""
@@ -509,7 +514,7 @@ class Engine:
 
         async def attempt(dep: Deployment, ticket: Ticket) -> OpenedStream:
             provider = dep.provider
-            upstream = provider.chat_request(body(), dep, stream=True)
+            upstream = _upstream_request(provider, info, body(), dep, stream=True)
             info.dropped_params = upstream.dropped_params
             response = await self._open(
                 provider, dep, upstream, info, self._timeouts(plan, dep, stream=True)
@@ -615,7 +620,7 @@ class ChunkStream:
         self,
         engine: Engine,
         plan: Plan,
-        request: ChatCompletionRequest,
+        request: CompletionRequest,
         info: CallInfo,
         deadline: float,
         opened: OpenedStream,
@@ -626,7 +631,7 @@ class ChunkStream:
         self._info = info
         self._deadline = deadline
         self._current: OpenedStream | None = opened
-        self._messages: list[JSON] = request.upstream_body()["messages"]
+        self._messages: list[JSON] = request.prompt_messages()
         self._generated: dict[int, str] = {}  # by choice, this attempt's text and arguments
         self._broken: list[tuple[Deployment, str | None, list[JSON], list[str]]] = []
         self._usage: JSON | None = None  # the last attempt's reported usage
@@ -772,8 +777,8 @@ class ChunkStream:
     ) -> OpenedStream:
         """Open a stream that continues ``text`` on a later, prefill-capable deployment;
         if there is none, or it fails too, the original error stands."""
-        if not self._engine.config.routing.continue_streams:
-            raise error
+        if not self._engine.config.routing.continue_streams or self._info.operation != "chat":
+            raise error  # a FIM answer would continue its prompt, not the messages
         attempts = self._plan.attempts
         later = (
             attempts[attempts.index(broken.ticket.deployment) + 1 :]
@@ -816,6 +821,14 @@ class ChunkStream:
                     "the caller closed the connection before the answer was complete"
                 )
             )
+
+
+def _upstream_request(
+    provider: Provider, info: CallInfo, body: JSON, dep: Deployment, *, stream: bool
+) -> UpstreamRequest:
+    """This call's upstream request, built by the adapter method for its operation."""
+    build = provider.fim_request if info.operation == "fim" else provider.chat_request
+    return build(body, dep, stream=stream)
 
 
 def _cancelled() -> ClientDisconnectedError:

@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar, overload
 from gateway.admin_api import in_process, in_process_blocking
 from gateway.config import GatewayConfig, resolve_config
 from gateway.engine import CallInfo, ChunkStream, Engine
+from gateway.facts import GatewayFacts, facts_from_info
 from gateway.transport import Transport
 from gateway.types import (
     ChatCompletion,
@@ -34,11 +35,16 @@ T = TypeVar("T")
 
 
 class AsyncChunkStream:
-    """Chunks of one streaming answer; ``info`` holds provider, attempts and usage."""
+    """Chunks of one streaming answer; ``facts`` says who answers it and, once it has ended,
+    what it cost (``info`` is the engine's full record of the call)."""
 
     def __init__(self, stream: ChunkStream, info: CallInfo) -> None:
         self._stream = stream
         self.info = info
+
+    @property
+    def facts(self) -> GatewayFacts:
+        return facts_from_info(self.info)
 
     def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
         return self._iterate()
@@ -49,6 +55,45 @@ class AsyncChunkStream:
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+    async def __aenter__(self) -> AsyncChunkStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _call(
+    body: dict[str, Any],
+    params: dict[str, Any],
+    *,
+    fallbacks: list[str] | None,
+    regions: list[str] | None,
+    metadata: dict[str, Any] | None,
+    user: str | None,
+    timeout: float | None,
+) -> tuple[dict[str, Any], CallInfo]:
+    """The request body and a new call's facts, with the gateway's per-request options placed
+    where the HTTP proxy puts them: ``regions`` narrows routing, ``metadata`` tags the ledger
+    record, ``timeout`` is the whole call's deadline in seconds."""
+    extra = params.pop("extra_body", None) or {}
+    body = {**body, **params}
+    if fallbacks is not None:
+        body["fallbacks"] = list(fallbacks)
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    if user is not None:
+        body["user"] = user
+    if timeout is not None:
+        body["gateway_timeout"] = timeout
+    body.update(extra)
+    info = CallInfo(request_id=uuid.uuid4().hex, surface="library")
+    if regions is not None:
+        info.regions = frozenset(regions)
+    tags = body.get("metadata")
+    if isinstance(tags, dict):
+        info.tags.update({str(k): v for k, v in tags.items()})
+    return body, info
 
 
 class _AsyncCompletions:
@@ -62,34 +107,60 @@ class _AsyncCompletions:
         model: str,
         messages: list[dict[str, Any]],
         stream: Literal[False] = False,
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the OpenAI SDK's keyword)
         **params: Any,
     ) -> ChatCompletion: ...
 
     @overload
     async def create(
-        self, *, model: str, messages: list[dict[str, Any]], stream: Literal[True], **params: Any
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: Literal[True],
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the OpenAI SDK's keyword)
+        **params: Any,
     ) -> AsyncChunkStream: ...
 
     async def create(
-        self, *, model: str, messages: list[dict[str, Any]], stream: bool = False, **params: Any
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: bool = False,
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the OpenAI SDK's keyword)
+        **params: Any,
     ) -> ChatCompletion | AsyncChunkStream:
-        """Create a chat completion (keyword arguments as in the OpenAI SDK)."""
-        extra = params.pop("extra_body", None) or {}
-        request = ChatCompletionRequest.model_validate(
-            {
-                "model": model,
-                "messages": messages,
-                **params,
-                **extra,
-                **({"stream": True} if stream else {}),
-            }
+        """Create a chat completion (keyword arguments as in the OpenAI SDK, plus the
+        gateway's ``fallbacks``, ``regions`` and ``metadata``)."""
+        body, info = _call(
+            {"model": model, "messages": messages, **({"stream": True} if stream else {})},
+            params,
+            fallbacks=fallbacks,
+            regions=regions,
+            metadata=metadata,
+            user=user,
+            timeout=timeout,
         )
-        info = CallInfo(request_id=uuid.uuid4().hex)
+        request = ChatCompletionRequest.model_validate(body)
         await self._engine.start()
         if stream:
             return AsyncChunkStream(await self._engine.chat_stream(request, info), info)
         completion = ChatCompletion.model_validate(await self._engine.chat(request, info))
         completion._gateway = info
+        completion._facts = facts_from_info(info)
         return completion
 
 
@@ -103,19 +174,34 @@ class _AsyncEmbeddings:
         self._engine = engine
 
     async def create(
-        self, *, model: str, input: str | list[str], **params: Any
+        self,
+        *,
+        model: str,
+        input: str | list[str],
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (the OpenAI SDK's keyword)
+        **params: Any,
     ) -> CreateEmbeddingResponse:
         """Create embeddings for one or more inputs."""
-        extra = params.pop("extra_body", None) or {}
-        request = EmbeddingRequest.model_validate(
-            {"model": model, "input": input, **params, **extra}
+        body, info = _call(
+            {"model": model, "input": input},
+            params,
+            fallbacks=fallbacks,
+            regions=regions,
+            metadata=metadata,
+            user=user,
+            timeout=timeout,
         )
-        info = CallInfo(request_id=uuid.uuid4().hex)
+        request = EmbeddingRequest.model_validate(body)
         await self._engine.start()
         result = CreateEmbeddingResponse.model_validate(
             await self._engine.embeddings(request, info)
         )
         result._gateway = info
+        result._facts = facts_from_info(info)
         return result
 
 
@@ -180,6 +266,11 @@ class ChunkIterator:
         self._runner = runner
         self.info = stream.info
 
+    @property
+    def facts(self) -> GatewayFacts:
+        """Who answers the stream and, once it has ended, what it cost."""
+        return self._stream.facts
+
     def __iter__(self) -> Iterator[ChatCompletionChunk]:
         return self
 
@@ -191,6 +282,12 @@ class ChunkIterator:
 
     def close(self) -> None:
         self._runner.run(self._stream.aclose())
+
+    def __enter__(self) -> ChunkIterator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class _Completions:
@@ -205,24 +302,59 @@ class _Completions:
         model: str,
         messages: list[dict[str, Any]],
         stream: Literal[False] = False,
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
         **params: Any,
     ) -> ChatCompletion: ...
 
     @overload
     def create(
-        self, *, model: str, messages: list[dict[str, Any]], stream: Literal[True], **params: Any
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: Literal[True],
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        **params: Any,
     ) -> ChunkIterator: ...
 
     def create(
-        self, *, model: str, messages: list[dict[str, Any]], stream: bool = False, **params: Any
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: bool = False,
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        **params: Any,
     ) -> ChatCompletion | ChunkIterator:
-        """Create a chat completion (keyword arguments as in the OpenAI SDK)."""
+        """Create a chat completion (keyword arguments as in the OpenAI SDK, plus the
+        gateway's ``fallbacks``, ``regions`` and ``metadata``)."""
+        options: dict[str, Any] = {
+            "fallbacks": fallbacks,
+            "regions": regions,
+            "metadata": metadata,
+            "user": user,
+            "timeout": timeout,
+        }
         if stream:
             s = self._runner.run(
-                self._inner.create(model=model, messages=messages, stream=True, **params)
+                self._inner.create(model=model, messages=messages, stream=True, **options, **params)
             )
             return ChunkIterator(s, self._runner)
-        result = self._runner.run(self._inner.create(model=model, messages=messages, **params))
+        result = self._runner.run(
+            self._inner.create(model=model, messages=messages, **options, **params)
+        )
         assert isinstance(result, ChatCompletion)
         return result
 
@@ -238,9 +370,30 @@ class _Embeddings:
         self._runner = runner
 
     def create(
-        self, *, model: str, input: str | list[str], **params: Any
+        self,
+        *,
+        model: str,
+        input: str | list[str],
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: float | None = None,
+        **params: Any,
     ) -> CreateEmbeddingResponse:
-        return self._runner.run(self._inner.create(model=model, input=input, **params))
+        """Create embeddings for one or more inputs."""
+        return self._runner.run(
+            self._inner.create(
+                model=model,
+                input=input,
+                fallbacks=fallbacks,
+                regions=regions,
+                metadata=metadata,
+                user=user,
+                timeout=timeout,
+                **params,
+            )
+        )
 
 
 class _Models:

@@ -1,9 +1,9 @@
 """What the gateway clients send to a running gateway and how they read its answers, no I/O.
 
 Requests are built as plain ``Call`` values; answers (status, headers, body bytes, SSE bytes)
-become typed results, ``RemoteFacts`` and the gateway's own exception classes here. The client
-modules (``gateway.client``, ``gateway.client_async``) only move bytes and sleep, so the sync
-and the async client cannot drift apart.
+become typed results carrying ``GatewayFacts``, and the gateway's own exception classes here.
+The client modules (``gateway.client``, ``gateway.client_async``) only move bytes and sleep,
+so the sync and the async client cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
 import orjson
-from pydantic import PrivateAttr, ValidationError
+from pydantic import ValidationError
 
 from gateway.errors import (
     AuthenticationError,
@@ -34,6 +33,7 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from gateway.facts import facts_from_headers, usd
 from gateway.health import retry_after_seconds
 from gateway.limits.base import BudgetExceededError
 from gateway.streaming import SSEDecoder, SSEEvent
@@ -87,6 +87,7 @@ class Call:
     headers: Headers = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     stream: bool = False
+    hide_usage: bool = False  # usage was asked for only to learn the cost: keep it from the caller
     root: bool = False  # the path is under the server's root (``/admin/…``), not ``/v1``
 
 
@@ -115,86 +116,27 @@ def model_call(
     body.update(extra_body)
     if regions is not None:
         headers["x-gateway-regions"] = ",".join(regions)
-    return Call("POST", path, body, headers, stream=bool(body.get("stream")))
+    stream = bool(body.get("stream"))
+    hide_usage = False
+    if stream:  # ask for usage, whose chunk carries the cost, and hide it if not asked for
+        options = body.get("stream_options")
+        options = dict(options) if isinstance(options, dict) else {}
+        hide_usage = not options.get("include_usage")
+        body["stream_options"] = {**options, "include_usage": True}
+    return Call("POST", path, body, headers, stream=stream, hide_usage=hide_usage)
 
 
 # --- facts and typed results ----------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteFacts:
-    """The gateway's facts about one call, read from its ``x-gateway-*`` answer headers."""
-
-    request_id: str | None = None
-    provider: str | None = None
-    deployment: str | None = None
-    attempts: int | None = None
-    fallback_used: bool = False
-    cost: Decimal | None = None  # USD; None when the gateway did not know the price
-    overhead_ms: float | None = None
-    dropped_params: tuple[str, ...] = ()
-
-
-def facts_from_headers(headers: Headers) -> RemoteFacts:
-    return RemoteFacts(
-        request_id=headers.get("x-request-id") or None,
-        provider=headers.get("x-gateway-provider") or None,
-        deployment=headers.get("x-gateway-deployment") or None,
-        attempts=_number(headers.get("x-gateway-attempts"), int),
-        fallback_used=headers.get("x-gateway-fallback-used") == "true",
-        cost=_decimal(headers.get("x-gateway-cost")),
-        overhead_ms=_number(headers.get("x-gateway-overhead-ms"), float),
-        dropped_params=tuple(
-            p.strip() for p in headers.get("x-gateway-dropped-params", "").split(",") if p.strip()
-        ),
-    )
-
-
-def _number(value: str | None, kind: type[int] | type[float]) -> Any:
-    try:
-        return kind(value) if value else None
-    except ValueError:
-        return None
-
-
-def _decimal(value: str | None) -> Decimal | None:
-    if not value or value == "unknown":
-        return None
-    try:
-        return Decimal(value)
-    except InvalidOperation:
-        return None
-
-
-class RemoteChatCompletion(ChatCompletion):
-    """A ``ChatCompletion`` answered by a running gateway; ``facts`` holds its headers' facts.
-    (``gateway`` stays None: that property is typed as the in-process ``CallInfo``.)"""
-
-    _facts: RemoteFacts = PrivateAttr(default_factory=RemoteFacts)
-
-    @property
-    def facts(self) -> RemoteFacts:
-        return self._facts
-
-
-class RemoteEmbeddingResponse(CreateEmbeddingResponse):
-    """A ``CreateEmbeddingResponse`` answered by a running gateway, with its ``facts``."""
-
-    _facts: RemoteFacts = PrivateAttr(default_factory=RemoteFacts)
-
-    @property
-    def facts(self) -> RemoteFacts:
-        return self._facts
-
-
-def chat_result(body: bytes, headers: Headers) -> RemoteChatCompletion:
-    result = RemoteChatCompletion.model_validate_json(body)
+def chat_result(body: bytes, headers: Headers) -> ChatCompletion:
+    result = ChatCompletion.model_validate_json(body)
     result._facts = facts_from_headers(headers)
     return result
 
 
-def embeddings_result(body: bytes, headers: Headers) -> RemoteEmbeddingResponse:
-    result = RemoteEmbeddingResponse.model_validate_json(body)
+def embeddings_result(body: bytes, headers: Headers) -> CreateEmbeddingResponse:
+    result = CreateEmbeddingResponse.model_validate_json(body)
     result._facts = facts_from_headers(headers)
     return result
 
@@ -314,9 +256,11 @@ class ChunkDecoder:
     becomes its mapped exception, and a stream that ends without ``[DONE]`` a
     ``StreamInterruptedError`` (the answer is partial); the caller raises what it is handed."""
 
-    def __init__(self, headers: Headers) -> None:
+    def __init__(self, headers: Headers, *, hide_usage: bool = False) -> None:
         self._sse = SSEDecoder()
         self._headers = headers
+        self._hide_usage = hide_usage
+        self.facts = facts_from_headers(headers)  # the cost is added from the usage chunk
         self.finished = False  # [DONE] or an error event was read: nothing more will follow
 
     def feed(self, data: bytes) -> list[StreamItem]:
@@ -351,7 +295,16 @@ class ChunkDecoder:
                     self.finished = True
                     items.append(error_from_body(payload["error"], self._headers))
                 else:
-                    items.append(ChatCompletionChunk.model_validate(payload))
+                    chunk = ChatCompletionChunk.model_validate(payload)
+                    if chunk.usage is not None:
+                        self.facts = replace(
+                            self.facts, cost=usd((chunk.usage.model_extra or {}).get("cost"))
+                        )
+                        if self._hide_usage:
+                            if not chunk.choices:
+                                continue
+                            chunk.usage = None
+                    items.append(chunk)
             except (orjson.JSONDecodeError, ValidationError) as exc:
                 self.finished = True
                 items.append(

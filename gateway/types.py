@@ -8,9 +8,11 @@ Every model allows extra fields: providers add fields over time and the gateway 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from gateway.facts import GatewayFacts
 
 if TYPE_CHECKING:
     from gateway.engine import CallInfo
@@ -28,11 +30,18 @@ class _Open(BaseModel):
 class _WithFacts(_Open):
     """A response that carries the gateway's facts about the call that produced it."""
 
+    _facts: GatewayFacts = PrivateAttr(default_factory=GatewayFacts)
     _gateway: CallInfo | None = PrivateAttr(default=None)
 
     @property
+    def facts(self) -> GatewayFacts:
+        """Request id, provider, deployment, attempts, fallback use, cost and whether the usage
+        was estimated, in-process or from a running gateway alike."""
+        return self._facts
+
+    @property
     def gateway(self) -> CallInfo | None:
-        """Provider, deployment, attempts, fallback use and usage of the call (library only)."""
+        """In-process only: the engine's full record of the call (attempt log, usage)."""
         return self._gateway
 
 
@@ -65,6 +74,8 @@ class StreamOptions(_Open):
 class ChatCompletionRequest(_Open):
     """POST /v1/chat/completions body. Unknown fields are kept and passed to the adapter."""
 
+    operation: ClassVar[Literal["chat", "fim"]] = "chat"
+
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool | None = None
@@ -89,6 +100,11 @@ class ChatCompletionRequest(_Open):
         """The body as the caller sent it, less the gateway's own fields."""
         body = self.model_dump(exclude_unset=True, exclude=set(GATEWAY_FIELDS))
         return body
+
+    def prompt_messages(self) -> list[JSON]:
+        """The prompt as chat messages, for counting its tokens when the provider did not."""
+        messages: list[JSON] = self.upstream_body()["messages"]
+        return messages
 
     def estimated_tokens(self) -> int:
         """A rough token count (4 characters a token) plus the output cap, for quotas."""
@@ -136,6 +152,57 @@ class ChatCompletionRequest(_Open):
     @property
     def wants_stream_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class FimCompletionRequest(_Open):
+    """POST /v1/fim/completions body (Mistral's fill-in-the-middle): complete ``prompt`` so
+    that it leads into ``suffix``. The answer is a chat.completion, so it takes the chat path
+    through the engine; only the upstream request differs (``Provider.fim_request``)."""
+
+    operation: ClassVar[Literal["chat", "fim"]] = "fim"
+
+    model: str = Field(min_length=1)
+    prompt: str
+    suffix: str | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=0)
+    min_tokens: int | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, ge=0, le=1.5)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    random_seed: int | None = Field(default=None, ge=0)
+    fallbacks: list[str] | None = None
+    gateway_timeout: float | None = Field(default=None, gt=0)
+
+    # What the engine reads from a chat request; a FIM request has none of these.
+    max_completion_tokens: ClassVar[None] = None
+    n: ClassVar[None] = None
+    tools: ClassVar[None] = None
+    user: ClassVar[None] = None
+
+    def upstream_body(self) -> JSON:
+        return self.model_dump(exclude_unset=True, exclude=set(GATEWAY_FIELDS))
+
+    def prompt_messages(self) -> list[JSON]:
+        return [{"role": "user", "content": self.prompt + (self.suffix or "")}]
+
+    def estimated_tokens(self) -> int:
+        return (len(self.prompt) + len(self.suffix or "")) // 4 + (self.max_tokens or 0)
+
+    def prompt_token_bound(self) -> int:
+        return len(self.prompt.encode()) + len((self.suffix or "").encode()) + 16
+
+    def needs(self) -> frozenset[str]:
+        return frozenset({"fim", "streaming"} if self.stream else {"fim"})
+
+    @property
+    def wants_stream_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+# A request that is answered with a chat.completion (or its chunks).
+CompletionRequest = ChatCompletionRequest | FimCompletionRequest
 
 
 class EmbeddingRequest(_Open):

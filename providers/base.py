@@ -47,6 +47,7 @@ class Capabilities:
     embeddings: bool = True
     usage_in_stream: bool = True
     assistant_prefill: bool = False
+    fim: bool = False  # fill-in-the-middle (Mistral's /v1/fim/completions)
 
     def lacks(self, needs: frozenset[str]) -> list[str]:
         """The needed features (capability field names) this provider does not have."""
@@ -138,6 +139,19 @@ class Provider(ABC):
     @abstractmethod
     def chat_stream(self, deployment: Deployment) -> StreamTranslator:
         """A fresh translator for one streaming answer."""
+
+    # -- fill-in-the-middle -------------------------------------------------------------
+    def fim_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
+        """Build a FIM request (``prompt``, ``suffix``); its answer is parsed as chat's is.
+        Only adapters that declare ``Capabilities.fim`` override this."""
+        raise UpstreamError(
+            f"provider '{self.name}' ({self.type_name}) does not serve fill-in-the-middle "
+            "completions",
+            status=400,
+            type="invalid_request_error",
+            code="unsupported_operation",
+            retryable=False,
+        )
 
     # -- embeddings --------------------------------------------------------------------
     def embeddings_request(self, body: JSON, deployment: Deployment) -> UpstreamRequest:

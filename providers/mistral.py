@@ -13,7 +13,7 @@ import re
 import string
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import orjson
@@ -67,6 +67,13 @@ MESSAGE_FIELDS: dict[str, frozenset[str]] = {
     "tool": frozenset({"role", "content", "tool_call_id", "name"}),
 }
 FUNCTION_FIELDS = frozenset({"name", "description", "strict", "parameters"})
+# FIMCompletionRequest (additionalProperties: false).
+FIM_FIELDS = frozenset(
+    {
+        "model", "temperature", "top_p", "max_tokens", "stream", "stop", "random_seed",
+        "metadata", "prompt", "suffix", "min_tokens", "prompt_cache_key",
+    }
+)  # fmt: skip
 EMBEDDING_FIELDS = frozenset(
     {"model", "metadata", "input", "output_dimension", "output_dtype", "encoding_format"}
 )
@@ -246,7 +253,7 @@ class MistralProvider(Provider):
     type_name: ClassVar[str] = "mistral"
     settings_model: ClassVar[type[ProviderSettings]] = MistralSettings
     capabilities = Capabilities(
-        streamed_tool_call_deltas=False, logprobs=False, assistant_prefill=True
+        streamed_tool_call_deltas=False, logprobs=False, assistant_prefill=True, fim=True
     )
 
     def __init__(self, name: str, settings: ProviderSettings) -> None:
@@ -256,6 +263,8 @@ class MistralProvider(Provider):
         self.api_version = settings.api_version
         self.root = self._root(settings.base_url or LA_PLATEFORME_URL)
         self.tool_call_ids = ToolCallIds()
+        if self.platform == "azure_foundry":  # Azure's inference API has no FIM route
+            self.capabilities = replace(self.capabilities, fim=False)
         headers = {"content-type": "application/json"}
         if settings.api_key is not None:
             key = settings.api_key.get_secret_value()
@@ -306,6 +315,29 @@ class MistralProvider(Provider):
         return UpstreamRequest(
             "POST",
             self.url("chat/completions"),
+            self.stream_headers if stream else self.json_headers,
+            orjson.dumps(out),
+            dropped_params=tuple(dropped),
+        )
+
+    def fim_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
+        """``/fim/completions``: the body rebuilt from the spec's allow-list, like chat's."""
+        dropped: list[str] = []
+        out: JSON = {"model": deployment.model}
+        for key, value in body.items():
+            if key in _HANDLED or value is None:
+                continue
+            target = CHAT_RENAMES.get(key, key)
+            if _accepted(key, target, value, body, FIM_FIELDS):
+                out[target] = value
+            else:
+                _note(dropped, key, value)
+        if stream:
+            out["stream"] = True
+        self._check_dropped(dropped, deployment)
+        return UpstreamRequest(
+            "POST",
+            self.url("fim/completions"),
             self.stream_headers if stream else self.json_headers,
             orjson.dumps(out),
             dropped_params=tuple(dropped),

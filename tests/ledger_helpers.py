@@ -180,6 +180,7 @@ def make_records(
                 else Decimal(rng.randrange(0, 10**13)).scaleb(-10),  # up to $1000, 1e-10 steps
                 usage_estimated=rng.random() < 0.05,
                 stream=rng.random() < 0.5,
+                surface=("openai", "azure", "mistral", "library")[i % 4],
             )
         )
     return records

@@ -26,7 +26,9 @@ from gateway import (
     Gateway,
     GatewayClient,
     GatewayError,
+    GatewayFacts,
     NotFoundError,
+    PermissionDeniedError,
     RateLimitError,
     StreamInterruptedError,
     UpstreamError,
@@ -374,6 +376,119 @@ def test_the_same_code_runs_in_process_and_against_the_proxy(url: str) -> None:
     with GatewayClient(url, MASTER_KEY) as client:  # the one line that changes
         remote = ask(client)
     assert in_process == remote == "same answer"
+
+
+# --- one set of facts, in-process or remote ----------------------------------------------------
+
+
+def emulator_config(upstream: OpenAIEmulator, ledger: Path) -> dict[str, Any]:
+    """An in-process gateway over the same emulator as the proxy, with a ledger of its own."""
+    return {
+        "routing": SINGLE_ATTEMPT,
+        "ledger": {"url": f"sqlite+aiosqlite:///{ledger}"},
+        "providers": {
+            "openai": {"type": "openai", "api_key": API_KEY, "base_url": upstream.url + "/v1"},
+            "mock": {"type": "mock"},
+        },
+        "models": {
+            "gpt-4o": {"deployments": [deployment("openai", "gpt-4o")]},
+            "regional": {
+                "deployments": [
+                    deployment("openai", "gpt-4o", "us"),
+                    deployment("mock", "mock-echo", "eu"),
+                ]
+            },
+        },
+    }
+
+
+def test_in_process_and_remote_answers_carry_the_same_facts(
+    url: str, openai_emu: OpenAIEmulator, tmp_path: Path
+) -> None:
+    with Gateway(emulator_config(openai_emu, tmp_path / "ledger.db")) as gw:
+        local = gw.chat.completions.create(model="gpt-4o", messages=user("same facts")).facts
+    with GatewayClient(url, MASTER_KEY) as client:
+        remote = client.chat.completions.create(model="gpt-4o", messages=user("same facts")).facts
+    assert type(local) is type(remote) is GatewayFacts
+    for facts in (local, remote):
+        assert (facts.provider, facts.deployment, facts.attempts) == ("openai", "openai/gpt-4o", 1)
+        assert facts.fallback_used is False and facts.usage_estimated is False
+        assert facts.request_id and facts.overhead_ms is not None
+    assert local.cost == remote.cost and isinstance(local.cost, Decimal) and local.cost > 0
+
+
+def test_remote_stream_facts_gain_the_cost_when_the_stream_ends(client: GatewayClient) -> None:
+    priced = client.chat.completions.create(model="gpt-4o", messages=user("what does it cost"))
+    stream = client.chat.completions.create(
+        model="gpt-4o", messages=user("what does it cost"), stream=True
+    )
+    assert stream.facts.provider == "openai" and stream.facts.cost is None
+    chunks = list(stream)
+    assert all(c.usage is None for c in chunks)  # usage was asked for the cost, not shown
+    assert text_of(chunks) == "echo: what does it cost"
+    assert stream.facts.cost == priced.facts.cost and stream.facts.cost is not None
+
+
+def test_in_process_stream_facts_gain_the_cost_when_the_stream_ends(
+    openai_emu: OpenAIEmulator, tmp_path: Path
+) -> None:
+    with Gateway(emulator_config(openai_emu, tmp_path / "ledger.db")) as gw:
+        priced = gw.chat.completions.create(model="gpt-4o", messages=user("stream cost"))
+        with gw.chat.completions.create(
+            model="gpt-4o", messages=user("stream cost"), stream=True
+        ) as stream:
+            assert stream.facts.cost is None
+            assert text_of(list(stream)) == "echo: stream cost"
+        assert stream.facts.cost == priced.facts.cost and stream.facts.cost is not None
+
+
+NO_USAGE = orjson.dumps(
+    {
+        "id": "chatcmpl-nousage",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-2024-08-06",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "no usage here"},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+)
+
+
+def test_usage_the_upstream_did_not_report_is_estimated_and_says_so(
+    client: GatewayClient, openai_emu: OpenAIEmulator, tmp_path: Path
+) -> None:
+    openai_emu.fail_next(Fault(status=200, body=NO_USAGE))
+    remote = client.chat.completions.create(model="gpt-4o", messages=user("count it")).facts
+    openai_emu.fail_next(Fault(status=200, body=NO_USAGE))
+    with Gateway(emulator_config(openai_emu, tmp_path / "ledger.db")) as gw:
+        local = gw.chat.completions.create(model="gpt-4o", messages=user("count it")).facts
+    for facts in (remote, local):
+        assert facts.usage_estimated is True
+        assert facts.cost is not None and facts.cost > 0
+    normal = client.chat.completions.create(model="gpt-4o", messages=user("count it")).facts
+    assert normal.usage_estimated is False
+
+
+def test_in_process_calls_take_regions_and_metadata_like_remote_ones(
+    openai_emu: OpenAIEmulator, tmp_path: Path
+) -> None:
+    with Gateway(emulator_config(openai_emu, tmp_path / "ledger.db")) as gw:
+        in_us = gw.chat.completions.create(model="regional", messages=user("hi"), regions=["us"])
+        in_eu = gw.chat.completions.create(
+            model="regional", messages=user("hi"), regions=["eu"], metadata={"team": "search"}
+        )
+        assert (in_us.facts.provider, in_eu.facts.provider) == ("openai", "mock")
+        with pytest.raises(PermissionDeniedError):  # no deployment of it is in that region
+            gw.chat.completions.create(model="regional", messages=user("hi"), regions=["apac"])
+    with Gateway(emulator_config(openai_emu, tmp_path / "ledger.db")) as gw:
+        records = {r.request_id: r for r in gw.spend.records(since="1h")}
+    assert records[in_eu.facts.request_id or ""].tags == {"team": "search"}
+    assert records[in_us.facts.request_id or ""].tags == {}
 
 
 # --- async --------------------------------------------------------------------------------

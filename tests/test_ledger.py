@@ -46,6 +46,7 @@ from gateway.ledger import (
 from gateway.ledger.reports import MAX_PAGE, plan_range
 from gateway.ledger.schema import ROLLUPS, metadata, spend_daily
 from gateway.ledger.schema import spend_records as records_table
+from gateway.ledger.store import record_row
 from tests.conftest import service_missing
 from tests.ledger_helpers import (
     DAY0,
@@ -235,6 +236,26 @@ async def test_upgrade_run_by_several_replicas_at_once_migrates_once(db_url):
     await asyncio.gather(*(upgrade(db_url) for _ in range(3)))
     await upgrade(db_url)
     assert await current_revision(db_url) == head_revision()
+
+
+async def test_upgrade_files_records_written_before_surfaces_under_openai(db_url):
+    await upgrade(db_url, "0002")
+    engine = create_ledger_engine(db_url)
+    before = make_records(2)
+    async with engine.begin() as conn:
+        for rec in before:
+            row = record_row(rec)
+            del row["surface"]  # the column 0003 adds
+            await conn.execute(records_table.insert().values(row))
+    await upgrade(db_url)
+    after = make_records(1, prefix="new")
+    after[0].surface = "mistral"
+    await write_batch(engine, after)
+    try:
+        got = {r.request_id: r.surface for r in await stored(engine)}
+    finally:
+        await engine.dispose()
+    assert got == {"req-000000": "openai", "req-000001": "openai", "new-000000": "mistral"}
 
 
 # -- writing -------------------------------------------------------------------------------

@@ -6,8 +6,6 @@ and a key revoked through one replica stops working on the other within
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,11 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
-import yaml
 
 from tests.emulators.openai_api import OpenAIEmulator
-from tests.harness import free_port
 from tests.keys_helpers import (
     TIGHT_COST,
     TIGHT_REQUEST,
@@ -32,43 +27,9 @@ from tests.keys_helpers import (
     gateway_config,
     key_records,
 )
+from tests.replica_helpers import Replica, forget_redis_keys, serve_replicas
 
-CLI = Path(sys.executable).parent / "llm-gateway"
 KEY_CACHE_SECONDS = 1.0
-START_TIMEOUT = 30.0
-
-
-@dataclass
-class Replica:
-    """One ``llm-gateway serve`` process and where it answers."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    url: str  # …/v1
-    log: Path
-
-    def wait_live(self, deadline: float) -> None:
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"replica {self.name} exited at start:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url[:-3] + "/health/live", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        pytest.fail(
-            f"replica {self.name} did not start in {START_TIMEOUT}s:\n{self.log.read_text()}"
-        )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
 
 
 @dataclass
@@ -87,33 +48,11 @@ def replicas(redis_url: str, openai_emu: OpenAIEmulator, tmp_path: Path) -> Iter
     config["auth"]["key_cache_seconds"] = KEY_CACHE_SECONDS
     config["redis"] = {"url": redis_url, "key_prefix": prefix}
     config["limits"] = {"backend": "redis"}
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    started: list[Replica] = []
     try:
-        for name in ("a", "b"):
-            port = free_port()
-            log = tmp_path / f"replica-{name}.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [str(CLI), "serve", "--config", str(path), "--port", str(port)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    cwd=tmp_path,
-                )
-            started.append(Replica(name, process, f"http://127.0.0.1:{port}/v1", log))
-        deadline = time.monotonic() + START_TIMEOUT
-        for replica in started:
-            replica.wait_live(deadline)
-        yield Pair(started[0], started[1], db)
+        with serve_replicas(config, tmp_path) as (a, b):
+            yield Pair(a, b, db)
     finally:
-        for replica in started:
-            replica.stop()
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=prefix + "*"))
-        if keys:
-            client.delete(*keys)
-        client.close()
+        forget_redis_keys(redis_url, prefix)
 
 
 async def spread(pair: Pair, key: str, count: int, body: dict[str, Any]) -> list[httpx.Response]:

@@ -11,10 +11,10 @@ from gateway import (
     Gateway,
     GatewayClient,
     GatewayError,
+    GatewayFacts,
     NotFoundError,
     RateLimitError,
 )
-from gateway.client import RemoteFacts
 from gateway.types import ChatCompletion, ChatCompletionChunk, Model
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -37,7 +37,7 @@ def remote() -> Decimal | None:
             timeout=10.0,
             temperature=0.2,
         )
-        facts: RemoteFacts = reply.facts
+        facts: GatewayFacts = reply.facts
         attempts: int | None = facts.attempts
         print(facts.provider, facts.deployment, attempts, facts.fallback_used)
         stream = c.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
@@ -61,9 +61,17 @@ def remote() -> Decimal | None:
 
 def in_process() -> str:
     with Gateway() as gw:
-        reply = gw.chat.completions.create(model="mock-echo", messages=MESSAGES)
-        for chunk in gw.chat.completions.create(model="mock-chat", messages=MESSAGES, stream=True):
-            print(chunk.choices[0].delta.content if chunk.choices else "")
+        reply = gw.chat.completions.create(
+            model="mock-echo", messages=MESSAGES, regions=["eu"], metadata={"team": "search"}
+        )
+        same: GatewayFacts = reply.facts  # the same facts type as a remote answer's
+        cost: Decimal | None = same.cost
+        estimated: bool = same.usage_estimated
+        print(cost, estimated)
+        with gw.chat.completions.create(model="mock-chat", messages=MESSAGES, stream=True) as s:
+            for chunk in s:
+                print(chunk.choices[0].delta.content if chunk.choices else "")
+        print(s.facts.cost)
         return reply.choices[0].message.content or ""
 
 

@@ -4,7 +4,7 @@ to SQLite (default) or PostgreSQL, with a daily roll-up for reports. See docs/le
 from gateway.ledger.db import create_ledger_engine, ledger_url
 from gateway.ledger.ledger import Ledger
 from gateway.ledger.migrate import current_revision, head_revision, upgrade
-from gateway.ledger.records import Operation, SpendRecord, TokenCounts, token_counts
+from gateway.ledger.records import Operation, SpendRecord, Surface, TokenCounts, token_counts
 from gateway.ledger.reports import (
     GroupBy,
     RecordPage,
@@ -27,6 +27,7 @@ __all__ = [
     "RecordPage",
     "SpendRecord",
     "SpendRow",
+    "Surface",
     "TokenCounts",
     "create_ledger_engine",
     "current_revision",

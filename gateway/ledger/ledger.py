@@ -45,9 +45,15 @@ class Ledger:
         self.writer.submit(record)
 
     async def spend_report(
-        self, group_by: GroupBy, since: datetime, until: datetime, key_id: str | None = None
+        self,
+        group_by: GroupBy,
+        since: datetime,
+        until: datetime,
+        key_id: str | None = None,
+        *,
+        team: str | None = None,
     ) -> list[SpendRow]:
-        return await spend_report(self.engine, group_by, since, until, key_id)
+        return await spend_report(self.engine, group_by, since, until, key_id, team=team)
 
     async def spend_records(
         self,

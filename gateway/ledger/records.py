@@ -8,7 +8,10 @@ from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal, NamedTuple
 
-Operation = Literal["chat", "embeddings"]
+Operation = Literal["chat", "fim", "embeddings"]
+# The API a request came through: the OpenAI-compatible routes, Azure OpenAI's or Mistral's
+# own (gateway/server/native.py), or an in-process library call.
+Surface = Literal["openai", "azure", "mistral", "library"]
 
 # Costs are kept to 1e-10 USD, the precision of the ``cost_usd`` column (and of the budget
 # counters in gateway.limits), rounded the same way (half-even) wherever they are summed.
@@ -65,6 +68,7 @@ class SpendRecord:
     cost_usd: Decimal | None = None
     usage_estimated: bool = False
     stream: bool = False
+    surface: Surface = "openai"
 
     @property
     def is_error(self) -> bool:

@@ -143,13 +143,18 @@ async def spend_report(
     since: datetime,
     until: datetime,
     key_id: str | None = None,
+    *,
+    team: str | None = None,
 ) -> list[SpendRow]:
-    """Spend in ``[since, until)`` grouped by ``group_by``, optionally for one key.
+    """Spend in ``[since, until)`` grouped by ``group_by``, optionally for one key or one
+    team (by team id; not with ``user``, whose roll-up has no team).
 
     Rows by day come in date order; other groupings by cost, highest first.
     """
     if group_by not in GROUPS:
         raise ValueError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")
+    if team is not None and group_by == "user":
+        raise ValueError("spend by user cannot be limited to a team")
     plan = plan_range(since, until)
     rows: dict[str | None, SpendRow] = {}
 
@@ -169,6 +174,8 @@ async def spend_report(
             )
             if key_id is not None:
                 daily = daily.where(d.key_id == key_id)
+            if team is not None:
+                daily = daily.where(d.team == team)
             for group, *values in await conn.execute(daily):
                 merge(group, values)
         r = records_table.c
@@ -182,6 +189,8 @@ async def spend_report(
             raw = raw.where(r.started_at >= start, r.started_at < end)
             if key_id is not None:
                 raw = raw.where(r.key_id == key_id)
+            if team is not None:
+                raw = raw.where(r.team == team)
             for group, *values in await conn.execute(raw):
                 if values[0]:  # an aggregate without GROUP BY answers one row even for none
                     merge(group, values)

@@ -128,6 +128,7 @@ spend_records = Table(
     Column("usage_estimated", Boolean, nullable=False),
     Column("stream", Boolean, nullable=False),
     Column("operation", String(16), nullable=False),
+    Column("surface", String(16), nullable=False, server_default="openai"),
 )
 # Time-range reads and keyset pagination walk (started_at, request_id), optionally per key.
 Index(None, spend_records.c.started_at, spend_records.c.request_id)

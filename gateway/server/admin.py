@@ -95,11 +95,125 @@ def add_admin_routes(app: FastAPI, engine: Engine, gate: Gatekeeper) -> None:
         app.add_route(path, routes.guarded(handler), methods=[method])
 
 
-class AdminRoutes:
+class KeyAdmin:
+    """What the admin API does to keys and teams, apart from HTTP: the routes below and the
+    dashboard (``gateway.ui``) both call these, so both check and change things one way.
+    Each change clears this process's key cache."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def new_key(self, store: KeyStore, spec: KeySpec) -> tuple[VirtualKey, str]:
+        """A new key and its plaintext (to be shown once)."""
+        attrs = await self._key_attrs(store, spec, partial=False)
+        expires = attrs.get("expires_at")
+        if expires is not None and expires <= datetime.now(UTC):
+            raise InvalidRequestError(
+                f"expires_at {expires.isoformat()} is in the past; a new key must expire "
+                "later than now",
+                param="expires_at",
+            )
+        key, plaintext = await store.create_key(**attrs)
+        self.engine.auth.forget()
+        return key, plaintext
+
+    async def change_key(self, store: KeyStore, key_id: str, change: KeyChange) -> VirtualKey:
+        """Change what ``change`` sets (a PATCH)."""
+        await store.get_key(key_id)  # 404 before anything else
+        key = await store.update_key(key_id, **await self._key_attrs(store, change, partial=True))
+        self.engine.auth.forget()
+        return key
+
+    async def revoke(self, store: KeyStore, key_id: str) -> VirtualKey:
+        key = await store.revoke_key(key_id)
+        self.engine.auth.forget()
+        return key
+
+    async def rotate(self, store: KeyStore, key_id: str) -> tuple[VirtualKey, str]:
+        key, plaintext = await store.rotate_key(key_id)
+        self.engine.auth.forget()
+        return key, plaintext
+
+    async def new_team(self, store: KeyStore, spec: TeamSpec) -> Team:
+        return await store.create_team(**_limit_attrs(spec, partial=False))
+
+    async def change_team(self, store: KeyStore, ident: str, change: TeamChange) -> Team:
+        """Change what ``change`` sets on the team with this id or name."""
+        team = await _team(store, ident, param=None)
+        attrs = _limit_attrs(change, partial=True)
+        name = attrs.get("name")
+        if name is not None and name != team.name:
+            try:
+                other = await store.get_team(name)
+            except NotFoundError:
+                other = None
+            if other is not None:
+                raise InvalidRequestError(f"a team named '{name}' exists", param="name")
+        team = await store.update_team(team.id, **attrs)
+        self.engine.auth.forget()
+        return team
+
+    async def _key_attrs(
+        self, store: KeyStore, body: KeyChange, *, partial: bool
+    ) -> dict[str, Any]:
+        """The KeyStore attributes a key body asks for (a PATCH: only those it sent)."""
+        attrs = _limit_attrs(body, partial=partial)
+        sent = body.model_fields_set if partial else set(type(body).model_fields)
+        if "team" in sent:
+            attrs["team_id"] = (await _team(store, body.team)).id if body.team else None
+        if "admin" in sent:
+            attrs["admin"] = body.admin
+        if {"expires_at", "expires_in_days"} <= body.model_fields_set:
+            raise InvalidRequestError(
+                "send expires_at or expires_in_days, not both", param="expires_in_days"
+            )
+        if body.expires_in_days is not None:
+            attrs["expires_at"] = datetime.now(UTC) + timedelta(days=body.expires_in_days)
+        elif "expires_at" in sent or "expires_in_days" in sent:
+            at = body.expires_at
+            attrs["expires_at"] = at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
+        return attrs
+
+    async def spend(self, item: Limited, kind: str) -> dict[str, Any]:
+        """What the key or team spent in its current budget period, and what is left.
+
+        With a budget, the limits backend's count (what admission enforces, shared by every
+        replica with Redis); without one, the ledger's — reading the backend for an
+        unbudgeted scope would seed a count nothing keeps up to date."""
+        now = datetime.now(UTC)
+        period, resets = budget_period(item.budget_period, now)
+        since = period_start(period)
+        if item.budget_usd is not None:
+            spent = await self.engine.limits.spent(item.scope_limits(kind))
+        else:
+            spent = await self._ledger_spend(kind, item.id, since, now)
+        budget = item.budget_usd
+        return {
+            "period": item.budget_period,
+            "since": since.isoformat(),
+            "resets_at": resets.isoformat() if resets else None,
+            "spent_usd": usd_str(spent),
+            "budget_usd": None if budget is None else usd_str(budget),
+            "remaining_usd": None if budget is None else usd_str(max(budget - spent, Decimal(0))),
+        }
+
+    async def _ledger_spend(self, kind: str, ident: str, since: datetime, now: datetime) -> Decimal:
+        ledger = self.engine.ledger
+        if ledger is None:
+            return Decimal(0)
+        until = now + timedelta(minutes=1)
+        group: GroupBy = "key" if kind == "key" else "team"
+        rows = await ledger.spend_report(
+            group, since, until, key_id=ident if kind == "key" else None
+        )
+        return sum((r.cost_usd for r in rows if r.group == ident), Decimal(0))
+
+
+class AdminRoutes(KeyAdmin):
     """The handlers. ``guarded`` does what they share: admin check, key store, errors."""
 
     def __init__(self, engine: Engine, gate: Gatekeeper) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.gate = gate
 
     def guarded(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -157,17 +271,7 @@ class AdminRoutes:
 
     # -- keys ----------------------------------------------------------------------------
     async def create_key(self, request: Request, store: KeyStore) -> Response:
-        spec = await self._body(request, KeySpec)
-        attrs = await self._key_attrs(store, spec, partial=False)
-        expires = attrs.get("expires_at")
-        if expires is not None and expires <= datetime.now(UTC):
-            raise InvalidRequestError(
-                f"expires_at {expires.isoformat()} is in the past; a new key must expire "
-                "later than now",
-                param="expires_at",
-            )
-        key, plaintext = await store.create_key(**attrs)
-        self.engine.auth.forget()
+        key, plaintext = await self.new_key(store, await self._body(request, KeySpec))
         return _json({**key_json(key), "key": plaintext}, status=201)
 
     async def list_keys(self, request: Request, store: KeyStore) -> Response:
@@ -179,30 +283,23 @@ class AdminRoutes:
 
     async def show_key(self, request: Request, store: KeyStore) -> Response:
         key = await store.get_key(request.path_params["key_id"])
-        return _json({**key_json(key), "spend": await self._spend(key, "key")})
+        return _json({**key_json(key), "spend": await self.spend(key, "key")})
 
     async def update_key(self, request: Request, store: KeyStore) -> Response:
-        key_id = request.path_params["key_id"]
         change = await self._body(request, KeyChange)
-        await store.get_key(key_id)  # 404 before anything else
-        key = await store.update_key(key_id, **await self._key_attrs(store, change, partial=True))
-        self.engine.auth.forget()
+        key = await self.change_key(store, request.path_params["key_id"], change)
         return _json(key_json(key))
 
     async def revoke_key(self, request: Request, store: KeyStore) -> Response:
-        key = await store.revoke_key(request.path_params["key_id"])
-        self.engine.auth.forget()
-        return _json(key_json(key))
+        return _json(key_json(await self.revoke(store, request.path_params["key_id"])))
 
     async def rotate_key(self, request: Request, store: KeyStore) -> Response:
-        key, plaintext = await store.rotate_key(request.path_params["key_id"])
-        self.engine.auth.forget()
+        key, plaintext = await self.rotate(store, request.path_params["key_id"])
         return _json({**key_json(key), "key": plaintext})
 
     # -- teams ---------------------------------------------------------------------------
     async def create_team(self, request: Request, store: KeyStore) -> Response:
-        spec = await self._body(request, TeamSpec)
-        team = await store.create_team(**_limit_attrs(spec, partial=False))
+        team = await self.new_team(store, await self._body(request, TeamSpec))
         return _json(team_json(team), status=201)
 
     async def list_teams(self, request: Request, store: KeyStore) -> Response:
@@ -211,23 +308,12 @@ class AdminRoutes:
 
     async def show_team(self, request: Request, store: KeyStore) -> Response:
         team = await _team(store, request.path_params["team_id"], param=None)
-        return _json({**team_json(team), "spend": await self._spend(team, "team")})
+        return _json({**team_json(team), "spend": await self.spend(team, "team")})
 
     async def update_team(self, request: Request, store: KeyStore) -> Response:
-        team = await _team(store, request.path_params["team_id"], param=None)
+        team = await _team(store, request.path_params["team_id"], param=None)  # 404 first
         change = await self._body(request, TeamChange)
-        attrs = _limit_attrs(change, partial=True)
-        name = attrs.get("name")
-        if name is not None and name != team.name:
-            try:
-                other = await store.get_team(name)
-            except NotFoundError:
-                other = None
-            if other is not None:
-                raise InvalidRequestError(f"a team named '{name}' exists", param="name")
-        team = await store.update_team(team.id, **attrs)
-        self.engine.auth.forget()
-        return _json(team_json(team))
+        return _json(team_json(await self.change_team(store, team.id, change)))
 
     # -- helpers -------------------------------------------------------------------------
     async def _body(self, request: Request, model: type[M]) -> M:
@@ -245,61 +331,6 @@ class AdminRoutes:
         except ValidationError as exc:
             message, param = validation_message(exc)
             raise InvalidRequestError(message, param=param) from exc
-
-    async def _key_attrs(
-        self, store: KeyStore, body: KeyChange, *, partial: bool
-    ) -> dict[str, Any]:
-        """The KeyStore attributes a key body asks for (a PATCH: only those it sent)."""
-        attrs = _limit_attrs(body, partial=partial)
-        sent = body.model_fields_set if partial else set(type(body).model_fields)
-        if "team" in sent:
-            attrs["team_id"] = (await _team(store, body.team)).id if body.team else None
-        if "admin" in sent:
-            attrs["admin"] = body.admin
-        if {"expires_at", "expires_in_days"} <= body.model_fields_set:
-            raise InvalidRequestError(
-                "send expires_at or expires_in_days, not both", param="expires_in_days"
-            )
-        if body.expires_in_days is not None:
-            attrs["expires_at"] = datetime.now(UTC) + timedelta(days=body.expires_in_days)
-        elif "expires_at" in sent or "expires_in_days" in sent:
-            at = body.expires_at
-            attrs["expires_at"] = at if at is None or at.tzinfo else at.replace(tzinfo=UTC)
-        return attrs
-
-    async def _spend(self, item: Limited, kind: str) -> dict[str, Any]:
-        """What the key or team spent in its current budget period, and what is left.
-
-        With a budget, the limits backend's count (what admission enforces, shared by every
-        replica with Redis); without one, the ledger's — reading the backend for an
-        unbudgeted scope would seed a count nothing keeps up to date."""
-        now = datetime.now(UTC)
-        period, resets = budget_period(item.budget_period, now)
-        since = period_start(period)
-        if item.budget_usd is not None:
-            spent = await self.engine.limits.spent(item.scope_limits(kind))
-        else:
-            spent = await self._ledger_spend(kind, item.id, since, now)
-        budget = item.budget_usd
-        return {
-            "period": item.budget_period,
-            "since": since.isoformat(),
-            "resets_at": resets.isoformat() if resets else None,
-            "spent_usd": usd_str(spent),
-            "budget_usd": None if budget is None else usd_str(budget),
-            "remaining_usd": None if budget is None else usd_str(max(budget - spent, Decimal(0))),
-        }
-
-    async def _ledger_spend(self, kind: str, ident: str, since: datetime, now: datetime) -> Decimal:
-        ledger = self.engine.ledger
-        if ledger is None:
-            return Decimal(0)
-        until = now + timedelta(minutes=1)
-        group: GroupBy = "key" if kind == "key" else "team"
-        rows = await ledger.spend_report(
-            group, since, until, key_id=ident if kind == "key" else None
-        )
-        return sum((r.cost_usd for r in rows if r.group == ident), Decimal(0))
 
 
 def key_json(key: VirtualKey) -> dict[str, Any]:

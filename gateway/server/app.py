@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -27,7 +27,7 @@ from gateway.errors import (
 )
 from gateway.observability import instrument
 from gateway.streaming import DONE, encode_event
-from gateway.types import ChatCompletionRequest, EmbeddingRequest
+from gateway.types import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 log = logging.getLogger("gateway.server")
 M = TypeVar("M", bound=BaseModel)
@@ -104,7 +104,15 @@ class Gatekeeper:
             "(server.max_body_bytes); send a smaller request"
         )
 
-    async def parse(self, request: Request, model: type[M], info: CallInfo) -> M:
+    async def parse(
+        self,
+        request: Request,
+        model: type[M],
+        info: CallInfo,
+        adjust: Callable[[dict[str, Any]], None] | None = None,
+    ) -> M:
+        """Authenticate, read and validate; ``adjust`` may rewrite the decoded body first
+        (provider-native surfaces put it in the canonical shape)."""
         await self.authenticate(request, info)
         raw = await self.body(request)
         try:
@@ -116,6 +124,8 @@ class Gatekeeper:
             ) from exc
         if not isinstance(data, dict):
             raise InvalidRequestError("request body must be a JSON object")
+        if adjust is not None:
+            adjust(data)
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -124,7 +134,7 @@ class Gatekeeper:
 
 
 def apply_gateway_headers(
-    request: Request, body: ChatCompletionRequest | EmbeddingRequest, info: CallInfo
+    request: Request, body: CompletionRequest | EmbeddingRequest, info: CallInfo
 ) -> None:
     """Per-request options sent as headers (for clients that cannot add body fields):
     ``x-gateway-fallbacks: m1,m2`` (or ``none``) and ``x-gateway-timeout: <seconds>``.
@@ -263,6 +273,13 @@ def create_app(
     from gateway.server.admin import add_admin_routes  # admin.py builds on this module
 
     add_admin_routes(app, eng, gate)
+    from gateway.server.native import add_native_routes  # native.py builds on this module
+
+    add_native_routes(app, eng, gate)
+    if cfg.ui.enabled:
+        from gateway.ui import add_ui_routes  # the dashboard at /ui
+
+        add_ui_routes(app, eng)
 
     @app.get("/health/live")
     async def live() -> Response:
@@ -312,11 +329,14 @@ def create_app(
     return app
 
 
-async def sse_body(stream: ChunkStream) -> AsyncIterator[bytes]:
+async def sse_body(
+    stream: ChunkStream, chunks: AsyncIterator[dict[str, Any]] | None = None
+) -> AsyncIterator[bytes]:
     """Chunks as SSE events, then ``[DONE]``; a failure mid-stream becomes an error event
-    and the stream ends without ``[DONE]``, so no client mistakes it for a complete answer."""
+    and the stream ends without ``[DONE]``, so no client mistakes it for a complete answer.
+    ``chunks`` is the stream reshaped for a provider-native surface, if any."""
     try:
-        async for chunk in stream:
+        async for chunk in chunks if chunks is not None else stream:
             yield encode_event(chunk)
         yield DONE
     except GatewayError as exc:

@@ -6,6 +6,10 @@ Mistral's OpenAPI spec, with extra fields forbidden at every level, so an OpenAI
 Tool-call ids must be 9 characters of ``[a-zA-Z0-9]`` (400, code 3280, as Mistral answers).
 Streams carry tool calls whole in one chunk and usage in the last chunk, then ``data: [DONE]``.
 
+``/v1/fim/completions`` (fill-in-the-middle) answers codestral models only, as a
+``chat.completion`` whose content is ``<fill between 'PROMPT_END' and 'SUFFIX_START'>``
+(the last word of the prompt, the first of the suffix); other models get a 400.
+
 Flavors: ``la_plateforme`` (``/v1/...``, Bearer key), ``azure_serverless`` (``/v1/...``, Bearer
 or ``api-key``) and ``azure_foundry`` (``/models/...?api-version=...``, ``api-key``, model name
 in the body, Azure's ``extra-parameters`` rule and its ``{"error": {...}}`` envelope).
@@ -167,6 +171,21 @@ class ChatCompletionRequest(_Strict):
     safe_prompt: bool = False
 
 
+class FIMCompletionRequest(_Strict):
+    model: str
+    temperature: float | None = Field(default=None, ge=0, le=1.5)
+    top_p: float = Field(default=1.0, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=0)
+    stream: bool = False
+    stop: str | list[str] | None = None
+    random_seed: int | None = Field(default=None, ge=0)
+    metadata: dict[str, Any] | None = None
+    prompt: str
+    suffix: str | None = ""
+    min_tokens: int | None = Field(default=None, ge=0)
+    prompt_cache_key: str | None = None
+
+
 class EmbeddingRequest(_Strict):
     model: str
     metadata: dict[str, Any] | None = None
@@ -215,12 +234,13 @@ class MistralEmulator(EmulatorBase):
         self.next_finish_reason: str | None = None  # scripted, e.g. "model_length"
         self.tool_arguments_as_object = False  # the spec allows an object as well as a string
         prefix = "/models" if flavor == "azure_foundry" else "/v1"
-        self.app = Starlette(
-            routes=[
-                Route(f"{prefix}/chat/completions", self.chat, methods=["POST"]),
-                Route(f"{prefix}/embeddings", self.embeddings, methods=["POST"]),
-            ]
-        )
+        routes = [
+            Route(f"{prefix}/chat/completions", self.chat, methods=["POST"]),
+            Route(f"{prefix}/embeddings", self.embeddings, methods=["POST"]),
+        ]
+        if flavor != "azure_foundry":  # Azure's model inference API has no FIM route
+            routes.append(Route(f"{prefix}/fim/completions", self.fim, methods=["POST"]))
+        self.app = Starlette(routes=routes)
 
     def reset(self) -> None:
         super().reset()
@@ -418,6 +438,60 @@ class MistralEmulator(EmulatorBase):
                     out[-1]["choices"][0]["finish_reason"] = choice["finish_reason"]
         out[-1]["usage"] = answer["usage"]
         return out
+
+    # -- fill-in-the-middle ------------------------------------------------------------------
+    async def fim(self, request: Request) -> Response:
+        rec = await self.record(request)
+        body = dict(rec.body) if isinstance(rec.body, dict) else rec.body
+        if (denied := self.gate(request, body)) is not None:
+            return denied
+        fault = await self.take_fault()
+        if fault is not None and fault.cut_after is None:
+            return fault_response(fault)
+        try:
+            req = FIMCompletionRequest.model_validate(body)
+        except ValidationError as exc:
+            return self.invalid(exc)
+        if not req.model.startswith("codestral"):
+            return self.error(
+                400, f"Model {req.model} does not support FIM completions", "invalid_request_fim"
+            )
+        before = (req.prompt.split() or [""])[-1]
+        after = ((req.suffix or "").split() or [""])[0]
+        text = f"<fill between {before!r} and {after!r}>"
+        words = text.split(" ")
+        finish = "stop"
+        if req.max_tokens is not None and len(words) > req.max_tokens:
+            text, finish = " ".join(words[: req.max_tokens]), "length"
+        prompt_tokens = len(req.prompt.split()) + len((req.suffix or "").split())
+        completion_tokens = len(text.split())
+        answer = {
+            "id": "fim-" + hashlib.sha256(req.model_dump_json().encode()).hexdigest()[:32],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "content": text,
+                        "tool_calls": None,
+                        "prefix": False,
+                        "role": "assistant",
+                    },
+                    "finish_reason": self.next_finish_reason or finish,
+                }
+            ],
+        }
+        if req.stream:
+            events = [sse(c) for c in self.chunks(answer)] + [b"data: [DONE]\n\n"]
+            return sse_response(events, fault.cut_after if fault else None)
+        return json_response(answer)
 
     # -- embeddings ---------------------------------------------------------------------------
     async def embeddings(self, request: Request) -> Response:

@@ -1,0 +1,85 @@
+"""``GatewayFacts``: what the gateway knows about one call, the same type whichever way it ran.
+
+In-process results build it from the engine's ``CallInfo``; results from a running gateway read
+it from the ``x-gateway-*`` answer headers (and, for a stream, from its usage chunk).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.engine import CallInfo
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayFacts:
+    """Who answered a call, how, and what it cost.
+
+    ``cost`` is in USD, None while or when the price is unknown (a stream's cost is known once
+    it has ended); ``usage_estimated`` says the gateway counted the tokens itself because the
+    provider reported none.
+    """
+
+    request_id: str | None = None
+    provider: str | None = None
+    deployment: str | None = None
+    attempts: int | None = None
+    fallback_used: bool = False
+    cost: Decimal | None = None
+    usage_estimated: bool = False
+    overhead_ms: float | None = None
+    dropped_params: tuple[str, ...] = ()
+
+
+def facts_from_info(info: CallInfo) -> GatewayFacts:
+    """The facts of an in-process call, as they stand now."""
+    cost = info.cost
+    return GatewayFacts(
+        request_id=info.request_id,
+        provider=info.provider,
+        deployment=info.deployment,
+        attempts=info.attempts,
+        fallback_used=info.fallback_used,
+        cost=cost.total if cost is not None else None,
+        usage_estimated=bool(cost is not None and cost.estimated),
+        overhead_ms=round(info.overhead_ms(), 2),
+        dropped_params=info.dropped_params,
+    )
+
+
+def facts_from_headers(headers: Mapping[str, str]) -> GatewayFacts:
+    """The facts a running gateway sent with its answer (lower-case header names)."""
+    return GatewayFacts(
+        request_id=headers.get("x-request-id") or None,
+        provider=headers.get("x-gateway-provider") or None,
+        deployment=headers.get("x-gateway-deployment") or None,
+        attempts=_number(headers.get("x-gateway-attempts"), int),
+        fallback_used=headers.get("x-gateway-fallback-used") == "true",
+        cost=usd(headers.get("x-gateway-cost")),
+        usage_estimated=headers.get("x-gateway-usage-estimated") == "true",
+        overhead_ms=_number(headers.get("x-gateway-overhead-ms"), float),
+        dropped_params=tuple(
+            p.strip() for p in headers.get("x-gateway-dropped-params", "").split(",") if p.strip()
+        ),
+    )
+
+
+def usd(value: object) -> Decimal | None:
+    """A cost as the gateway writes it ("0.00012", "unknown") as a Decimal, or None."""
+    if not isinstance(value, str) or not value or value == "unknown":
+        return None
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        return None
+
+
+def _number(value: str | None, kind: type[int] | type[float]) -> Any:
+    try:
+        return kind(value) if value else None
+    except ValueError:
+        return None
