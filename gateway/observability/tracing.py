@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 # gen_ai.provider.name values of the GenAI conventions, by our adapter type.
 GENAI_PROVIDER = {"openai": "openai", "azure": "azure.ai.openai", "mistral": "mistral_ai"}
+# gen_ai.operation.name values, by the ledger's operation.
+GENAI_OPERATION = {"chat": "chat", "embeddings": "embeddings", "fim": "text_completion"}
 # The W3C trace headers of the request being served (set by TraceContextMiddleware).
 _CALLER_TRACE: ContextVar[dict[str, str] | None] = ContextVar("caller_trace", default=None)
 _TRACE_HEADERS = (b"traceparent", b"tracestate")
@@ -81,7 +83,7 @@ class Tracing:
     def observe(self, info: CallInfo, error: GatewayError | None) -> None:
         end = time.time_ns()
         start = end - int(info.elapsed_seconds() * 1e9)
-        operation = info.operation
+        operation = GENAI_OPERATION.get(info.operation, info.operation)
         served = info.served_by
         genai_provider = (
             self._genai_provider(info.deployment) if info.deployment is not None else None
