@@ -194,7 +194,7 @@ class Engine:
         self._settle_tokens(info, request.estimated_tokens())
         if info.keeps_content:
             info.content = {
-                "messages": request.upstream_body()["messages"],
+                "messages": request.prompt_messages(),
                 "choices": result.get("choices"),
             }
         self.finish(info)

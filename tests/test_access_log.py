@@ -258,3 +258,31 @@ def test_a_refused_embeddings_request_is_logged_as_embeddings(proxy: str, access
     assert response.status_code == 400
     fields = orjson.loads(access.line_of(response.headers["x-request-id"]))
     assert (fields["operation"], fields["status"], fields["model"]) == ("embeddings", 400, None)
+
+
+def test_fill_in_the_middle_is_logged_with_its_prompt_for_a_key_with_log_content(
+    start_gateway: GatewayFactory, access: Lines, tmp_path: Path
+) -> None:
+    from tests.emulators.mistral_api import API_KEY as MISTRAL_KEY
+    from tests.emulators.mistral_api import MistralEmulator
+    from tests.harness import ServerThread
+
+    mistral = MistralEmulator()
+    with ServerThread(mistral.app) as upstream:
+        provider = {"type": "mistral", "api_key": MISTRAL_KEY, "base_url": upstream.url + "/v1"}
+        config = gateway_config("http://127.0.0.1:9", tmp_path / "ledger.db")
+        config["providers"] = {"mistral": provider}
+        config["models"] = {
+            "codestral": {"deployments": [{"provider": "mistral", "model": "codestral-latest"}]}
+        }
+        url = start_gateway(config)
+        key = Admin(url).create_key(name="fim", metadata={"log_content": True})
+        response = httpx.post(
+            url + "/fim/completions",
+            json={"model": "codestral", "prompt": "def add(a, b):", "suffix": "return c"},
+            headers={"authorization": f"Bearer {key['key']}"},
+        )
+    assert response.status_code == 200, response.text
+    fields = orjson.loads(access.line_of(response.headers["x-request-id"]))
+    assert (fields["operation"], fields["surface"]) == ("fim", "mistral")
+    assert fields["content"]["messages"] == [{"role": "user", "content": "def add(a, b):return c"}]

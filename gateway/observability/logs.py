@@ -149,6 +149,7 @@ def access_fields(info: CallInfo, error: GatewayError | None) -> JSON:
         "key_id": info.key_id,
         "team": info.team,
         "operation": info.operation,
+        "surface": info.surface,
         "stream": info.stream,
         "model": info.model,
         "upstream_model": info.upstream_model,

@@ -110,6 +110,7 @@ class Tracing:
             "gateway.attempts": info.attempts,
             "gateway.fallback_used": info.fallback_used,
             "gateway.stream": info.stream,
+            "gateway.surface": info.surface,
             "gateway.ttft_ms": None if info.ttft_seconds is None else info.ttft_seconds * 1000,
             "gateway.cost_usd": None if cost is None or cost.total is None else float(cost.total),
             "gateway.usage_estimated": cost is not None and cost.estimated,
