@@ -34,11 +34,11 @@ from prometheus_client import (
 )
 
 from gateway.errors import GatewayError, RateLimitError
+from gateway.observability import MULTIPROC_ENV
 
 if TYPE_CHECKING:
     from gateway.engine import CallInfo, Engine
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 REFRESH_SECONDS = 5.0  # how often each worker publishes its gauges when there are several
 # Circuit state as a number, so the worst state across workers is their maximum.
 CIRCUIT_VALUES = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
