@@ -126,7 +126,7 @@ def main() -> None:
         rows.append(
             (
                 "access log, JSON line: all threads, written",
-                per_call_us(access, infos, settle=handler.queue.join),
+                per_call_us(access, infos, settle=handler.flush),
             )
         )
         logger.removeHandler(handler)
