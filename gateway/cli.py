@@ -59,10 +59,17 @@ def serve(
     """Start the HTTP proxy."""
     import uvicorn
 
+    from gateway.lifecycle import SUPERVISOR_ENV
+
     cfg = _load(config)
     if config is not None:
         # Worker processes build their own app from this path.
         os.environ["GATEWAY_CONFIG"] = str(config.resolve())
+    processes = workers or cfg.server.workers
+    if processes > 1:
+        # Lets a worker ask this process (uvicorn's supervisor) to replace every worker after
+        # POST /admin/reload; see gateway.lifecycle.
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
     bind_host = host or cfg.server.host
     bind_port = port if port is not None else cfg.server.port
     typer.echo(
@@ -78,7 +85,7 @@ def serve(
         factory=True,
         host=bind_host,
         port=bind_port,
-        workers=workers or cfg.server.workers,
+        workers=processes,
         loop="auto",
         http="auto",
         access_log=access_log,
