@@ -172,3 +172,43 @@ async def test_sighup_reloads_the_config_file_and_a_bad_file_is_logged_and_ignor
             log = served.log.read_text()
     assert "SIGHUP: config reloaded" in log
     assert "not valid YAML" in log and "sk-up" not in log
+
+
+async def test_with_two_workers_a_reload_replaces_every_worker_without_failing_a_request(
+    upstream, tmp_path
+):
+    upstream.pieces, upstream.pace = 5, 0.05
+    other = PacedUpstream("B", pieces=5, pace=0.05)
+    with ServerThread(other.app) as b:
+        other.url = b.url
+        config, _ = write_config(tmp_path, upstream)
+        with serve(config, tmp_path / "serve.log", "--workers", "2") as served:
+            seen: list[Seen] = []
+            stop = asyncio.Event()
+
+            async def client_loop(client: httpx.AsyncClient, i: int) -> None:
+                n = 0
+                while not stop.is_set():
+                    seen.append(await chat(client, served.url, stream=(i + n) % 2 == 0))
+                    n += 1
+
+            async with httpx.AsyncClient(timeout=30) as client:
+                loops = [asyncio.create_task(client_loop(client, i)) for i in range(4)]
+                await asyncio.sleep(0.5)
+                write_config(tmp_path, other)
+                # Without a master key only SIGHUP reloads; to the supervisor, it replaces
+                # the workers one by one, each reading the file as it starts.
+                served.process.send_signal(signal.SIGHUP)
+                await wait_for(
+                    lambda: served.log.read_text().count("Finished server process") >= 2,
+                    60,
+                    "both workers replaced",
+                )
+                stop.set()
+                await asyncio.gather(*loops)
+                probes = [await chat(client, served.url, stream=False) for _ in range(6)]
+            log = served.log.read_text()
+
+    assert all(s.status == 200 and s.complete for s in seen), [s for s in seen if not s.complete]
+    assert any("[A]" in s.text for s in seen)
+    assert all("[B]" in p.text for p in probes), log
