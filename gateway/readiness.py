@@ -1,8 +1,9 @@
 """Whether this process should get traffic: the checks behind ``/health/ready``.
 
 Ready means: not draining, the ledger's database answers, Redis answers (when configured),
-every public model has at least one deployment whose circuit is not open, and the ledger
-writer is running without spilling past its queue. Probes come often and from many load
+some model has a deployment whose circuit is not open, and the ledger writer is running
+without spilling past its queue. A single model whose every circuit is open is a warning,
+not a failure: see ``Readiness.report``. Probes come often and from many load
 balancers at once, so a database or Redis ping is made at most once per ``cache_seconds``
 (concurrent probes share the ping in flight) and bounded by ``ping_timeout``.
 """
@@ -89,6 +90,7 @@ class ReadinessReport:
     ready: bool
     failing: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     checks: JSON = field(default_factory=dict)
 
     def public_body(self) -> JSON:
@@ -98,7 +100,12 @@ class ReadinessReport:
         return {"status": "not ready", "failing": self.failing}
 
     def detailed_body(self) -> JSON:
-        return {**self.public_body(), "reasons": self.reasons, "checks": self.checks}
+        return {
+            **self.public_body(),
+            "reasons": self.reasons,
+            "warnings": self.warnings,
+            "checks": self.checks,
+        }
 
 
 class Readiness:
@@ -145,9 +152,16 @@ class Readiness:
                 fail(name, f"{name} unreachable: {ping.error}")
         healthy = self.healthy_deployments()
         report.checks["models"] = healthy
-        for model, count in healthy.items():
-            if count == 0:
-                fail("models", f"model '{model}': every deployment's circuit is open")
+        dark = [model for model, count in healthy.items() if count == 0]
+        if dark and len(dark) == len(healthy):
+            fail("models", "no model can be served: every deployment's circuit is open")
+        else:
+            # Not a reason to take this replica out: every replica sees the same upstreams
+            # (and, with Redis, the same circuits), so all would go at once, models that
+            # work included. The model's callers get a 503 naming the open circuits instead.
+            report.warnings.extend(
+                f"model '{model}': every deployment's circuit is open" for model in dark
+            )
         if self.engine.ledger is not None:
             status = self.engine.ledger.status()
             report.checks["ledger"] = status

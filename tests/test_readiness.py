@@ -64,7 +64,7 @@ def test_ready_gateway_tells_anyone_only_that_it_is_ready(serve, openai_emu, tmp
 def test_master_key_gets_every_check_in_detail(serve, openai_emu, tmp_path):
     url = serve(config(openai_emu.url, tmp_path))
     body = httpx.get(url + "/health/ready", headers=MASTER).json()
-    assert body["status"] == "ready" and body["reasons"] == []
+    assert body["status"] == "ready" and body["reasons"] == [] and body["warnings"] == []
     checks = body["checks"]
     assert checks["draining"] is False
     assert checks["database"]["ok"] is True and checks["database"]["error"] is None
@@ -79,23 +79,42 @@ def test_a_wrong_key_gets_the_public_answer_not_a_401(serve, openai_emu, tmp_pat
     assert resp.status_code == 200 and resp.json() == {"status": "ready"}
 
 
-def test_a_model_whose_every_circuit_is_open_makes_the_gateway_not_ready(serve, tmp_path):
-    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the attempt fails, circuit opens
-    url = serve(config(dead, tmp_path))
+def open_circuit(url: str, model: str) -> None:
     resp = httpx.post(
         url + "/v1/chat/completions",
-        json={"model": "gpt-4o", "messages": HELLO},
+        json={"model": model, "messages": HELLO},
         headers=MASTER,
         timeout=10,
     )
     assert resp.status_code >= 500
 
+
+def test_one_model_with_every_circuit_open_is_a_warning_not_a_reason_to_leave(serve, tmp_path):
+    # Every replica sees the same upstream: were this 503, all would leave the load balancer
+    # at once and the models that work would go down with it.
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the attempt fails, circuit opens
+    url = serve(config(dead, tmp_path))
+    open_circuit(url, "gpt-4o")
+
+    public = httpx.get(url + "/health/ready")
+    assert public.status_code == 200 and public.json() == {"status": "ready"}
+    detailed = httpx.get(url + "/health/ready", headers=MASTER).json()
+    assert detailed["checks"]["models"] == {"gpt-4o": 0, "gpt-4o-mini": 1}
+    assert detailed["warnings"] == ["model 'gpt-4o': every deployment's circuit is open"]
+
+
+def test_no_servable_model_at_all_makes_the_gateway_not_ready(serve, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}"
+    url = serve(config(dead, tmp_path))
+    open_circuit(url, "gpt-4o")
+    open_circuit(url, "gpt-4o-mini")
+
     public = httpx.get(url + "/health/ready")
     assert public.status_code == 503
     assert public.json() == {"status": "not ready", "failing": ["models"]}  # no model names
     detailed = httpx.get(url + "/health/ready", headers=MASTER).json()
-    assert detailed["checks"]["models"] == {"gpt-4o": 0, "gpt-4o-mini": 1}
-    assert any("gpt-4o'" in reason for reason in detailed["reasons"])
+    assert detailed["checks"]["models"] == {"gpt-4o": 0, "gpt-4o-mini": 0}
+    assert detailed["reasons"] == ["no model can be served: every deployment's circuit is open"]
 
 
 def test_an_unreachable_database_makes_the_gateway_not_ready_without_showing_its_password(
