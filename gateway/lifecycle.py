@@ -44,6 +44,7 @@ class Lifecycle:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous_term: SignalHandler | None = None
         self._hup = False
+        self._reloads: set[asyncio.Task[None]] = set()
 
     def install(self) -> None:
         """Take over SIGTERM (passing it on) and SIGHUP (if unhandled); a no-op off the main
@@ -86,8 +87,13 @@ class Lifecycle:
         )
 
     def _on_hup(self) -> None:
-        result = self.reloader.reload()
-        log_reload(result, "SIGHUP")
+        assert self._loop is not None
+        task = self._loop.create_task(self._reload())
+        self._reloads.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(self._reloads.discard)
+
+    async def _reload(self) -> None:
+        log_reload(await self.reloader.reload(), "SIGHUP")
 
 
 def log_reload(result: ReloadResult, trigger: str) -> None:

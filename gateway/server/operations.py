@@ -80,7 +80,7 @@ def add_operations_routes(
                 )
         except GatewayError as exc:
             return error_response(exc)
-        result = reloader.reload()
+        result = await reloader.reload()
         log_reload(result, "POST /admin/reload")
         if not result.applied:
             status = 409 if reloader.source is None else 422
