@@ -248,8 +248,8 @@ async def test_sigterm_with_requests_in_flight_loses_no_record(served, upstream,
     assert "lost" not in log and "dropped" not in log, log
 
 
-# uvicorn as ``serve`` runs it, plus a graceful-shutdown timeout (``serve`` sets none: it waits
-# for every request in flight, each bounded by routing.timeouts.total).
+# uvicorn as ``serve`` runs it, with a graceful-shutdown timeout below the 1 s minimum of
+# server.shutdown_timeout.
 SERVE_WITH_GRACE = (
     "import sys, uvicorn; uvicorn.run('gateway.server.app:create_app', factory=True, "
     "host='127.0.0.1', port=int(sys.argv[1]), timeout_graceful_shutdown=float(sys.argv[2]))"
