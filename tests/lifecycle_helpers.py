@@ -116,6 +116,7 @@ class Seen:
     cut: bool = False  # a stream that ended with an error event, not [DONE]
     error: str | None = None
     cost: str | None = None
+    closing: bool = False  # the answer asked the client to close its connection
 
 
 async def chat(
@@ -136,6 +137,7 @@ async def chat(
             seen.request_id = resp.headers.get("x-request-id")
             seen.status = resp.status_code
             seen.cost = resp.headers.get("x-gateway-cost")
+            seen.closing = resp.headers.get("connection") == "close"
             raw = (await resp.aread()).decode()
     except httpx.TransportError as exc:
         seen.error = repr(exc)

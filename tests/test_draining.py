@@ -36,10 +36,13 @@ def upstream() -> Iterator[PacedUpstream]:
         yield paced
 
 
-def write_config(folder: Path, upstream: PacedUpstream, **server: Any) -> tuple[Path, str]:
+def write_config(
+    folder: Path, upstream: PacedUpstream, auth: dict[str, str] | None = None, **server: Any
+) -> tuple[Path, str]:
     ledger_url = f"sqlite+aiosqlite:///{folder / 'ledger.db'}"
     config = {
         "server": server,
+        "auth": auth or {},
         "routing": {"retries": {"attempts_per_deployment": 1}, "circuit": {"enabled": False}},
         "ledger": {"url": ledger_url},
         "providers": {
@@ -87,6 +90,7 @@ async def test_sigterm_mid_stream_drains_every_stream_and_records_each(upstream,
             assert ready.json() == {"status": "not ready", "failing": ["draining"]}
             during = await chat(client, served.url, stream=False)
             assert during.status == 200 and during.complete
+            assert during.closing  # its keep-alive connection ends cleanly, after the answer
 
             # After it: no new connections.
             await asyncio.sleep(1.0 - (time.monotonic() - signalled) + 0.3)
@@ -174,14 +178,19 @@ async def test_sighup_reloads_the_config_file_and_a_bad_file_is_logged_and_ignor
     assert "not valid YAML" in log and "sk-up" not in log
 
 
+@pytest.mark.parametrize("trigger", ["SIGHUP", "POST /admin/reload"])
 async def test_with_two_workers_a_reload_replaces_every_worker_without_failing_a_request(
-    upstream, tmp_path
+    upstream, tmp_path, trigger
 ):
     upstream.pieces, upstream.pace = 5, 0.05
     other = PacedUpstream("B", pieces=5, pace=0.05)
+    auth = {"master_key": "sk-master-workers"}
+    master = {"authorization": "Bearer sk-master-workers"}
     with ServerThread(other.app) as b:
         other.url = b.url
-        config, _ = write_config(tmp_path, upstream)
+        # A replaced worker first answers with Connection: close for a second, so no client
+        # sends a request on a keep-alive connection just as the worker closes it.
+        config, _ = write_config(tmp_path, upstream, auth, drain_delay=1)
         with serve(config, tmp_path / "serve.log", "--workers", "2") as served:
             seen: list[Seen] = []
             stop = asyncio.Event()
@@ -189,24 +198,37 @@ async def test_with_two_workers_a_reload_replaces_every_worker_without_failing_a
             async def client_loop(client: httpx.AsyncClient, i: int) -> None:
                 n = 0
                 while not stop.is_set():
-                    seen.append(await chat(client, served.url, stream=(i + n) % 2 == 0))
+                    stream = (i + n) % 2 == 0
+                    seen.append(await chat(client, served.url, stream=stream, headers=master))
                     n += 1
 
             async with httpx.AsyncClient(timeout=30) as client:
                 loops = [asyncio.create_task(client_loop(client, i)) for i in range(4)]
                 await asyncio.sleep(0.5)
-                write_config(tmp_path, other)
-                # Without a master key only SIGHUP reloads; to the supervisor, it replaces
-                # the workers one by one, each reading the file as it starts.
-                served.process.send_signal(signal.SIGHUP)
-                await wait_for(
-                    lambda: served.log.read_text().count("Finished server process") >= 2,
-                    60,
-                    "both workers replaced",
-                )
-                stop.set()
-                await asyncio.gather(*loops)
-                probes = [await chat(client, served.url, stream=False) for _ in range(6)]
+                write_config(tmp_path, other, auth, drain_delay=1)
+                if trigger == "SIGHUP":
+                    # The supervisor's own answer: replace the workers one by one, each
+                    # reading the file as it starts.
+                    served.process.send_signal(signal.SIGHUP)
+                else:
+                    # One worker answers, applies the file, and asks the supervisor for that.
+                    resp = await client.post(served.url + "/admin/reload", headers=master)
+                    assert resp.status_code == 200, resp.text
+                    assert resp.json()["workers"] == "restarting"
+                try:
+                    await wait_for(
+                        lambda: served.log.read_text().count("Finished server process") >= 2,
+                        60,
+                        "both workers replaced",
+                    )
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}:\n{served.log.read_text()}") from None
+                finally:
+                    stop.set()
+                    await asyncio.gather(*loops)
+                probes = [
+                    await chat(client, served.url, stream=False, headers=master) for _ in range(6)
+                ]
             log = served.log.read_text()
 
     assert all(s.status == 200 and s.complete for s in seen), [s for s in seen if not s.complete]

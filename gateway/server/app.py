@@ -26,7 +26,7 @@ from gateway.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from gateway.lifecycle import Lifecycle
+from gateway.lifecycle import CloseWhenDraining, Lifecycle
 from gateway.readiness import Readiness
 from gateway.reload import ConfigReloader
 from gateway.streaming import DONE, encode_event
@@ -201,6 +201,7 @@ def create_app(
         title="llm-gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
     )
     app.state.engine = eng
+    app.add_middleware(CloseWhenDraining, readiness=readiness)
 
     async def chat_completions(request: Request) -> Response:
         info = new_info(request)
