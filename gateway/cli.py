@@ -28,6 +28,8 @@ config_app = typer.Typer(help="Work with configuration files.", no_args_is_help=
 app.add_typer(config_app, name="config")
 add_key_commands(app)
 
+WORKER_HEALTHCHECK_SECONDS = 30
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -90,6 +92,10 @@ def serve(
         http="auto",
         access_log=access_log,
         timeout_graceful_shutdown=cfg.server.shutdown_timeout,
+        # With --workers: how long a new worker may take to start (migrations, connections)
+        # before a SIGHUP restart gives up on it, and a worker to answer the supervisor's
+        # ping before it is killed as hung. uvicorn's 5 s is short on a busy host.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         log_level="info",
     )
 
