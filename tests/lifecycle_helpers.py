@@ -1,13 +1,18 @@
-"""For draining and reload tests: an upstream that streams slowly and says who it is, and a
-client that reads a whole answer and reports what it saw."""
+"""For shutdown, draining and reload tests: an upstream that streams slowly and says who it
+is, a client that reads a whole answer and reports what it saw, a gateway process to signal,
+and its ledger read back."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -169,3 +174,46 @@ async def ledger_records(url: str) -> list[SpendRecord]:
         return page.records
     finally:
         await ledger.engine.dispose()
+
+
+@dataclass
+class Served:
+    """A gateway process and where it answers (its root URL)."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+
+@contextmanager
+def running(
+    command: list[str], port: int, log: Path, env: dict[str, str] | None = None
+) -> Iterator[Served]:
+    """A gateway process, live; killed at the end if the test left it running."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**clean, **(env or {})}
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_live(process, url, log)
+        yield Served(process, url, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def wait_until_live(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"llm-gateway serve exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(url + "/health/live", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"llm-gateway serve did not start:\n{log.read_text()}")

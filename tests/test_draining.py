@@ -21,8 +21,15 @@ import httpx
 import pytest
 
 from tests.harness import ServerThread, free_port
-from tests.lifecycle_helpers import PacedUpstream, Seen, chat, ledger_records, wait_for
-from tests.test_shutdown import Served, running
+from tests.lifecycle_helpers import (
+    PacedUpstream,
+    Seen,
+    Served,
+    chat,
+    ledger_records,
+    running,
+    wait_for,
+)
 
 CLI = Path(sys.executable).parent / "llm-gateway"
 STREAMS = 20
