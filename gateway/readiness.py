@@ -150,8 +150,9 @@ class Readiness:
             report.checks[name] = ping.detail()
             if ping.error is not None:
                 fail(name, f"{name} unreachable: {ping.error}")
-        healthy = self.healthy_deployments()
+        healthy, open_circuits = self.healthy_deployments()
         report.checks["models"] = healthy
+        report.checks["open_circuits"] = open_circuits
         dark = [model for model, count in healthy.items() if count == 0]
         if dark and len(dark) == len(healthy):
             fail("models", "no model can be served: every deployment's circuit is open")
@@ -177,23 +178,26 @@ class Readiness:
                 )
         return report
 
-    def healthy_deployments(self) -> dict[str, int]:
-        """Per public model, how many of its deployments have a circuit that is not open."""
+    def healthy_deployments(self) -> tuple[dict[str, int], dict[str, str | None]]:
+        """Per public model, how many of its deployments have a circuit that is not open; and
+        the open ones, each with the last error that counted against it."""
         router = self.engine.router
         health = router.health
         now = health.clock()
         counts: dict[str, int] = {}
+        open_circuits: dict[str, str | None] = {}
         for model, deployments in router.deployments.items():
             count = 0
             for dep in deployments:
                 h = health.get(dep.id)
-                if h.state == "open" and now < h.open_until:
-                    continue
-                if health.shared is not None and health.shared.state(dep.id)[0] == "open":
+                if (h.state == "open" and now < h.open_until) or (
+                    health.shared is not None and health.shared.state(dep.id)[0] == "open"
+                ):
+                    open_circuits[dep.id] = h.last_error
                     continue
                 count += 1
             counts[model] = count
-        return counts
+        return counts, open_circuits
 
     async def _ping_database(self) -> None:
         assert self.engine.ledger is not None

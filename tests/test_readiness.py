@@ -70,6 +70,7 @@ def test_master_key_gets_every_check_in_detail(serve, openai_emu, tmp_path):
     assert checks["database"]["ok"] is True and checks["database"]["error"] is None
     assert "redis" not in checks  # not configured, not checked
     assert checks["models"] == {"gpt-4o": 1, "gpt-4o-mini": 1}
+    assert checks["open_circuits"] == {}
     assert checks["ledger"]["running"] is True and checks["ledger"]["backlog"] == 0
 
 
@@ -100,6 +101,7 @@ def test_one_model_with_every_circuit_open_is_a_warning_not_a_reason_to_leave(se
     assert public.status_code == 200 and public.json() == {"status": "ready"}
     detailed = httpx.get(url + "/health/ready", headers=MASTER).json()
     assert detailed["checks"]["models"] == {"gpt-4o": 0, "gpt-4o-mini": 1}
+    assert detailed["checks"]["open_circuits"] == {"openai/gpt-4o": "upstream_unreachable"}
     assert detailed["warnings"] == ["model 'gpt-4o': every deployment's circuit is open"]
 
 
