@@ -200,14 +200,15 @@ def test_reload_reports_what_changed(site):
     assert {m["id"] for m in models} == {"gpt-4o", "gpt-4o-mini"}
 
 
-def test_an_open_circuit_stays_open_across_a_reload_that_keeps_its_deployment(tmp_path):
+def test_circuit_state_stays_with_an_unchanged_deployment_and_goes_with_a_removed_one(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     ledger_url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
     config = gateway_config(dead, ledger_url)
     config["routing"]["circuit"] = {"consecutive_failures": 1, "cooldown": 60}
     path = tmp_path / "gateway.yaml"
     path.write_text(json.dumps(config))
-    with ServerThread(create_app(str(path))) as gateway:
+    app = create_app(str(path))
+    with ServerThread(app) as gateway:
         body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
         httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=MASTER, timeout=10)
         config["models"]["gpt-4o"]["fallbacks"] = []  # a change, same deployment id
@@ -215,6 +216,17 @@ def test_an_open_circuit_stays_open_across_a_reload_that_keeps_its_deployment(tm
         assert httpx.post(gateway.url + "/admin/reload", headers=MASTER).status_code == 200
         ready = httpx.get(gateway.url + "/health/ready", headers=MASTER).json()
         assert ready["checks"]["models"] == {"gpt-4o": 0}
+        assert list(ready["checks"]["open_circuits"]) == ["upstream/gpt-4o"]
+
+        # Moved to another upstream model: a new deployment id, a fresh circuit, the old
+        # deployment's state forgotten.
+        config["models"]["gpt-4o"]["deployments"][0]["model"] = "gpt-4o-2024-08-06"
+        path.write_text(json.dumps(config))
+        assert httpx.post(gateway.url + "/admin/reload", headers=MASTER).status_code == 200
+        ready = httpx.get(gateway.url + "/health/ready", headers=MASTER).json()
+        assert ready["checks"]["models"] == {"gpt-4o": 1}
+        assert ready["checks"]["open_circuits"] == {}
+        assert "upstream/gpt-4o" not in app.state.engine.health._health
 
 
 def test_reload_needs_the_master_key(site):
