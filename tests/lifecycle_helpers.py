@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -189,11 +190,18 @@ class Served:
 def running(
     command: list[str], port: int, log: Path, env: dict[str, str] | None = None
 ) -> Iterator[Served]:
-    """A gateway process, live; killed at the end if the test left it running."""
+    """A gateway process, live; stopped at the end if the test left it running.
+
+    It leads its own process group: a ``--workers`` supervisor killed outright would leave its
+    workers running, so what SIGTERM does not end in time is killed as a group."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env={**clean, **(env or {})}
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**clean, **(env or {})},
+            start_new_session=True,
         )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -201,8 +209,13 @@ def running(
         yield Served(process, url, log)
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+            process.terminate()  # a supervisor stops its workers, then itself
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                # Not reaped yet, so the group id is still this process's own.
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
 
 
 def wait_until_live(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
