@@ -28,6 +28,8 @@ config_app = typer.Typer(help="Work with configuration files.", no_args_is_help=
 app.add_typer(config_app, name="config")
 add_key_commands(app)
 
+WORKER_HEALTHCHECK_SECONDS = 30
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -65,10 +67,17 @@ def serve(
     """Start the HTTP proxy."""
     import uvicorn
 
+    from gateway.lifecycle import SUPERVISOR_ENV
+
     cfg = _load(config)
     if config is not None:
         # Worker processes build their own app from this path.
         os.environ["GATEWAY_CONFIG"] = str(config.resolve())
+    processes = workers or cfg.server.workers
+    if processes > 1:
+        # Lets a worker ask this process (uvicorn's supervisor) to replace every worker after
+        # POST /admin/reload; see gateway.lifecycle.
+        os.environ[SUPERVISOR_ENV] = str(os.getpid())
     bind_host = host or cfg.server.host
     bind_port = port if port is not None else cfg.server.port
     typer.echo(
@@ -82,7 +91,6 @@ def serve(
     from gateway.observability import metrics_directory
     from gateway.observability.logs import log_config
 
-    processes = workers or cfg.server.workers
     with metrics_directory(cfg, processes):  # several workers: /metrics adds theirs up
         uvicorn.run(
             "gateway.server.app:create_app",
@@ -94,6 +102,11 @@ def serve(
             http="auto",
             access_log=access_log,
             timeout_graceful_shutdown=cfg.server.shutdown_timeout,
+            # With --workers: how long a new worker may take to start (migrations,
+            # connections) before a SIGHUP restart gives up on it, and a worker to answer the
+            # supervisor's ping before it is killed as hung. uvicorn's 5 s is short on a busy
+            # host.
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
             log_config=log_config(cfg.logging),
             log_level=cfg.logging.level,
         )

@@ -57,6 +57,13 @@ class ServerConfig(_Strict):
         description="On SIGTERM, seconds requests in flight may take to finish; those still "
         "running then are cut and recorded as errors (499).",
     )
+    drain_delay: float = Field(
+        default=0.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, seconds /health/ready answers 503 while requests are still "
+        "served, so load balancers stop sending before the listener closes.",
+    )
 
 
 class AuthConfig(_Strict):

@@ -81,6 +81,11 @@ class HealthBoard:
             health = self._health[deployment_id] = DeploymentHealth()
         return health
 
+    def forget(self, deployment_ids: set[str]) -> None:
+        """Drop what is known about deployments that no longer exist (after a reload)."""
+        for deployment_id in deployment_ids:
+            self._health.pop(deployment_id, None)
+
     # -- admission ---------------------------------------------------------------------
     def unavailable(self, dep: Deployment, tokens: int = 0) -> str | None:
         """Why ``dep`` cannot take a request now (circuit open, quota used), or None."""

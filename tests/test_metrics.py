@@ -11,12 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.server import create_app
 from tests.conftest import GatewayFactory
 from tests.emulators.common import Fault
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator
-from tests.harness import free_port
+from tests.harness import ServerThread, free_port
 from tests.keys_helpers import MASTER_KEY, Admin, chat, gateway_config, server_root
 
 Samples = list[tuple[str, dict[str, str], float]]
@@ -230,3 +232,21 @@ def test_keys_can_be_left_out_of_the_labels(
     samples = scrape(url)
     assert value(samples, "gateway_tokens_total", kind="prompt", model="gpt-4o") > 0
     assert {labels["key"] for name, labels, _ in samples if name == "gateway_tokens_total"} == {""}
+
+
+def test_a_reload_leaves_metrics_settings_to_a_restart(
+    openai_upstream: OpenAIEmulator, tmp_path: Path
+) -> None:
+    config = gateway_config(openai_upstream.url, tmp_path / "ledger.db")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with ServerThread(create_app(str(path))) as server:
+        config["metrics"] = {"require_auth": True}
+        config["tracing"] = {"sample_ratio": 0.5}
+        path.write_text(yaml.safe_dump(config))
+        reload = httpx.post(
+            server.url + "/admin/reload", headers={"authorization": f"Bearer {MASTER_KEY}"}
+        )
+        assert reload.status_code == 200, reload.text
+        assert reload.json()["restart_required"] == ["metrics", "tracing"]
+        assert httpx.get(server.url + "/metrics").status_code == 200  # as it started

@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -34,12 +30,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from gateway.config import LedgerConfig
-from gateway.ledger import Ledger, SpendRecord
 from tests.emulators.common import json_response, sse
 from tests.emulators.openai_api import API_KEY, chunks, completion
 from tests.harness import ServerThread, free_port
 from tests.ledger_helpers import scratch_postgres
+from tests.lifecycle_helpers import Served, ledger_records, running
 
 CLI = Path(sys.executable).parent / "llm-gateway"
 HOLD = 1.5  # seconds each answer is held upstream: SIGTERM arrives well inside it
@@ -90,13 +85,6 @@ class Outcome:
     error: str | None = None
 
 
-@dataclass
-class Served:
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-
 @pytest.fixture
 def upstream() -> Iterator[HeldUpstream]:
     held = HeldUpstream(HOLD)
@@ -138,40 +126,6 @@ def write_config(folder: Path, upstream: HeldUpstream, ledger_url: str) -> Path:
     return path
 
 
-@contextmanager
-def running(
-    command: list[str], port: int, log: Path, env: dict[str, str] | None = None
-) -> Iterator[Served]:
-    """A gateway process, live; killed at the end if the test left it running."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env={**clean, **(env or {})}
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until_live(process, url, log)
-        yield Served(process, url, log)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
-
-
-def wait_until_live(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"llm-gateway serve exited early:\n{log.read_text()}")
-        try:
-            if httpx.get(url + "/health/live", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"llm-gateway serve did not start:\n{log.read_text()}")
-
-
 async def call(client: httpx.AsyncClient, url: str, stream: bool) -> Outcome:
     """One chat completion; what the client got out of it."""
     outcome = Outcome(stream)
@@ -197,16 +151,6 @@ async def wait_for(condition: Any, seconds: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
-
-
-async def ledger_records(url: str) -> list[SpendRecord]:
-    ledger = Ledger(LedgerConfig(url=url, migrate=False))
-    try:
-        now = datetime.now(UTC)
-        page = await ledger.spend_records(now - timedelta(hours=1), now, limit=1000)
-        return page.records
-    finally:
-        await ledger.engine.dispose()
 
 
 async def test_sigterm_with_requests_in_flight_loses_no_record(served, upstream, ledger_url):
@@ -248,8 +192,8 @@ async def test_sigterm_with_requests_in_flight_loses_no_record(served, upstream,
     assert "lost" not in log and "dropped" not in log, log
 
 
-# uvicorn as ``serve`` runs it, plus a graceful-shutdown timeout (``serve`` sets none: it waits
-# for every request in flight, each bounded by routing.timeouts.total).
+# uvicorn as ``serve`` runs it, with a graceful-shutdown timeout below the 1 s minimum of
+# server.shutdown_timeout.
 SERVE_WITH_GRACE = (
     "import sys, uvicorn; uvicorn.run('gateway.server.app:create_app', factory=True, "
     "host='127.0.0.1', port=int(sys.argv[1]), timeout_graceful_shutdown=float(sys.argv[2]))"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +26,10 @@ from gateway.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
+from gateway.lifecycle import CloseWhenDraining, Lifecycle
 from gateway.observability import instrument
+from gateway.readiness import Readiness
+from gateway.reload import ConfigReloader
 from gateway.streaming import DONE, encode_event
 from gateway.types import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
@@ -170,6 +174,17 @@ def new_info(request: Request) -> CallInfo:
     return info
 
 
+def config_source(
+    config: GatewayConfig | str | dict[str, Any] | None, engine: Engine | None
+) -> str | None:
+    """The file a reload re-reads: the one the app was built from, if it was a file."""
+    if isinstance(config, str | os.PathLike):
+        return os.fspath(config)
+    if config is None and engine is None:
+        return os.environ.get("GATEWAY_CONFIG") or None
+    return None
+
+
 def create_app(
     config: GatewayConfig | str | dict[str, Any] | None = None, *, engine: Engine | None = None
 ) -> FastAPI:
@@ -178,20 +193,28 @@ def create_app(
     owned = engine is None
     eng = engine or Engine(cfg)
     gate = Gatekeeper(cfg, eng.auth)
+    readiness = Readiness(eng)
+    reloader = ConfigReloader(eng, config_source(config, engine))
+    lifecycle = Lifecycle(readiness, reloader, drain_delay=cfg.server.drain_delay)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await eng.start()
+        lifecycle.install()
         await observability.start()
         yield
+        readiness.draining = True
+        lifecycle.uninstall()
         if owned:
             await eng.aclose()
+            await reloader.aclose()
         await observability.aclose()
 
     app = FastAPI(
         title="llm-gateway", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None
     )
     app.state.engine = eng
+    app.add_middleware(CloseWhenDraining, readiness=readiness)
     observability = app.state.observability = instrument(app, eng, gate.authenticate)
 
     async def chat_completions(request: Request) -> Response:
@@ -281,17 +304,9 @@ def create_app(
 
         add_ui_routes(app, eng)
 
-    @app.get("/health/live")
-    async def live() -> Response:
-        return Response(b'{"status":"ok"}', media_type=JSON_TYPE)
+    from gateway.server.operations import add_operations_routes
 
-    @app.get("/health/ready")
-    async def ready() -> Response:
-        body: dict[str, Any] = {"status": "ready", "models": len(eng.router.models())}
-        if eng.ledger is not None:
-            # The writer's backlog and losses: a slow database shows here, not in requests.
-            body["ledger"] = eng.ledger.status()
-        return Response(orjson.dumps(body), media_type=JSON_TYPE)
+    add_operations_routes(app, eng, readiness, reloader)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
