@@ -226,27 +226,46 @@ class StuckStream(io.StringIO):
         return super().write(text)
 
 
-def test_a_stuck_log_stream_delays_lines_not_requests() -> None:
+def test_a_stuck_log_stream_delays_access_lines_not_requests() -> None:
     stream = StuckStream()
     handler = BackgroundHandler(stream, capacity=2)
     handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("tests.background")
     logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        logger.warning("first")
+        logger.info("request", extra={"access": {"n": 0}})
         assert stream.entered.wait(10)  # the writer thread is stuck in the first write
         started = time.monotonic()
-        for n in range(4):
-            logger.warning("line %d", n)
+        for n in range(1, 5):
+            logger.info("request", extra={"access": {"n": n}})
         assert time.monotonic() - started < 1.0
-        assert handler.dropped == 2  # two wait in the queue, two did not fit
+        assert handler.dropped == 2  # two wait in the list, two did not fit
         stream.release.set()
     finally:
         logger.removeHandler(handler)
         handler.close()  # writes what waits
-    messages = [orjson.loads(line)["message"] for line in stream.getvalue().splitlines()]
-    assert messages == ["first", "line 0", "line 1"]
+    assert [orjson.loads(line)["n"] for line in stream.getvalue().splitlines()] == [0, 1, 2]
+
+
+def test_other_log_lines_are_written_at_once_after_the_access_lines_before_them() -> None:
+    stream = io.StringIO()
+    handler = BackgroundHandler(stream, interval=60)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("tests.background.order")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        logger.info("request", extra={"access": {"n": 1}})
+        assert stream.getvalue() == ""  # waits for the writer thread
+        logger.warning("shutting down")
+        lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+        assert [line.get("n", line.get("message")) for line in lines] == [1, "shutting down"]
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
 
 
 def test_a_refused_embeddings_request_is_logged_as_embeddings(proxy: str, access: Lines) -> None:

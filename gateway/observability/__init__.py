@@ -47,6 +47,9 @@ class Observability:
             await self.metrics.aclose()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)
+        from gateway.observability.logs import flush_handlers
+
+        flush_handlers()  # the last access lines: a worker may end without exit handlers
 
 
 def instrument(

@@ -76,11 +76,13 @@ def _text(value: Any) -> str:
 
 
 class BackgroundHandler(logging.Handler):
-    """Keeps records in a list that a thread formats and writes to ``stream`` in batches,
-    every ``interval`` seconds: a request only appends (no lock, no thread wake-up), and a
-    stream that blocks (a full pipe to a log shipper) delays lines, not requests. Past
-    ``capacity`` lines waiting, lines are dropped and counted (``dropped``); those waiting at
-    exit are written first (for at most ``CLOSE_SECONDS``)."""
+    """Access log lines are kept in a list that a thread formats and writes to ``stream`` in
+    batches, every ``interval`` seconds: a request only appends (no lock, no thread wake-up),
+    and a stream that blocks (a full pipe to a log shipper) delays them, not requests. Past
+    ``capacity`` lines waiting, they are dropped and counted (``dropped``). Other records are
+    few and may be a process's last words (uvicorn ends a worker by re-raising SIGTERM, which
+    runs no exit handlers): they are written at once, after the access lines before them.
+    The app flushes the access lines when it shuts down (``flush_handlers``)."""
 
     def __init__(
         self, stream: IO[str] | None = None, capacity: int = 10_000, interval: float = 0.05
@@ -101,6 +103,8 @@ class BackgroundHandler(logging.Handler):
             self.dropped += 1
             return
         self.pending.append(record)
+        if not hasattr(record, "access"):
+            self._write_pending()
 
     def flush(self) -> None:
         """Write what waits now (giving up after ``CLOSE_SECONDS`` if the stream is stuck)."""
@@ -138,6 +142,16 @@ class BackgroundHandler(logging.Handler):
                 self.dropped += len(lines)
         finally:
             self._writing.release()
+
+
+def flush_handlers(name: str = ACCESS_LOGGER) -> None:
+    """Write what the handlers of logger ``name`` (and of its ancestors it propagates to)
+    hold: the last access lines, before the process ends."""
+    logger: logging.Logger | None = logging.getLogger(name)
+    while logger is not None:
+        for handler in logger.handlers:
+            handler.flush()
+        logger = logger.parent if logger.propagate else None
 
 
 class AccessLog:
