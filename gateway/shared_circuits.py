@@ -107,6 +107,11 @@ class RedisCircuits:
         self._open_until = now_open
         self._tripped = tripped
 
+    async def flush(self) -> None:
+        """Wait until the open/closed decisions published so far are written to Redis."""
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
