@@ -150,6 +150,26 @@ def test_requests_refused_before_the_engine_are_counted_too(proxy):
     assert value(scrape(proxy), "gateway_requests_total", status="401") == before + 1
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+        "/openai/v1/embeddings",
+        "/v1/fim/completions",
+    ],
+)
+def test_refusals_on_the_azure_and_mistral_routes_are_counted_too(proxy, path):
+    root = proxy.removesuffix("/v1")
+    before = value(scrape(proxy), "gateway_requests_total", status="401")
+    response = httpx.post(
+        root + path,
+        json={"model": "gpt-4o", "prompt": "def f(", "input": "hi", "messages": []},
+        headers={"api-key": "sk-gw-not-a-key"},
+    )
+    assert response.status_code == 401
+    assert value(scrape(proxy), "gateway_requests_total", status="401") == before + 1
+
+
 def test_unknown_model_names_share_one_label_value(proxy, openai_emu):
     for name in ("no-such-model-1", "no-such-model-2"):
         assert chat(proxy, MASTER_KEY, model=name).status_code == 404

@@ -166,16 +166,19 @@ class AzureSurface:
             apply_gateway_headers(request, body, info)
             return await completion_response(self.engine, body, info, azure_chunks)
         except GatewayError as exc:
+            self.engine.observe(info, exc)  # if refused before the engine saw it
             return error_response(exc, info.headers())
 
     async def embeddings(self, request: Request) -> Response:
         info = surface_info(request, "azure")
+        info.operation = "embeddings"  # for metrics and logs, should it be refused early
         try:
             body = await self.gate.parse(request, EmbeddingRequest, info, self._named(request))
             body.model = self.model_for(body.model)
             apply_gateway_headers(request, body, info)
             result = await self.engine.embeddings(body, info)
         except GatewayError as exc:
+            self.engine.observe(info, exc)  # if refused before the engine saw it
             return error_response(exc, info.headers())
         return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
 
@@ -206,6 +209,7 @@ class MistralSurface:
 
     async def fim(self, request: Request) -> Response:
         info = surface_info(request, "mistral")
+        info.operation = "fim"  # for metrics and logs, should it be refused early
         try:
             body = await self.gate.parse(request, FimCompletionRequest, info)
             if body.stream:
@@ -213,6 +217,7 @@ class MistralSurface:
             apply_gateway_headers(request, body, info)
             return await completion_response(self.engine, body, info, mistral_chunks)
         except GatewayError as exc:
+            self.engine.observe(info, exc)  # if refused before the engine saw it
             if exc.code == "unsupported_feature" and "lacks fim" in exc.message:
                 exc.message += (
                     "; fill-in-the-middle needs a deployment on Mistral (La Plateforme or Azure "
@@ -234,15 +239,18 @@ class MistralSurface:
                 return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
             return await completion_response(self.engine, body, info, mistral_chunks)
         except GatewayError as exc:
+            self.engine.observe(info, exc)  # if refused before the engine saw it
             return error_response(exc, info.headers())
 
     async def embeddings(self, request: Request) -> Response:
         info = surface_info(request, "mistral")
+        info.operation = "embeddings"  # for metrics and logs, should it be refused early
         try:
             body = await self.gate.parse(request, EmbeddingRequest, info, canonical_embeddings)
             apply_gateway_headers(request, body, info)
             result = await self.engine.embeddings(body, info)
         except GatewayError as exc:
+            self.engine.observe(info, exc)  # if refused before the engine saw it
             return error_response(exc, info.headers())
         result.setdefault("id", f"embd-{info.request_id}")  # Mistral's answers have one
         return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
