@@ -74,7 +74,7 @@ def serve(
         )
     )
     uvicorn.run(
-        "gateway.server.app:create_app",
+        "gateway.server.app:serve_app",
         factory=True,
         host=bind_host,
         port=bind_port,
