@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -26,7 +25,7 @@ from gateway.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from gateway.server.asgi import GatewayApp
+from gateway.server.asgi import GatewayApp, RequestIds
 from gateway.streaming import DONE, encode_event
 from gateway.types import ChatCompletionRequest, EmbeddingRequest
 
@@ -151,10 +150,13 @@ def apply_gateway_headers(
         body.gateway_timeout = seconds
 
 
+_request_ids = RequestIds()
+
+
 def new_info(request: Request) -> CallInfo:
     """A call's facts, with an id of the gateway's own (the ledger's key, so a caller cannot
     make two calls share one); a sane id the caller sent is kept alongside and echoed."""
-    info = CallInfo(request_id=uuid.uuid4().hex)
+    info = CallInfo(request_id=_request_ids.next())
     given = request.headers.get("x-client-request-id") or request.headers.get("x-request-id")
     if given and _REQUEST_ID.match(given):
         info.client_request_id = given
