@@ -601,8 +601,17 @@ class ChunkStream:
         return self._chunks()
 
     async def _chunks(self) -> AsyncGenerator[JSON, None]:
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk
+
+    async def batches(self) -> AsyncGenerator[list[JSON], None]:
+        """The chunks as lists, one per upstream read (never an empty one): what arrived
+        together can be sent on together."""
         include_usage = self._request.wants_stream_usage
         health = self._engine.health
+        info = self._info
+        generated = self._generated
         text = ""  # what choice 0 has said so far, for a continuation
         other_output = False  # tool calls or other choices: cannot be continued
         stream_id: str | None = None
@@ -610,39 +619,44 @@ class ChunkStream:
         while self._current is not None:
             opened = self._current
             try:
-                async for chunk in _prelude_then_rest(opened):
-                    if echo is not None:
-                        if not chunk.get("usage") and not has_output(chunk):
-                            continue
-                        echo.strip(chunk)
-                        chunk["id"] = stream_id or chunk.get("id")
-                    stream_id = stream_id or chunk.get("id")
-                    self._info.upstream_model = self._info.upstream_model or chunk.get("model")
-                    for choice in chunk.get("choices") or ():
-                        index = choice.get("index", 0)
-                        delta = choice.get("delta") or {}
-                        if index != 0 or delta.get("tool_calls"):
-                            other_output = True
-                        content = delta.get("content") or ""
-                        text += content if index == 0 else ""
-                        self._generated[index] = (
-                            self._generated.get(index, "")
-                            + content
-                            + "".join(
-                                str((call.get("function") or {}).get("arguments") or "")
-                                for call in delta.get("tool_calls") or ()
-                            )
-                        )
-                    if chunk.get("usage"):
-                        self._usage = chunk["usage"]
-                        if include_usage:
-                            cost = await self._cost_with_usage(opened, chunk["usage"])
-                            chunk["usage"] = {**chunk["usage"], "cost": cost.usd_str()}
-                    if "usage" in chunk and not include_usage:
-                        if not chunk.get("choices"):
-                            continue
-                        del chunk["usage"]
-                    yield chunk
+                async for batch in _prelude_then_rest(opened):
+                    out: list[JSON] = []
+                    for chunk in batch:
+                        if echo is not None:
+                            if not chunk.get("usage") and not has_output(chunk):
+                                continue
+                            echo.strip(chunk)
+                            chunk["id"] = stream_id or chunk.get("id")
+                        stream_id = stream_id or chunk.get("id")
+                        info.upstream_model = info.upstream_model or chunk.get("model")
+                        for choice in chunk.get("choices") or ():
+                            index = choice.get("index", 0)
+                            delta = choice.get("delta") or {}
+                            calls = delta.get("tool_calls")
+                            if index != 0 or calls:
+                                other_output = True
+                            content = delta.get("content") or ""
+                            if index == 0:
+                                text += content
+                            if calls:
+                                content += "".join(
+                                    str((call.get("function") or {}).get("arguments") or "")
+                                    for call in calls
+                                )
+                            generated[index] = generated.get(index, "") + content
+                        usage = chunk.get("usage")
+                        if usage:
+                            self._usage = usage
+                            if include_usage:
+                                cost = await self._cost_with_usage(opened, usage)
+                                chunk["usage"] = {**usage, "cost": cost.usd_str()}
+                        if "usage" in chunk and not include_usage:
+                            if not chunk.get("choices"):
+                                continue
+                            del chunk["usage"]
+                        out.append(chunk)
+                    if out:
+                        yield out
             except GatewayError as exc:
                 health.finish(opened.ticket, exc)
                 self._current = None
@@ -654,10 +668,11 @@ class ChunkStream:
                 except GatewayError:
                     self._account_later(exc)
                     raise
+                generated = self._generated  # _continuation set the broken attempt's aside
                 echo = EchoedPrefix(text)
                 continue
             finally:
-                self._info.malformed_events += opened.stream.malformed_events
+                info.malformed_events += opened.stream.malformed_events
             health.finish(opened.ticket, latency=opened.first_output_seconds)
             self._current = None
             usage = self._usage or {}
@@ -783,12 +798,14 @@ def _cancelled() -> ClientDisconnectedError:
     )
 
 
-async def _prelude_then_rest(opened: OpenedStream) -> AsyncGenerator[JSON, None]:
-    for chunk in opened.prelude:
-        yield chunk
+async def _prelude_then_rest(opened: OpenedStream) -> AsyncGenerator[list[JSON], None]:
+    # The prelude and the rest of its read go together: they are all here already.
+    first = opened.prelude + opened.stream.take_held()
     opened.prelude = []
-    async for chunk in opened.stream:
-        yield chunk
+    if first:
+        yield first
+    async for batch in opened.stream.batches():
+        yield batch
 
 
 class EchoedPrefix:

@@ -344,10 +344,11 @@ def internal_error() -> Response:
 
 async def sse_body(stream: ChunkStream) -> AsyncIterator[bytes]:
     """Chunks as SSE events, then ``[DONE]``; a failure mid-stream becomes an error event
-    and the stream ends without ``[DONE]``, so no client mistakes it for a complete answer."""
+    and the stream ends without ``[DONE]``, so no client mistakes it for a complete answer.
+    The events of one upstream read go out in one write."""
     try:
-        async for chunk in stream:
-            yield encode_event(chunk)
+        async for batch in stream.batches():
+            yield b"".join([encode_event(chunk) for chunk in batch])
         yield DONE
     except GatewayError as exc:
         log.warning("stream failed: %s", exc.message)
