@@ -363,6 +363,7 @@ class Engine:
         """The most this request can cost on any deployment of its Plan: an upper bound of
         its prompt plus its output cap (or the model's), at the dearest price."""
         worst = Decimal(0)
+        prompt = request.prompt_token_bound() if request is not None else 0
         for dep in [*plan.attempts, *plan.context_attempts]:
             price = self.accountant.prices.price(dep)
             if price is None:
@@ -379,9 +380,7 @@ class Engine:
             )
             out = cap * (request.n or 1)
             rate_out = max(price.output or Decimal(0), price.reasoning_rate or Decimal(0))
-            cost = (
-                request.prompt_token_bound() * (price.input or Decimal(0)) + out * rate_out
-            ) / 10**6
+            cost = (prompt * (price.input or Decimal(0)) + out * rate_out) / 10**6
             worst = max(worst, cost)
         return worst
 

@@ -25,7 +25,7 @@ from gateway.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from gateway.server.asgi import GatewayApp, RequestIds
+from gateway.server.asgi import GatewayApp, JSONResponse, RequestIds
 from gateway.streaming import DONE, encode_event
 from gateway.types import ChatCompletionRequest, EmbeddingRequest
 
@@ -230,7 +230,7 @@ def create_app(
             result = await eng.chat(body, info)
         except GatewayError as exc:
             return error_response(exc, info.headers())
-        return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
+        return JSONResponse(orjson.dumps(result), info.headers())
 
     async def embeddings(request: Request) -> Response:
         info = new_info(request)
@@ -240,7 +240,7 @@ def create_app(
             result = await eng.embeddings(body, info)
         except GatewayError as exc:
             return error_response(exc, info.headers())
-        return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
+        return JSONResponse(orjson.dumps(result), info.headers())
 
     async def list_models(request: Request) -> Response:
         info = new_info(request)

@@ -68,6 +68,21 @@ class GatewayApp(FastAPI):
             await send_response(response, send)
 
 
+class JSONResponse(Response):
+    """A body serialised already, with header names in lower case already (as the gateway's
+    are): the raw headers are built in one pass, without Starlette's per-header checks."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, headers: dict[str, str], status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.background = None
+        raw = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+        raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        self.raw_headers = raw
+
+
 class LookupHeaders(Headers):
     """Request headers as a dict: a handler asks for about ten of them, and Starlette's
     ``Headers`` scans and re-encodes the whole list for each. The first value of a repeated
