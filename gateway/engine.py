@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.accounting import Accountant
 from gateway.auth import Authenticator, Principal
@@ -25,10 +25,8 @@ from gateway.health import HealthBoard, Ticket
 from gateway.keys import KeyStore
 from gateway.ledger import Ledger, Operation
 from gateway.limits import Admission, Limits, MemoryLimits, period_start
-from gateway.limits.redis import RedisLimits
 from gateway.resilience import AttemptRecord, run_plan
 from gateway.routing import Plan, Router
-from gateway.shared_circuits import RedisCircuits
 from gateway.stream_guard import UpstreamStream, has_output
 from gateway.transport import (
     AiohttpTransport,
@@ -39,6 +37,9 @@ from gateway.transport import (
 )
 from gateway.types import ChatCompletionRequest, EmbeddingRequest
 from providers.base import Deployment, Provider
+
+if TYPE_CHECKING:
+    from gateway.shared_circuits import RedisCircuits
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -110,11 +111,14 @@ class Engine:
 
     def __init__(self, config: GatewayConfig, *, transport: Transport | None = None) -> None:
         self.config = config
-        self.shared_circuits = (
-            RedisCircuits.from_url(config.redis.url, prefix=config.redis.key_prefix)
-            if config.redis is not None
-            else None
-        )
+        # The redis client (~6 MiB of modules) is imported only when Redis is configured.
+        self.shared_circuits: RedisCircuits | None = None
+        if config.redis is not None:
+            from gateway.shared_circuits import RedisCircuits
+
+            self.shared_circuits = RedisCircuits.from_url(
+                config.redis.url, prefix=config.redis.key_prefix
+            )
         self.health = HealthBoard(config.routing.circuit, shared=self.shared_circuits)
         self.router = Router(config, health=self.health, price_of=self._list_price)
         if self.shared_circuits is not None:
@@ -132,16 +136,15 @@ class Engine:
             self.keys if master else None,
             config.auth.key_cache_seconds,
         )
-        self.limits: Limits = (
-            RedisLimits.from_url(
+        self.limits: Limits = MemoryLimits(seed=self._seed_spend)
+        if config.limits.backend == "redis" and config.redis is not None:
+            from gateway.limits.redis import RedisLimits
+
+            self.limits = RedisLimits.from_url(
                 config.redis.url,
                 prefix=config.redis.key_prefix + "limits:",
                 seed=self._seed_spend,
             )
-            if config.limits.backend == "redis" and config.redis is not None
-            else MemoryLimits(seed=self._seed_spend)
-        )
-        if isinstance(self.limits, RedisLimits):
             self.limits.reservation_ttl = config.limits.reservation_ttl
         self._background: set[asyncio.Task[None]] = set()
         self._open_calls: set[str] = set()  # request ids not yet accounted for
