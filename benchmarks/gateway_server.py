@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
 
     engine = Engine(load_config_file(args.config), transport=build_transport(args.transport))
-    app = create_app(engine=engine)
+    app = create_app(engine=engine, settle_gc=True)
     print(f"transport={args.transport} loop={args.loop} http={args.http}", flush=True)
     uvicorn.run(
         app,

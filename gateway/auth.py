@@ -7,6 +7,7 @@ that time, and a hot key costs one dictionary lookup, not a database query.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hmac
 import time
@@ -72,6 +73,7 @@ class Authenticator:
         self.store = store
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Principal | None, str | None]] = {}
+        self._pending: dict[str, asyncio.Future[tuple[float, Principal | None, str | None]]] = {}
 
     @property
     def required(self) -> bool:
@@ -88,19 +90,29 @@ class Authenticator:
         if self.master_key is not None and hmac.compare_digest(token.encode(), self.master_key):
             return MASTER
         digest = hash_key(token)
-        now = time.monotonic()
         cached = self._cache.get(digest)
-        if cached is None or cached[0] < now:
-            principal, refusal = await self._lookup(token)
-            ttl = self.cache_seconds if principal is not None or refusal else NEGATIVE_CACHE_SECONDS
-            cached = (now + ttl, principal, refusal)
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[digest] = cached
+        if cached is None or cached[0] < time.monotonic():
+            # One lookup per key at a time: when a busy key's entry expires, the requests
+            # arriving meanwhile wait for that lookup instead of each querying the database.
+            lookup = self._pending.get(digest)
+            if lookup is None:
+                lookup = asyncio.ensure_future(self._fetch(digest, token))
+                self._pending[digest] = lookup
+                lookup.add_done_callback(lambda _: self._pending.pop(digest, None))
+            cached = await asyncio.shield(lookup)
         _, principal, refusal = cached
         if principal is None:
             raise AuthenticationError(refusal or "invalid API key: check the key you were given")
         return principal
+
+    async def _fetch(self, digest: str, token: str) -> tuple[float, Principal | None, str | None]:
+        principal, refusal = await self._lookup(token)
+        ttl = self.cache_seconds if principal is not None or refusal else NEGATIVE_CACHE_SECONDS
+        cached = (time.monotonic() + ttl, principal, refusal)
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[digest] = cached
+        return cached
 
     async def _lookup(self, token: str) -> tuple[Principal | None, str | None]:
         if self.store is None:

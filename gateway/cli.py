@@ -93,7 +93,7 @@ def serve(
 
     with metrics_directory(cfg, processes):  # several workers: /metrics adds theirs up
         uvicorn.run(
-            "gateway.server.app:create_app",
+            "gateway.server.app:serve_app",
             factory=True,
             host=bind_host,
             port=bind_port,

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.accounting import Accountant
 from gateway.auth import Authenticator, Principal
@@ -25,10 +25,8 @@ from gateway.health import HealthBoard, Ticket
 from gateway.keys import KeyStore
 from gateway.ledger import Ledger, Operation, Surface
 from gateway.limits import Admission, Limits, MemoryLimits, period_start
-from gateway.limits.redis import RedisLimits
 from gateway.resilience import AttemptRecord, run_plan
 from gateway.routing import Plan, Router
-from gateway.shared_circuits import RedisCircuits
 from gateway.stream_guard import UpstreamStream, has_output
 from gateway.transport import (
     AiohttpTransport,
@@ -39,6 +37,9 @@ from gateway.transport import (
 )
 from gateway.types import CompletionRequest, EmbeddingRequest
 from providers.base import Deployment, Provider
+
+if TYPE_CHECKING:
+    from gateway.shared_circuits import RedisCircuits
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -128,11 +129,14 @@ class Engine:
 
     def __init__(self, config: GatewayConfig, *, transport: Transport | None = None) -> None:
         self.config = config
-        self.shared_circuits = (
-            RedisCircuits.from_url(config.redis.url, prefix=config.redis.key_prefix)
-            if config.redis is not None
-            else None
-        )
+        # The redis client (~6 MiB of modules) is imported only when Redis is configured.
+        self.shared_circuits: RedisCircuits | None = None
+        if config.redis is not None:
+            from gateway.shared_circuits import RedisCircuits
+
+            self.shared_circuits = RedisCircuits.from_url(
+                config.redis.url, prefix=config.redis.key_prefix
+            )
         self.health = HealthBoard(config.routing.circuit, shared=self.shared_circuits)
         self.router = Router(config, health=self.health, price_of=self._list_price)
         if self.shared_circuits is not None:
@@ -150,16 +154,15 @@ class Engine:
             self.keys if master else None,
             config.auth.key_cache_seconds,
         )
-        self.limits: Limits = (
-            RedisLimits.from_url(
+        self.limits: Limits = MemoryLimits(seed=self._seed_spend)
+        if config.limits.backend == "redis" and config.redis is not None:
+            from gateway.limits.redis import RedisLimits
+
+            self.limits = RedisLimits.from_url(
                 config.redis.url,
                 prefix=config.redis.key_prefix + "limits:",
                 seed=self._seed_spend,
             )
-            if config.limits.backend == "redis" and config.redis is not None
-            else MemoryLimits(seed=self._seed_spend)
-        )
-        if isinstance(self.limits, RedisLimits):
             self.limits.reservation_ttl = config.limits.reservation_ttl
         self._background: set[asyncio.Task[None]] = set()
         self._open_calls: set[str] = set()  # request ids not yet accounted for
@@ -391,6 +394,7 @@ class Engine:
         """The most this request can cost on any deployment of its Plan: an upper bound of
         its prompt plus its output cap (or the model's), at the dearest price."""
         worst = Decimal(0)
+        prompt = request.prompt_token_bound() if request is not None else 0
         for dep in [*plan.attempts, *plan.context_attempts]:
             price = self.accountant.prices.price(dep)
             if price is None:
@@ -407,9 +411,7 @@ class Engine:
             )
             out = cap * (request.n or 1)
             rate_out = max(price.output or Decimal(0), price.reasoning_rate or Decimal(0))
-            cost = (
-                request.prompt_token_bound() * (price.input or Decimal(0)) + out * rate_out
-            ) / 10**6
+            cost = (prompt * (price.input or Decimal(0)) + out * rate_out) / 10**6
             worst = max(worst, cost)
         return worst
 
@@ -642,8 +644,17 @@ class ChunkStream:
         return self._chunks()
 
     async def _chunks(self) -> AsyncGenerator[JSON, None]:
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk
+
+    async def batches(self) -> AsyncGenerator[list[JSON], None]:
+        """The chunks as lists, one per upstream read (never an empty one): what arrived
+        together can be sent on together."""
         include_usage = self._request.wants_stream_usage
         health = self._engine.health
+        info = self._info
+        generated = self._generated
         text = ""  # what choice 0 has said so far, for a continuation
         other_output = False  # tool calls or other choices: cannot be continued
         stream_id: str | None = None
@@ -651,39 +662,44 @@ class ChunkStream:
         while self._current is not None:
             opened = self._current
             try:
-                async for chunk in _prelude_then_rest(opened):
-                    if echo is not None:
-                        if not chunk.get("usage") and not has_output(chunk):
-                            continue
-                        echo.strip(chunk)
-                        chunk["id"] = stream_id or chunk.get("id")
-                    stream_id = stream_id or chunk.get("id")
-                    self._info.upstream_model = self._info.upstream_model or chunk.get("model")
-                    for choice in chunk.get("choices") or ():
-                        index = choice.get("index", 0)
-                        delta = choice.get("delta") or {}
-                        if index != 0 or delta.get("tool_calls"):
-                            other_output = True
-                        content = delta.get("content") or ""
-                        text += content if index == 0 else ""
-                        self._generated[index] = (
-                            self._generated.get(index, "")
-                            + content
-                            + "".join(
-                                str((call.get("function") or {}).get("arguments") or "")
-                                for call in delta.get("tool_calls") or ()
-                            )
-                        )
-                    if chunk.get("usage"):
-                        self._usage = chunk["usage"]
-                        if include_usage:
-                            cost = await self._cost_with_usage(opened, chunk["usage"])
-                            chunk["usage"] = {**chunk["usage"], "cost": cost.usd_str()}
-                    if "usage" in chunk and not include_usage:
-                        if not chunk.get("choices"):
-                            continue
-                        del chunk["usage"]
-                    yield chunk
+                async for batch in _prelude_then_rest(opened):
+                    out: list[JSON] = []
+                    for chunk in batch:
+                        if echo is not None:
+                            if not chunk.get("usage") and not has_output(chunk):
+                                continue
+                            echo.strip(chunk)
+                            chunk["id"] = stream_id or chunk.get("id")
+                        stream_id = stream_id or chunk.get("id")
+                        info.upstream_model = info.upstream_model or chunk.get("model")
+                        for choice in chunk.get("choices") or ():
+                            index = choice.get("index", 0)
+                            delta = choice.get("delta") or {}
+                            calls = delta.get("tool_calls")
+                            if index != 0 or calls:
+                                other_output = True
+                            content = delta.get("content") or ""
+                            if index == 0:
+                                text += content
+                            if calls:
+                                content += "".join(
+                                    str((call.get("function") or {}).get("arguments") or "")
+                                    for call in calls
+                                )
+                            generated[index] = generated.get(index, "") + content
+                        usage = chunk.get("usage")
+                        if usage:
+                            self._usage = usage
+                            if include_usage:
+                                cost = await self._cost_with_usage(opened, usage)
+                                chunk["usage"] = {**usage, "cost": cost.usd_str()}
+                        if "usage" in chunk and not include_usage:
+                            if not chunk.get("choices"):
+                                continue
+                            del chunk["usage"]
+                        out.append(chunk)
+                    if out:
+                        yield out
             except GatewayError as exc:
                 health.finish(opened.ticket, exc)
                 self._current = None
@@ -695,10 +711,11 @@ class ChunkStream:
                 except GatewayError:
                     self._account_later(exc)
                     raise
+                generated = self._generated  # _continuation set the broken attempt's aside
                 echo = EchoedPrefix(text)
                 continue
             finally:
-                self._info.malformed_events += opened.stream.malformed_events
+                info.malformed_events += opened.stream.malformed_events
             health.finish(opened.ticket, latency=opened.first_output_seconds)
             self._current = None
             usage = self._usage or {}
@@ -837,12 +854,14 @@ def _cancelled() -> ClientDisconnectedError:
     )
 
 
-async def _prelude_then_rest(opened: OpenedStream) -> AsyncGenerator[JSON, None]:
-    for chunk in opened.prelude:
-        yield chunk
+async def _prelude_then_rest(opened: OpenedStream) -> AsyncGenerator[list[JSON], None]:
+    # The prelude and the rest of its read go together: they are all here already.
+    first = opened.prelude + opened.stream.take_held()
     opened.prelude = []
-    async for chunk in opened.stream:
-        yield chunk
+    if first:
+        yield first
+    async for batch in opened.stream.batches():
+        yield batch
 
 
 class EchoedPrefix:

@@ -22,8 +22,6 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from gateway.readiness import Readiness
 from gateway.reload import ConfigReloader, ReloadResult
 
@@ -112,27 +110,3 @@ def supervisor_pid() -> int | None:
     if value.isdigit() and int(value) == os.getppid():
         return int(value)
     return None
-
-
-class CloseWhenDraining:
-    """ASGI middleware: once draining has begun, every response asks its client to close the
-    connection (``Connection: close``), so keep-alive connections end cleanly after an answer
-    instead of being cut when the listener closes — where a request already on its way
-    would fail without a response."""
-
-    def __init__(self, app: ASGIApp, readiness: Readiness) -> None:
-        self.app = app
-        self.readiness = readiness
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.readiness.draining or scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_closing(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", ()), (b"connection", b"close")]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_closing)

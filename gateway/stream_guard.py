@@ -41,7 +41,11 @@ def has_output(chunk: JSON) -> bool:
 
 
 class UpstreamStream:
-    """Canonical chunks of one upstream streaming answer, with integrity checks."""
+    """Canonical chunks of one upstream streaming answer, with integrity checks.
+
+    Chunks come in batches, one per network read: a burst of events that arrived together
+    goes on together (and reaches the caller in one write) instead of one event at a time.
+    """
 
     def __init__(
         self,
@@ -58,27 +62,50 @@ class UpstreamStream:
         self.usage: JSON | None = None
         self._open_choices: set[int] = set()
         self._finished_choices: set[int] = set()
-        self._chunks: AsyncGenerator[JSON, None] = self._read()
+        self._reads: AsyncGenerator[list[JSON], None] = self._read()
+        self._held: list[JSON] = []  # read, not handed out yet (after until_output)
 
     def __aiter__(self) -> AsyncIterator[JSON]:
-        return self._chunks
+        return self._each()
+
+    async def _each(self) -> AsyncGenerator[JSON, None]:
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk
+
+    async def batches(self) -> AsyncGenerator[list[JSON], None]:
+        """The chunks not handed out yet, a list per upstream read (never an empty one)."""
+        held = self.take_held()
+        if held:
+            yield held
+        async for batch in self._reads:
+            yield batch
+
+    def take_held(self) -> list[JSON]:
+        """The chunks ``until_output`` read past the first output (already here)."""
+        held, self._held = self._held, []
+        return held
 
     async def until_output(self) -> list[JSON]:
-        """Chunks up to and including the first that carries output (or all, if none does)."""
+        """Chunks up to and including the first that carries output (or all, if none does);
+        the rest of that read is kept for ``batches``."""
         prelude: list[JSON] = []
-        async for chunk in self._chunks:
-            prelude.append(chunk)
-            if has_output(chunk):
-                break
+        async for batch in self._reads:
+            for i, chunk in enumerate(batch):
+                prelude.append(chunk)
+                if has_output(chunk):
+                    self._held = batch[i + 1 :]
+                    return prelude
         return prelude
 
     @property
     def complete_without_marker(self) -> bool:
         return bool(self._open_choices) and self._open_choices <= self._finished_choices
 
-    async def _read(self) -> AsyncGenerator[JSON, None]:
+    async def _read(self) -> AsyncGenerator[list[JSON], None]:
         dep = self.deployment
         decoder = SSEDecoder()
+        batch: list[JSON] = []
         try:
             async for raw in self.response.iter_bytes():
                 if time.monotonic() > self.deadline:
@@ -90,13 +117,17 @@ class UpstreamStream:
                         retryable=False,
                     )
                 for event in decoder.feed(raw):
-                    for chunk in self._translate(event):
-                        yield chunk
+                    batch += self._translate(event)
+                if batch:
+                    yield batch
+                    batch = []
                 if self.translator.finished:
                     return
             for event in decoder.close():
-                for chunk in self._translate(event):
-                    yield chunk
+                batch += self._translate(event)
+            if batch:
+                yield batch
+                batch = []
             if self.translator.finished or self.complete_without_marker:
                 return
             raise StreamInterruptedError(
@@ -113,6 +144,9 @@ class UpstreamStream:
             ) from exc
         except GatewayError as exc:
             exc.attribute(dep.provider_name, dep.id)
+            if batch:  # what the same read carried before the error (e.g. an error event)
+                pending, batch = batch, []
+                yield pending
             raise
         finally:
             await self.response.close()
@@ -137,5 +171,5 @@ class UpstreamStream:
     async def aclose(self) -> None:
         # If another task is inside the generator, closing the response ends it there.
         with contextlib.suppress(RuntimeError):
-            await self._chunks.aclose()
+            await self._reads.aclose()
         await self.response.close()

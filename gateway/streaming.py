@@ -37,8 +37,17 @@ class SSEDecoder:
         lines = buf.split(b"\n")
         self._buf = lines.pop()
         events: list[SSEEvent] = []
+        data = self._data
         for line in lines:
-            self._line(line, events)
+            # The two lines nearly every event is made of, handled inline; the rest by _line.
+            if line[:6] == b"data: " and line[-1:] != b"\r":
+                data.append(line[6:])
+            elif not line and data and self._event is None:
+                events.append(SSEEvent(None, data[0] if len(data) == 1 else b"\n".join(data)))
+                data.clear()
+            else:
+                self._line(line, events)
+                data = self._data
         return events
 
     def close(self) -> list[SSEEvent]:

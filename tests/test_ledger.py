@@ -8,6 +8,8 @@ import csv
 import io
 import logging
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -43,6 +45,7 @@ from gateway.ledger import (
     upgrade,
     write_batch,
 )
+from gateway.ledger.migrate import HEAD
 from gateway.ledger.reports import MAX_PAGE, plan_range
 from gateway.ledger.schema import ROLLUPS, metadata, spend_daily
 from gateway.ledger.schema import spend_records as records_table
@@ -256,6 +259,28 @@ async def test_upgrade_files_records_written_before_surfaces_under_openai(db_url
     finally:
         await engine.dispose()
     assert got == {"req-000000": "openai", "req-000001": "openai", "new-000000": "mistral"}
+
+
+def test_head_known_without_alembic_is_the_newest_shipped_migration():
+    assert head_revision() == HEAD
+
+
+def test_starting_on_a_database_at_head_does_not_load_alembic(tmp_path):
+    # Alembic and Mako are ~11 MiB a worker; they load only when there is a migration to run.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
+    code = (
+        "import asyncio, sys\n"
+        "from gateway.ledger import upgrade\n"
+        f"asyncio.run(upgrade({url!r}))\n"
+        "print('alembic' in sys.modules)\n"
+    )
+
+    def alembic_loaded() -> str:
+        run = [sys.executable, "-c", code]
+        return subprocess.run(run, capture_output=True, text=True, check=True).stdout.strip()
+
+    assert alembic_loaded() == "True"  # an empty database: the migrations run
+    assert alembic_loaded() == "False"  # at head: nothing to run, nothing loaded
 
 
 # -- writing -------------------------------------------------------------------------------

@@ -122,26 +122,28 @@ def compute_cost(
     reasoning = min(
         _count(_detail(usage, "completion_tokens_details", "reasoning_tokens")), completion
     )
-    parts = {
-        "input": _part(prompt - cached, price.input),
-        "cached_input": _part(cached, price.cached_input_rate),
-        "output": _part(completion - reasoning, price.output),
-        "reasoning": _part(reasoning, price.reasoning_rate),
-    }
-    missing = [kind for kind, amount in parts.items() if amount is None]
-    if missing:
+    # Rates are looked up only for kinds of token the call used (most use no cached or
+    # reasoning tokens): no tokens cost nothing even without a rate.
+    uncached = _part(prompt - cached, price.input)
+    cached_part = _part(cached, price.cached_input_rate) if cached else _ZERO
+    output = _part(completion - reasoning, price.output)
+    reasoning_part = _part(reasoning, price.reasoning_rate) if reasoning else _ZERO
+    if uncached is None or cached_part is None or output is None or reasoning_part is None:
+        parts = {
+            "input": uncached,
+            "cached_input": cached_part,
+            "output": output,
+            "reasoning": reasoning_part,
+        }
+        missing = [kind for kind, amount in parts.items() if amount is None]
         return unknown_cost(
             f"{price.family} model {price.model!r} has no {' or '.join(missing)} price",
             estimated=estimated,
             price=price,
         )
-    amounts = [amount or _ZERO for amount in parts.values()]
-    total = _ZERO
-    for amount in amounts:
-        total = _EXACT.add(total, amount)
-    uncached, cached_part, output, reasoning_part = amounts
+    add = _EXACT.add
     return Cost(
-        total=total,
+        total=add(add(add(uncached, cached_part), output), reasoning_part),
         input=uncached,
         cached_input=cached_part,
         output=output,

@@ -8,6 +8,7 @@ anything, with no ``await`` in between, so it is atomic on the event loop.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from decimal import Decimal
 from gateway.limits.base import (
     WINDOW,
     Admission,
+    Period,
     ScopeLimits,
     budget_error,
     budget_period,
@@ -70,6 +72,16 @@ class MemoryLimits:
         self._parallel: dict[str, set[str]] = {}
         self._spent: dict[tuple[str, str], int] = {}
         self._reserved: dict[tuple[str, str], dict[str, int]] = {}
+        self._period_ids: dict[Period, tuple[float, str]] = {}  # period → (valid until, id)
+
+    def _period_id(self, period: Period, now: float) -> str:
+        """The current budget period's id, computed again only once that period is over."""
+        known = self._period_ids.get(period)
+        if known is not None and now < known[0]:
+            return known[1]
+        ident, resets = budget_period(period, datetime.fromtimestamp(now, UTC))
+        self._period_ids[period] = (math.inf if resets is None else resets.timestamp(), ident)
+        return ident
 
     async def _ensure_seeded(self, scope: str, period: str) -> None:
         if (scope, period) not in self._spent:
@@ -79,14 +91,15 @@ class MemoryLimits:
     async def admit(
         self, request_id: str, scopes: tuple[ScopeLimits, ...], *, tokens: int, cost: Decimal
     ) -> Admission:
-        now_dt = datetime.now(UTC)
+        wall = time.time()
         periods = {
-            s.scope: budget_period(s.budget_period, now_dt)[0]
+            s.scope: self._period_id(s.budget_period, wall)
             for s in scopes
             if s.budget_usd is not None
         }
         for scope, period in periods.items():
-            await self._ensure_seeded(scope, period)
+            if (scope, period) not in self._spent:
+                await self._ensure_seeded(scope, period)
         now = self.clock()
         ask = to_units(cost)
         headers: dict[str, str] = {}
@@ -118,7 +131,7 @@ class MemoryLimits:
                 spent = self._spent[key]
                 reserved = sum(self._reserved.get(key, {}).values())
                 if spent + reserved + ask > to_units(s.budget_usd):
-                    raise budget_error(s, spent, reserved, ask, now_dt)
+                    raise budget_error(s, spent, reserved, ask, datetime.fromtimestamp(wall, UTC))
         window = int(now // WINDOW)
         for s in scopes:
             self._requests[s.scope].add(now, 1)

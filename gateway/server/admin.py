@@ -10,6 +10,7 @@ string, times are ISO 8601.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -18,7 +19,6 @@ from typing import Annotated, Any, Literal, TypeVar
 import orjson
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.responses import Response
 
@@ -232,7 +232,7 @@ class AdminRoutes(KeyAdmin):
                         code="conflict",
                     )
                 )
-            except (SQLAlchemyError, RedisError, OSError) as exc:
+            except _store_errors() as exc:
                 log.warning("admin: the key store failed: %s", describe(exc))
                 return error_response(
                     GatewayError(
@@ -373,3 +373,11 @@ def _unavailable(message: str, code: str) -> GatewayError:
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type=JSON_TYPE)
+
+
+def _store_errors() -> tuple[type[Exception], ...]:
+    """What a failing key store raises. Redis's errors count only once the redis client is
+    loaded (it is imported only with Redis configured); without it, none can occur."""
+    module = sys.modules.get("redis.exceptions")
+    redis_errors = (module.RedisError,) if module is not None else ()
+    return (SQLAlchemyError, OSError, *redis_errors)

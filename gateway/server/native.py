@@ -38,6 +38,7 @@ from gateway.server.app import (
     new_info,
     sse_body,
 )
+from gateway.server.asgi import GatewayApp
 from gateway.types import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -66,7 +67,10 @@ def add_native_routes(app: FastAPI, engine: Engine, gate: Gatekeeper) -> None:
     app.add_route("/openai/v1/embeddings", azure.embeddings, methods=["POST"])
     for prefix in ("/v1", ""):
         app.add_route(f"{prefix}/fim/completions", mistral.fim, methods=["POST"])
-    # Ahead of the OpenAI routes of the same paths, which every other client reaches.
+    # Ahead of the OpenAI routes of the same paths, which every other client reaches (also
+    # when the app serves those paths without its router).
+    if isinstance(app, GatewayApp):
+        app.routed_requests.append(lambda scope: client_is(scope, MISTRAL_CLIENTS))
     app.router.routes[0:0] = [
         ClientRoute(f"{prefix}/{path}", endpoint, agents=MISTRAL_CLIENTS)
         for prefix in ("/v1", "")
@@ -89,15 +93,18 @@ class ClientRoute(Route):
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         match, child = super().matches(scope)
-        if match is not Match.FULL:
+        if match is not Match.FULL or not client_is(scope, self.agents):
             return Match.NONE, {}
-        for name, value in scope["headers"]:
-            if name == b"user-agent":
-                agent = value.lower()
-                if any(a in agent for a in self.agents):
-                    return match, child
-                return Match.NONE, {}
-        return Match.NONE, {}
+        return match, child
+
+
+def client_is(scope: Scope, agents: tuple[bytes, ...]) -> bool:
+    """Whether the request's User-Agent contains one of ``agents``."""
+    for name, value in scope["headers"]:
+        if name == b"user-agent":
+            agent = value.lower()
+            return any(a in agent for a in agents)
+    return False
 
 
 async def completion_response(
