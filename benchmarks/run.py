@@ -421,9 +421,6 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print()
     print(pipeline)
-    if args.chart:
-        chart(rows, args.chart)
-        print(f"\nchart: {args.chart} ({args.chart.stat().st_size / 1024:.0f} KiB)")
     for name, why in bench.skipped.items():
         print(f"\nskipped {name}: {why}")
     out = args.output or REPO / "benchmarks/results" / (
@@ -450,6 +447,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.write_text(json.dumps(result, indent=2))
     print(f"\nsaved {out} ({result['wall_seconds']}s)")
+    if args.chart:  # after saving: a run's numbers are never lost to the chart
+        try:
+            chart(rows, args.chart)
+        except ImportError as exc:
+            print(f"\nno chart: {exc} (pip install -e '.[bench]')")
+            return 1
+        print(f"\nchart: {args.chart} ({args.chart.stat().st_size / 1024:.0f} KiB)")
     return 0
 
 
