@@ -240,7 +240,7 @@ class LedgerConfig(_Strict):
         description="sqlite+aiosqlite:///PATH (default: ./llm-gateway.db) or "
         "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE",
     )
-    batch_size: int = Field(default=500, ge=1, le=10_000, description="Records per write.")
+    batch_size: int = Field(default=100, ge=1, le=10_000, description="Records per write.")
     flush_interval: float = Field(
         default=0.2, gt=0, le=60, description="Seconds a partial batch waits for more records."
     )

@@ -599,7 +599,7 @@ async def test_ledger_from_config_migrates_records_and_reports(db_url):
 def test_ledger_config_defaults_to_a_sqlite_file_in_the_working_directory():
     ledger = load_config({}).ledger
     assert ledger.enabled and ledger.url == "sqlite+aiosqlite:///./llm-gateway.db"
-    assert (ledger.batch_size, ledger.flush_interval, ledger.queue_size) == (500, 0.2, 10_000)
+    assert (ledger.batch_size, ledger.flush_interval, ledger.queue_size) == (100, 0.2, 10_000)
 
 
 def test_ledger_url_takes_plain_database_urls():

@@ -55,7 +55,7 @@ class LedgerWriter:
         self,
         engine: AsyncEngine,
         *,
-        batch_size: int = 500,
+        batch_size: int = 100,
         flush_interval: float = 0.2,
         queue_size: int = 10_000,
         overflow_size: int | None = None,
