@@ -89,6 +89,11 @@ class CallInfo:
         principal = self.principal
         return principal is not None and principal.tags.get("log_content") in (True, "true")
 
+    def tag_with(self, metadata: object) -> None:
+        """Add a request's ``metadata`` (when it is a mapping) to the ledger record's tags."""
+        if isinstance(metadata, dict):
+            self.tags.update({str(k): v for k, v in metadata.items()})
+
     def elapsed_seconds(self) -> float:
         return time.perf_counter() - self.started
 

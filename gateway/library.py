@@ -20,6 +20,7 @@ from gateway.admin_api import in_process, in_process_blocking
 from gateway.config import GatewayConfig, resolve_config
 from gateway.engine import CallInfo, ChunkStream, Engine
 from gateway.facts import GatewayFacts, facts_from_info
+from gateway.remote import request_body
 from gateway.transport import Transport
 from gateway.types import (
     ChatCompletion,
@@ -76,23 +77,13 @@ def _call(
     """The request body and a new call's facts, with the gateway's per-request options placed
     where the HTTP proxy puts them: ``regions`` narrows routing, ``metadata`` tags the ledger
     record, ``timeout`` is the whole call's deadline in seconds."""
-    extra = params.pop("extra_body", None) or {}
-    body = {**body, **params}
-    if fallbacks is not None:
-        body["fallbacks"] = list(fallbacks)
-    if metadata is not None:
-        body["metadata"] = dict(metadata)
-    if user is not None:
-        body["user"] = user
-    if timeout is not None:
-        body["gateway_timeout"] = timeout
-    body.update(extra)
+    body = request_body(
+        body, params, fallbacks=fallbacks, metadata=metadata, user=user, gateway_timeout=timeout
+    )
     info = CallInfo(request_id=uuid.uuid4().hex, surface="library")
     if regions is not None:
         info.regions = frozenset(regions)
-    tags = body.get("metadata")
-    if isinstance(tags, dict):
-        info.tags.update({str(k): v for k, v in tags.items()})
+    info.tag_with(body.get("metadata"))
     return body, info
 
 

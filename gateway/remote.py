@@ -91,6 +91,31 @@ class Call:
     root: bool = False  # the path is under the server's root (``/admin/…``), not ``/v1``
 
 
+def request_body(
+    body: JSON,
+    params: dict[str, Any],
+    *,
+    fallbacks: list[str] | None,
+    metadata: dict[str, Any] | None,
+    user: str | None,
+    **gateway_fields: Any,
+) -> JSON:
+    """``body`` with the caller's OpenAI parameters and the gateway's options that travel in
+    the body (``fallbacks``, ``metadata``, ``user``, and any ``gateway_fields`` not None);
+    ``extra_body`` is merged last, as the OpenAI SDK does."""
+    extra_body = params.pop("extra_body", None) or {}
+    body = {**body, **params}
+    if fallbacks is not None:
+        body["fallbacks"] = list(fallbacks)
+    if metadata is not None:
+        body["metadata"] = dict(metadata)
+    if user is not None:
+        body["user"] = user
+    body.update({k: v for k, v in gateway_fields.items() if v is not None})
+    body.update(extra_body)
+    return body
+
+
 def model_call(
     path: str,
     body: JSON,
@@ -104,16 +129,8 @@ def model_call(
     """A chat or embeddings request with the gateway's options: ``fallbacks``, ``metadata``
     and ``user`` travel in the body, ``regions`` as ``x-gateway-regions``. ``extra_body``
     and ``extra_headers`` are merged as the OpenAI SDK does."""
-    extra_body = params.pop("extra_body", None) or {}
     headers = {str(k).lower(): str(v) for k, v in (params.pop("extra_headers", None) or {}).items()}
-    body = {**body, **params}
-    if fallbacks is not None:
-        body["fallbacks"] = list(fallbacks)
-    if metadata is not None:
-        body["metadata"] = dict(metadata)
-    if user is not None:
-        body["user"] = user
-    body.update(extra_body)
+    body = request_body(body, params, fallbacks=fallbacks, metadata=metadata, user=user)
     if regions is not None:
         headers["x-gateway-regions"] = ",".join(regions)
     stream = bool(body.get("stream"))

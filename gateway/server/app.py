@@ -144,9 +144,7 @@ def apply_gateway_headers(
     """Per-request options sent as headers (for clients that cannot add body fields):
     ``x-gateway-fallbacks: m1,m2`` (or ``none``) and ``x-gateway-timeout: <seconds>``.
     Values in the body win."""
-    metadata = (body.model_extra or {}).get("metadata")
-    if isinstance(metadata, dict):
-        info.tags.update({str(k): v for k, v in metadata.items()})
+    info.tag_with((body.model_extra or {}).get("metadata"))
     fallbacks = request.headers.get("x-gateway-fallbacks")
     if fallbacks is not None and body.fallbacks is None:
         names = [n.strip() for n in fallbacks.split(",") if n.strip()]
