@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import event, text
@@ -20,6 +21,7 @@ _DRIVERS = {
 # Execution option that makes a SQLite transaction take the write lock at BEGIN.
 SQLITE_IMMEDIATE = "ledger_sqlite_immediate"
 MIGRATION_LOCK = 0x6C6564676572  # PostgreSQL advisory lock id ("ledger")
+WAL_RETRY_WAITS = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)  # seconds, ~3 s in all
 
 
 def ledger_url(url: str) -> URL:
@@ -57,10 +59,28 @@ def _sqlite_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+def _wal(cursor: Any) -> None:
+    """Put the database in WAL mode (once per file; later connections find it so). Switching
+    needs the file to itself, and SQLite answers "database is locked" at once, without its busy
+    wait, while another process opens it: replicas starting together on a new file take turns."""
+    cursor.execute("PRAGMA journal_mode")
+    if str(cursor.fetchone()[0]).lower() == "wal":
+        return
+    for wait in WAL_RETRY_WAITS:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError
+            if "locked" not in str(exc):
+                raise
+            time.sleep(wait)  # start-up only: a new database, another process switching it
+    cursor.execute("PRAGMA journal_mode=WAL")
 
 
 def _sqlite_begin(connection: Connection) -> None:
