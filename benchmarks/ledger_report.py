@@ -33,18 +33,20 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.ledger import (
-    LedgerWriter,
-    SpendRecord,
-    create_ledger_engine,
-    rebuild_daily,
+from gateway.ledger.db import create_ledger_engine
+from gateway.ledger.migrate import upgrade
+from gateway.ledger.records import SpendRecord
+from gateway.ledger.reports import (
+    GROUP_COLUMNS,
+    GroupBy,
+    encode_cursor,
     spend_records,
     spend_report,
-    upgrade,
 )
-from gateway.ledger.reports import GROUP_COLUMNS, GroupBy, encode_cursor
 from gateway.ledger.schema import spend_daily, spend_daily_users
 from gateway.ledger.schema import spend_records as records_table
+from gateway.ledger.store import rebuild_daily
+from gateway.ledger.writer import LedgerWriter
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 MODELS = {

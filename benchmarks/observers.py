@@ -1,6 +1,6 @@
 """CPU time each observer of finished calls adds to a request: ``python -m benchmarks.observers``.
 
-Feeds N realistic ``CallInfo``s (usage, cost, one attempt, a key and a team, a few label
+Feeds N realistic ``Call``s (usage, cost, one attempt, a key and a team, a few label
 combinations) to the metrics observer (single-process, then in a child process with
 ``PROMETHEUS_MULTIPROC_DIR`` set), the access log (JSON to /dev/null, and switched off by
 level), and the tracing observer (spans built and handed to a batch processor whose exporter
@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 
+from gateway.call import Call
 from gateway.config import load_config
 from gateway.costs import Cost
-from gateway.engine import CallInfo, Engine
+from gateway.engine import Engine
 from gateway.errors import GatewayError
 from gateway.resilience import AttemptRecord
 
@@ -33,18 +34,17 @@ CONFIG = {
         for name in ("mock-echo", "mock-chat")
     },
 }
-Observer = Callable[[CallInfo, GatewayError | None], None]
+Observer = Callable[[Call, GatewayError | None], None]
 
 
-def calls(n: int) -> list[CallInfo]:
+def calls(n: int) -> list[Call]:
     out = []
     for i in range(n):
         model = ("mock-echo", "mock-chat")[i % 2]
-        info = CallInfo(request_id=f"{i:032x}", started=time.perf_counter() - 0.25)
+        info = Call(request_id=f"{i:032x}", started=time.perf_counter() - 0.25)
         info.model = info.upstream_model = model
-        info.provider, info.deployment = "mock", f"mock/{model}"
-        info.attempts = 1
-        info.upstream_seconds = 0.249
+        info.tries.provider, info.tries.deployment = "mock", f"mock/{model}"
+        info.tries.upstream_seconds = 0.249
         info.key_id, info.team = f"key-{i % 4}", "team-a"
         info.usage = {"prompt_tokens": 120, "completion_tokens": 40, "total_tokens": 160}
         info.cost = Cost(total=Decimal("0.0007"))
@@ -56,7 +56,7 @@ def calls(n: int) -> list[CallInfo]:
 
 def per_call_us(
     observer: Observer,
-    infos: Sequence[CallInfo],
+    infos: Sequence[Call],
     repeat: int = 3,
     clock: Callable[[], float] = time.process_time,
     settle: Callable[[], None] = lambda: None,

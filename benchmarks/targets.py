@@ -161,7 +161,8 @@ def gateway_config(
 async def _create_virtual_key(url: str) -> str:
     """Migrate the ledger DB at ``url`` and create a key whose limits never refuse a run."""
     from gateway.keys import KeyStore
-    from gateway.ledger import create_ledger_engine, upgrade
+    from gateway.ledger.db import create_ledger_engine
+    from gateway.ledger.migrate import upgrade
 
     await upgrade(url)
     engine = create_ledger_engine(url)

@@ -1,33 +1,51 @@
-"""llm-gateway: one OpenAI-compatible API over OpenAI, Azure OpenAI, Mistral and more."""
+"""llm-gateway: one OpenAI-compatible API over OpenAI, Azure OpenAI, Mistral and more.
 
-from gateway.client import AsyncGatewayClient, GatewayClient
-from gateway.config import GatewayConfig, load_config, load_config_file
-from gateway.engine import CallInfo, Engine
-from gateway.errors import (
-    AuthenticationError,
-    ConfigError,
-    ContentFilterError,
-    ContextLengthExceededError,
-    GatewayError,
-    InvalidRequestError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    RateLimitError,
-    StreamInterruptedError,
-    UpstreamConnectionError,
-    UpstreamError,
-    UpstreamTimeoutError,
-)
-from gateway.facts import GatewayFacts
-from gateway.library import AsyncGateway, Gateway
-from gateway.transport import AiohttpTransport, HttpxTransport, Transport
+The public names load on first use (PEP 562): ``from gateway import GatewayClient`` imports
+the remote client and what it needs, never the engine, the ledger's database or the upstream
+HTTP client.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.lazy import lazy_names
+
+if TYPE_CHECKING:
+    from gateway.call import Call, CallInfo
+    from gateway.config import GatewayConfig, load_config, load_config_file
+    from gateway.engine import Engine
+    from gateway.errors import (
+        AuthenticationError,
+        BudgetExceededError,
+        ConfigError,
+        ContentFilterError,
+        ContextLengthExceededError,
+        GatewayError,
+        InvalidRequestError,
+        NotFoundError,
+        PayloadTooLargeError,
+        PermissionDeniedError,
+        RateLimitError,
+        RequestTimeoutError,
+        StreamInterruptedError,
+        UpstreamConnectionError,
+        UpstreamError,
+        UpstreamTimeoutError,
+    )
+    from gateway.facts import GatewayFacts
+    from gateway.sdk.local import AsyncGateway, Gateway
+    from gateway.sdk.remote import AsyncGatewayClient, GatewayClient
+    from gateway.transport import AiohttpTransport, HttpxTransport
+    from gateway.wire import Transport
 
 __all__ = [
     "AiohttpTransport",
     "AsyncGateway",
     "AsyncGatewayClient",
     "AuthenticationError",
+    "BudgetExceededError",
+    "Call",
     "CallInfo",
     "ConfigError",
     "ContentFilterError",
@@ -44,6 +62,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RequestTimeoutError",
     "StreamInterruptedError",
     "Transport",
     "UpstreamConnectionError",
@@ -52,3 +71,17 @@ __all__ = [
     "load_config",
     "load_config_file",
 ]
+_MODULES = {
+    "gateway.call": ("Call", "CallInfo"),
+    "gateway.config": ("GatewayConfig", "load_config", "load_config_file"),
+    "gateway.engine": ("Engine",),
+    "gateway.errors": tuple(n for n in __all__ if n.endswith("Error")),
+    "gateway.facts": ("GatewayFacts",),
+    "gateway.sdk.local": ("AsyncGateway", "Gateway"),
+    "gateway.sdk.remote": ("AsyncGatewayClient", "GatewayClient"),
+    "gateway.transport": ("AiohttpTransport", "HttpxTransport"),
+    "gateway.wire": ("Transport",),
+}
+__getattr__, __dir__ = lazy_names(
+    __name__, {name: module for module, names in _MODULES.items() for name in names}
+)

@@ -8,23 +8,22 @@ ended without usage, runs off the event loop; the ledger write is a queue append
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
 
+from gateway.call import Call
 from gateway.config import GatewayConfig
 from gateway.costs import Cost, PriceBook, compute_cost, estimate_usage_async, unknown_cost
 from gateway.costs.report import unpriced_deployments
 from gateway.errors import GatewayError
-from gateway.ledger import Ledger, SpendRecord, token_counts
-
-if TYPE_CHECKING:
-    from gateway.engine import CallInfo
-    from providers.base import Deployment
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.records import SpendRecord, token_counts
+from gateway.types import CompletionRequest
+from gateway.wire import JSON
+from providers.base import Deployment
 
 log = logging.getLogger("gateway.accounting")
-JSON = dict[str, Any]
 
 
 class Accountant:
@@ -64,7 +63,7 @@ class Accountant:
             return await estimate_usage_async(
                 messages,
                 list(generated),
-                dep.provider.type_name,
+                dep.provider.tokenizer,
                 upstream_model or dep.base_model or dep.model,
                 tools=tools,
             )
@@ -72,7 +71,46 @@ class Accountant:
             log.exception("could not estimate usage with the %s tokenizer", dep.provider_name)
             return None
 
-    def record(self, info: CallInfo, error: GatewayError | None = None) -> None:
+    def list_price(self, dep: Deployment) -> Decimal | None:
+        """A deployment's price per 1M input + output tokens (for the ``cost`` strategy)."""
+        price = self.prices.price(dep)
+        if price is None or price.input is None or price.output is None:
+            return None
+        return price.input + price.output
+
+    def worst_case_cost(
+        self,
+        deployments: Iterable[Deployment],
+        request: CompletionRequest | None,
+        *,
+        default_max_output: int,
+        embedding_tokens: int = 0,
+    ) -> Decimal:
+        """The most a request can cost on any of ``deployments``: an upper bound of its prompt
+        plus its output cap (or the model's), at the dearest price. Budgets reserve this."""
+        worst = Decimal(0)
+        prompt = request.prompt_token_bound() if request is not None else 0
+        for dep in deployments:
+            price = self.prices.price(dep)
+            if price is None:
+                continue  # an unpriced model cannot be budgeted: its calls count as unknown
+            if request is None:
+                rate = price.embedding_rate or Decimal(0)
+                worst = max(worst, embedding_tokens * rate / 10**6)
+                continue
+            cap = (
+                request.max_completion_tokens
+                or request.max_tokens
+                or price.max_output_tokens
+                or default_max_output
+            )
+            out = cap * (request.n or 1)
+            rate_out = max(price.output or Decimal(0), price.reasoning_rate or Decimal(0))
+            cost = (prompt * (price.input or Decimal(0)) + out * rate_out) / 10**6
+            worst = max(worst, cost)
+        return worst
+
+    def record(self, info: Call, error: GatewayError | None = None) -> None:
         """Write the call's ledger record (never blocks, never raises)."""
         if self.ledger is None:
             return
@@ -82,7 +120,7 @@ class Accountant:
             log.exception("could not record request %s in the ledger", info.request_id)
 
 
-def spend_record(info: CallInfo, error: GatewayError | None) -> SpendRecord:
+def spend_record(info: Call, error: GatewayError | None) -> SpendRecord:
     """The ledger's view of one finished call."""
     finished = datetime.now(UTC)
     latency = info.elapsed_seconds()

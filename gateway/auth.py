@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.errors import AuthenticationError, PermissionDeniedError
-from gateway.keys import KeyStore, VirtualKey, hash_key
-from gateway.limits import ScopeLimits
+from gateway.keys.store import KeyStore, VirtualKey, hash_key
+from gateway.limits.base import ScopeLimits
 
 NEGATIVE_CACHE_SECONDS = 1.0  # unknown keys: short, so a key just created works at once
 
@@ -58,6 +58,24 @@ class Principal:
             param="model",
             code="model_not_allowed",
         )
+
+    def authorize(
+        self,
+        model: str,
+        fallbacks: list[str],
+        regions: frozenset[str] | None,
+        available: list[str],
+    ) -> tuple[list[str], frozenset[str] | None]:
+        """What this caller may route a request for ``model`` to: the fallbacks it may use
+        and the regions it may reach (``regions``: what the request asked, None for any);
+        403 if it may not use ``model`` at all. The one place that decides it."""
+        if self.is_master:
+            return fallbacks, regions
+        self.check_model(model, available)
+        allowed = [m for m in fallbacks if self.may_use(m)]
+        if self.regions is not None:
+            regions = self.regions if regions is None else regions & self.regions
+        return allowed, regions
 
 
 MASTER = Principal(key_id=None, name="master", admin=True)

@@ -6,7 +6,12 @@ and the HTTP status; those two things are the contract, so each error class fixe
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class GatewayError(Exception):
@@ -159,6 +164,32 @@ class ContextLengthExceededError(GatewayError):
         super().__init__(message, **kwargs)
 
 
+class BudgetExceededError(GatewayError):
+    """The key's or team's budget cannot cover this request (429, never retried)."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        headers = dict(kwargs.pop("headers", None) or {})
+        headers["x-should-retry"] = "false"
+        kwargs["retryable"] = False
+        super().__init__(message, headers=headers, **kwargs)
+
+
+class RequestTimeoutError(GatewayError):
+    """The request's whole time (``routing.timeouts.total`` or its own) ran out (504)."""
+
+    status = 504
+    type = "timeout_error"
+    code = "request_timeout"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        kwargs.setdefault("retryable", False)
+        super().__init__(message, **kwargs)
+
+
 class UpstreamError(GatewayError):
     """The provider answered with an error; status class is the provider's."""
 
@@ -203,3 +234,45 @@ class MalformedEventError(Exception):
 
 class ConfigError(Exception):
     """The configuration is invalid; the message lists each problem with its key path."""
+
+
+def retry_after_seconds(error: GatewayError) -> float | None:
+    """The wait an answer asked for: retry-after-ms, x-ms-retry-after-ms or Retry-After
+    (seconds or an HTTP date), in seconds; None when it asked for nothing usable."""
+    headers = error.headers
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        value = headers.get(name)
+        if value is not None:
+            try:
+                return max(0.0, float(value) / 1000.0)
+            except ValueError:
+                pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def validation_message(exc: ValidationError, what: str = "request body") -> tuple[str, str | None]:
+    """A message naming each invalid field (the first five), and the first field as ``param``."""
+    parts = []
+    first: str | None = None
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"])
+        first = first or loc
+        parts.append(f"'{loc}': {err['msg'].lower()}" if loc else err["msg"])
+    return f"invalid {what}: " + "; ".join(parts), first
+
+
+def invalid_request(exc: ValidationError, what: str = "request body") -> InvalidRequestError:
+    """The 400 for a body (or a set of arguments) its model refused, naming each field."""
+    message, param = validation_message(exc, what)
+    return InvalidRequestError(message, param=param)

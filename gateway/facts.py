@@ -1,18 +1,16 @@
 """``GatewayFacts``: what the gateway knows about one call, the same type whichever way it ran.
 
-In-process results build it from the engine's ``CallInfo``; results from a running gateway read
-it from the ``x-gateway-*`` answer headers (and, for a stream, from its usage chunk).
+In-process results take it from the engine's ``Call`` (``Call.facts``); results from a running
+gateway read it from the ``x-gateway-*`` answer headers (and, for a stream, from its usage
+chunk).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from gateway.engine import CallInfo
+from decimal import Context, Decimal, InvalidOperation
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,22 +33,6 @@ class GatewayFacts:
     dropped_params: tuple[str, ...] = ()
 
 
-def facts_from_info(info: CallInfo) -> GatewayFacts:
-    """The facts of an in-process call, as they stand now."""
-    cost = info.cost
-    return GatewayFacts(
-        request_id=info.request_id,
-        provider=info.provider,
-        deployment=info.deployment,
-        attempts=info.attempts,
-        fallback_used=info.fallback_used,
-        cost=cost.total if cost is not None else None,
-        usage_estimated=bool(cost is not None and cost.estimated),
-        overhead_ms=round(info.overhead_ms(), 2),
-        dropped_params=info.dropped_params,
-    )
-
-
 def facts_from_headers(headers: Mapping[str, str]) -> GatewayFacts:
     """The facts a running gateway sent with its answer (lower-case header names)."""
     return GatewayFacts(
@@ -66,6 +48,17 @@ def facts_from_headers(headers: Mapping[str, str]) -> GatewayFacts:
             p.strip() for p in headers.get("x-gateway-dropped-params", "").split(",") if p.strip()
         ),
     )
+
+
+# Wide enough that normalising a cost never rounds it (costs.compute sums with the same width).
+_WIDE = Context(prec=60)
+
+
+def usd_str(amount: Decimal) -> str:
+    """A Decimal as a plain string without exponent or trailing zeros: 1.2345E-4 → 0.00012345."""
+    if amount.is_zero():
+        return "0"
+    return format(amount.normalize(_WIDE), "f")
 
 
 def usd(value: object) -> Decimal | None:

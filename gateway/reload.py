@@ -1,12 +1,11 @@
 """Reloading the config file into a running Engine, without dropping a request.
 
-The new file is read, validated and turned into a complete Router and price book first; only
-then are the engine's ``config``, ``router`` and ``accountant`` replaced, one after the other
-with no ``await`` in between, so no request ever sees half of each. The Engine object stays
-the same (the app, the admin routes and the library hold it), and so does its HealthBoard:
-a deployment whose id is unchanged keeps its circuit, latency and quota counts. A request in
-flight keeps the Plan it started with — its deployments and providers — until it ends; its
-cost is computed when it ends, with the prices then in force.
+The new file is read, validated and turned into a complete ``Setup`` — Router, providers and
+price book — first; only then does ``Engine.swap`` put it in force, in one assignment, so no
+request ever sees half of each. The Engine object stays the same (the app, the admin routes
+and the library hold it), and so does its HealthBoard: a deployment whose id is unchanged
+keeps its circuit, latency and quota counts. A request in flight keeps the setup it started
+with — its Plan, providers and prices — until it ends.
 
 What a reload does not change — the sections in ``RESTART_ONLY``: the listening socket and
 worker count, the ledger database, Redis, where limits are counted and the master key — keeps
@@ -21,16 +20,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.accounting import Accountant
 from gateway.config import GatewayConfig, load_config_file
+from gateway.engine import Engine
 from gateway.errors import ConfigError
-from gateway.routing import Router
-
-if TYPE_CHECKING:
-    from gateway.engine import Engine
-    from providers.base import Provider
+from gateway.setup import Setup
+from providers.base import Provider
 
 log = logging.getLogger("gateway.reload")
 
@@ -100,7 +96,7 @@ class ReloadResult:
 
 
 class ConfigReloader:
-    """Re-reads one config file into one Engine (``reload``), or applies a given config."""
+    """Re-reads one config file into one Engine."""
 
     def __init__(self, engine: Engine, source: str | Path | None) -> None:
         self.engine = engine
@@ -128,46 +124,34 @@ class ConfigReloader:
                 return ReloadResult(applied=False, source=where, errors=config_errors(exc))
             return await self._apply(config, where)
 
-    async def apply(self, config: GatewayConfig, source: str | None = None) -> ReloadResult:
-        """Build everything ``config`` needs, then swap it in at once."""
-        async with self._lock:
-            return await self._apply(config, source)
-
     async def _apply(self, config: GatewayConfig, source: str | None) -> ReloadResult:
         engine = self.engine
         result = ReloadResult(applied=False, source=source)
         try:
-            effective, router, accountant = await asyncio.to_thread(self._build, config, result)
+            setup = await asyncio.to_thread(self._build, config, result)
         except Exception as exc:  # a provider adapter refusing its settings, say
             log.debug("building the reloaded config failed", exc_info=True)
             result.errors = [f"{type(exc).__name__}: {exc}"]
             return result
 
-        old_ids = _deployment_ids(engine.router)
-        new_ids = _deployment_ids(router)
-        result.models_added = sorted(set(router.deployments) - set(engine.router.deployments))
-        result.models_removed = sorted(set(engine.router.deployments) - set(router.deployments))
+        running = engine.setup
+        old_ids, new_ids = running.deployment_ids(), setup.deployment_ids()
+        result.models_added = sorted(
+            set(setup.router.deployments) - set(running.router.deployments)
+        )
+        result.models_removed = sorted(
+            set(running.router.deployments) - set(setup.router.deployments)
+        )
         result.deployments_added = sorted(new_ids - old_ids)
         result.deployments_removed = sorted(old_ids - new_ids)
-        self.retired.extend(engine.router.providers.values())
-
-        # The swap: plain assignments on the event loop, no await in between.
-        engine.config = effective
-        engine.router = router
-        engine.accountant = accountant
-        engine.health.circuit = effective.routing.circuit
-        engine.health.shared = engine.shared_circuits if effective.routing.circuit.enabled else None
-        engine.health.forget(old_ids - new_ids)
-        if engine.shared_circuits is not None:
-            engine.shared_circuits.track(new_ids)
+        self.retired.extend(running.router.providers.values())
+        engine.swap(setup)
         result.applied = True
         return result
 
-    def _build(
-        self, config: GatewayConfig, result: ReloadResult
-    ) -> tuple[GatewayConfig, Router, Accountant]:
-        """The config in force after the swap, its Router and Accountant (in a thread: they
-        only read the engine)."""
+    def _build(self, config: GatewayConfig, result: ReloadResult) -> Setup:
+        """The setup in force after the swap: ``config`` but for what needs a restart (in a
+        thread: it only reads the engine)."""
         engine = self.engine
         running = engine.config
         result.restart_required = [
@@ -176,8 +160,7 @@ class ConfigReloader:
         effective = config.model_copy(
             update={name: getattr(running, name) for name in RESTART_ONLY}
         )
-        router = Router(effective, health=engine.health, price_of=engine._list_price)
-        return effective, router, Accountant(effective, engine.ledger)
+        return Setup.build(effective, engine.health, engine.ledger)
 
     async def aclose(self) -> None:
         """Close what replaced providers held (only in-process ones hold anything)."""
@@ -192,7 +175,3 @@ def config_errors(exc: ConfigError) -> list[str]:
     lines = [line.strip() for line in str(exc).splitlines()]
     items = [line.removeprefix("- ") for line in lines if line.startswith("- ")]
     return items or [line for line in lines if line]
-
-
-def _deployment_ids(router: Router) -> set[str]:
-    return {d.id for deps in router.deployments.values() for d in deps}

@@ -1,71 +1,21 @@
 """The upstream HTTP seam: the only module that opens sockets to providers.
 
 Provider adapters are sans-I/O: they turn a canonical request into an ``UpstreamRequest`` and
-parse bytes back. Everything about the network — pooling, keep-alive, timeouts, which HTTP
-library — lives behind ``Transport.send``, so it can be measured and swapped in one place
-(aiohttp by default, for throughput; httpx for callers who bring their own ``AsyncClient``).
+parse bytes back (the shapes are in ``gateway.wire``). Everything about the network — pooling,
+keep-alive, timeouts, which HTTP library — lives behind ``Transport.send``, so it can be
+measured and swapped in one place (aiohttp by default, for throughput; httpx for callers who
+bring their own ``AsyncClient``).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import aiohttp
 import httpx
 
 from gateway.errors import UpstreamConnectionError, UpstreamTimeoutError
-
-
-@dataclass(slots=True)
-class UpstreamRequest:
-    """One HTTP request to a provider, fully built by an adapter."""
-
-    method: str
-    url: str
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes | None = None
-    # Request fields the adapter removed because the provider would reject them; the engine
-    # reports them to the caller in the x-gateway-dropped-params header.
-    dropped_params: tuple[str, ...] = ()
-
-
-@dataclass(slots=True, frozen=True)
-class Timeouts:
-    """Seconds allowed to connect, and to wait for any next byte (first byte included)."""
-
-    connect: float = 10.0
-    read: float = 120.0
-
-
-class UpstreamResponse(Protocol):
-    """A response whose body has not been read yet."""
-
-    status: int
-    headers: Mapping[str, str]
-
-    async def read(self) -> bytes:
-        """The whole body."""
-        ...
-
-    def iter_bytes(self) -> AsyncIterator[bytes]:
-        """Body bytes as they arrive; raises UpstreamTimeoutError when idle too long."""
-        ...
-
-    async def close(self) -> None:
-        """Release the connection (back to the pool when the body was consumed)."""
-        ...
-
-
-class Transport(Protocol):
-    """Sends an UpstreamRequest; raises UpstreamConnectionError / UpstreamTimeoutError."""
-
-    async def send(self, request: UpstreamRequest, timeouts: Timeouts) -> UpstreamResponse: ...
-
-    async def close(self) -> None: ...
-
+from gateway.wire import Timeouts, Transport, UpstreamRequest, UpstreamResponse
 
 # --- aiohttp ------------------------------------------------------------------------------
 
@@ -231,12 +181,11 @@ class HttpxTransport:
             await self._client.aclose()
 
 
-async def read_with_deadline(response: UpstreamResponse, seconds: float | None) -> bytes:
-    """Read a whole body, bounded by a total deadline as well as the idle timeout."""
-    if seconds is None:
-        return await response.read()
-    try:
-        async with asyncio.timeout(seconds):
-            return await response.read()
-    except TimeoutError as exc:
-        raise UpstreamTimeoutError(f"upstream body not complete within {seconds:g}s") from exc
+__all__ = [
+    "AiohttpTransport",
+    "HttpxTransport",
+    "Timeouts",
+    "Transport",
+    "UpstreamRequest",
+    "UpstreamResponse",
+]

@@ -8,16 +8,12 @@ Every model allows extra fields: providers add fields over time and the gateway 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from gateway.facts import GatewayFacts
-
-if TYPE_CHECKING:
-    from gateway.engine import CallInfo
-
-JSON = dict[str, Any]
+from gateway.wire import JSON
 
 # Fields a caller may put in the body for the gateway itself; never sent upstream.
 GATEWAY_FIELDS = frozenset({"fallbacks", "gateway_timeout"})
@@ -31,7 +27,6 @@ class _WithFacts(_Open):
     """A response that carries the gateway's facts about the call that produced it."""
 
     _facts: GatewayFacts = PrivateAttr(default_factory=GatewayFacts)
-    _gateway: CallInfo | None = PrivateAttr(default=None)
 
     @property
     def facts(self) -> GatewayFacts:
@@ -40,9 +35,9 @@ class _WithFacts(_Open):
         return self._facts
 
     @property
-    def gateway(self) -> CallInfo | None:
-        """In-process only: the engine's full record of the call (attempt log, usage)."""
-        return self._gateway
+    def gateway(self) -> object | None:
+        """In-process results only (``gateway.sdk.local``): the engine's record of the call."""
+        return None
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -207,6 +202,8 @@ CompletionRequest = ChatCompletionRequest | FimCompletionRequest
 
 class EmbeddingRequest(_Open):
     """POST /v1/embeddings body."""
+
+    operation: ClassVar[Literal["embeddings"]] = "embeddings"
 
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]

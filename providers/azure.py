@@ -25,10 +25,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from gateway.errors import ContentFilterError, GatewayError, InvalidRequestError, UpstreamError
-from gateway.streaming import SSEEvent
-from gateway.transport import UpstreamRequest
+from gateway.wire import JSON, SSEEvent, UpstreamRequest
 from providers.base import (
-    JSON,
     Capabilities,
     Deployment,
     Provider,
@@ -186,6 +184,9 @@ class AzureProvider(OpenAIProvider):
 
     type_name: ClassVar[str] = "azure"
     settings_model: ClassVar[type[ProviderSettings]] = AzureSettings
+    # A deployment's name is chosen by whoever created it; its model is the base_model.
+    deployment_names_model: ClassVar[bool] = False
+    telemetry_name: ClassVar[str | None] = "azure.ai.openai"
     # For current api-versions; __init__ narrows it for older ones.
     capabilities = Capabilities(
         chat=True,
@@ -252,7 +253,7 @@ class AzureProvider(OpenAIProvider):
         request.dropped_params = dropped
         return request
 
-    def chat_stream(self, deployment: Deployment) -> StreamTranslator:
+    def chat_stream(self, deployment: Deployment, request: UpstreamRequest) -> StreamTranslator:
         return AzureStreamTranslator(self, deployment)
 
     # -- errors ------------------------------------------------------------------------

@@ -10,11 +10,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Literal, Protocol
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from gateway.config.schema import DeploymentConfig, ProviderSettings, TimeoutSettings
 from gateway.errors import (
     ContentFilterError,
     ContextLengthExceededError,
@@ -22,14 +22,10 @@ from gateway.errors import (
     RateLimitError,
     UpstreamError,
 )
-from gateway.streaming import SSEEvent
-from gateway.transport import Timeouts, UpstreamRequest
+from gateway.wire import JSON, SSEEvent, Timeouts, Transport, UpstreamRequest
 
-if TYPE_CHECKING:
-    from gateway.config import DeploymentConfig
-    from gateway.transport import Transport
-
-JSON = dict[str, Any]
+# Which offline token table counts a provider's tokens when a model's name does not say.
+TokenizerFamily = Literal["openai", "mistral"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,28 +48,6 @@ class Capabilities:
     def lacks(self, needs: frozenset[str]) -> list[str]:
         """The needed features (capability field names) this provider does not have."""
         return [n for n in sorted(needs) if not getattr(self, n, False)]
-
-
-class TimeoutSettings(BaseModel):
-    """Seconds to connect and to wait for each next byte from this provider."""
-
-    model_config = ConfigDict(extra="forbid")
-    connect: float = Field(default=10.0, gt=0)
-    read: float = Field(default=120.0, gt=0)
-
-
-class ProviderSettings(BaseModel):
-    """Config common to every provider entry; adapters extend it with their own fields."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: str
-    api_key: SecretStr | None = None
-    base_url: str | None = None
-    region: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
-    drop_unsupported_params: bool = True
 
 
 @dataclass(slots=True)
@@ -107,8 +81,19 @@ class StreamTranslator(ABC):
         """Canonical chunks for one upstream event (often one, sometimes none or two)."""
 
 
+class EchoFilter(Protocol):
+    """Edits the chunks of a continued answer in place (see ``Provider.echo_filter``)."""
+
+    def strip(self, chunk: JSON) -> None: ...
+
+
 class Provider(ABC):
-    """One configured provider entry (e.g. ``azure-westeurope``) of some adapter type."""
+    """One configured provider entry (e.g. ``azure-westeurope``) of some adapter type.
+
+    Besides translating, an adapter answers what the rest of the gateway must know about its
+    provider — how it is billed, how its tokens are counted, what telemetry calls it, how it
+    continues an answer — so no other module tests a provider's type.
+    """
 
     type_name: ClassVar[str]
     settings_model: ClassVar[type[ProviderSettings]] = ProviderSettings
@@ -117,6 +102,15 @@ class Provider(ABC):
     capabilities: Capabilities = Capabilities()
     # Providers that answer in-process (mock) bring their own transport.
     transport: Transport | None = None
+    # Whether a deployment's configured name is its model's name. Azure's is not (it is the
+    # name its owner gave the deployment), so only its base_model or the model that answered
+    # can price it.
+    deployment_names_model: ClassVar[bool] = True
+    # The offline token table for models whose name does not say which (an OpenAI-compatible
+    # server may serve anything): OpenAI's, or Mistral's.
+    tokenizer: ClassVar[TokenizerFamily] = "openai"
+    # The OpenTelemetry GenAI name of the provider (gen_ai.provider.name); None: type_name.
+    telemetry_name: ClassVar[str | None] = None
 
     def __init__(self, name: str, settings: ProviderSettings) -> None:
         self.name = name
@@ -127,18 +121,40 @@ class Provider(ABC):
     def region(self) -> str | None:
         return self.settings.region
 
+    # -- what the stages ask of a provider ----------------------------------------------
+    @classmethod
+    def price_family(cls, settings: ProviderSettings) -> str:
+        """The price catalog family that bills calls to a provider with these settings."""
+        return cls.type_name
+
+    @classmethod
+    def price_families(cls) -> tuple[str, ...]:
+        """Every family ``price_family`` may answer (the ``prices:`` sections it can use)."""
+        return (cls.type_name,)
+
+    @classmethod
+    def genai_name(cls) -> str:
+        """The provider's name in OpenTelemetry's GenAI conventions."""
+        return cls.telemetry_name or cls.type_name
+
+    def echo_filter(self, prefix: str) -> EchoFilter | None:
+        """When a stream cut short is continued here from ``prefix`` (assistant prefill):
+        something that removes the prefix should this provider repeat it before the rest of
+        the answer; None for providers that never repeat it."""
+        return None
+
     # -- chat --------------------------------------------------------------------------
     @abstractmethod
     def chat_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
         """Build the upstream request. ``body`` is the caller's body (OpenAI shape), a copy."""
 
     @abstractmethod
-    def chat_response(self, body: bytes, deployment: Deployment) -> JSON:
-        """Parse a successful non-streaming answer into a chat.completion dict."""
+    def chat_response(self, body: bytes, deployment: Deployment, request: UpstreamRequest) -> JSON:
+        """Parse a successful non-streaming answer to ``request`` into a chat.completion dict."""
 
     @abstractmethod
-    def chat_stream(self, deployment: Deployment) -> StreamTranslator:
-        """A fresh translator for one streaming answer."""
+    def chat_stream(self, deployment: Deployment, request: UpstreamRequest) -> StreamTranslator:
+        """A fresh translator for the streaming answer to ``request``."""
 
     # -- fill-in-the-middle -------------------------------------------------------------
     def fim_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
@@ -298,3 +314,20 @@ def filtered_categories(body: bytes) -> str:
         else:
             reasons.append(category)
     return ", ".join(reasons) or "the provider did not say which category"
+
+
+__all__ = [
+    "Capabilities",
+    "Deployment",
+    "EchoFilter",
+    "Provider",
+    "ProviderSettings",
+    "StreamTranslator",
+    "TimeoutSettings",
+    "TokenizerFamily",
+    "describe_body",
+    "filtered_categories",
+    "openai_style_error",
+    "parse_json_object",
+    "retry_headers",
+]

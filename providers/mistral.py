@@ -29,15 +29,14 @@ from gateway.errors import (
     StreamInterruptedError,
     UpstreamError,
 )
-from gateway.streaming import SSEEvent
-from gateway.transport import UpstreamRequest
+from gateway.wire import JSON, SSEEvent, UpstreamRequest
 from providers.base import (
-    JSON,
     Capabilities,
     Deployment,
     Provider,
     ProviderSettings,
     StreamTranslator,
+    TokenizerFamily,
     describe_body,
     parse_json_object,
     retry_headers,
@@ -45,6 +44,7 @@ from providers.base import (
 
 LA_PLATEFORME_URL = "https://api.mistral.ai/v1"
 Platform = Literal["la_plateforme", "azure_serverless", "azure_foundry"]
+AZURE_AI_PLATFORMS = frozenset({"azure_serverless", "azure_foundry"})
 _EXAMPLE_URL: dict[str, str] = {
     "azure_serverless": "https://<name>.<region>.inference.ai.azure.com",
     "azure_foundry": "https://<resource>.services.ai.azure.com",
@@ -105,24 +105,26 @@ def mistral_tool_call_id(call_id: str) -> str:
 
 
 class ToolCallIds:
-    """Maps tool-call ids to Mistral's form, remembering (boundedly) the originals so that an
-    answer quoting one of them gets the caller's id back. The mapping itself is a pure function,
-    so this memory is a cache that concurrent requests can share."""
+    """One call's tool-call ids in Mistral's form, and the caller's originals, so that an
+    answer quoting one of them gets the caller's id back. It lives as long as its request
+    (``UpstreamRequest.context``): concurrent calls never share or evict each other's."""
 
-    def __init__(self, size: int = 4096) -> None:
-        self._size = size
+    def __init__(self) -> None:
         self._original: dict[str, str] = {}
 
     def outbound(self, call_id: str) -> str:
         mapped = mistral_tool_call_id(call_id)
         if mapped != call_id:
             self._original[mapped] = call_id
-            if len(self._original) > self._size:
-                self._original.pop(next(iter(self._original)), None)
         return mapped
 
     def inbound(self, call_id: str) -> str:
         return self._original.get(call_id, call_id)
+
+
+def _ids_of(request: UpstreamRequest) -> ToolCallIds:
+    context = request.context
+    return context if isinstance(context, ToolCallIds) else ToolCallIds()
 
 
 class MistralSettings(ProviderSettings):
@@ -196,10 +198,11 @@ class MistralStreamTranslator(StreamTranslator):
     """Mistral SSE → OpenAI chunks. Tool calls arrive whole and get OpenAI stream indexes;
     usage, which Mistral puts in its last content chunk, moves to a chunk of its own."""
 
-    def __init__(self, provider: MistralProvider, deployment: Deployment) -> None:
+    def __init__(self, provider: MistralProvider, deployment: Deployment, ids: ToolCallIds) -> None:
         super().__init__()
         self._provider = provider
         self._deployment = deployment
+        self._ids = ids
         self._created = int(time.time())
         self._calls_seen: dict[int, int] = {}  # choice index → tool calls streamed so far
 
@@ -236,7 +239,7 @@ class MistralStreamTranslator(StreamTranslator):
         if isinstance(delta, dict):
             index = int(choice.get("index") or 0)
             first = self._calls_seen.get(index, 0)
-            calls = self._provider.normalise_message(delta, first_call_index=first)
+            calls = self._provider.normalise_message(delta, self._ids, first_call_index=first)
             self._calls_seen[index] = first + calls
         reason = choice.get("finish_reason")
         if reason == "error":
@@ -255,6 +258,23 @@ class MistralProvider(Provider):
     capabilities = Capabilities(
         streamed_tool_call_deltas=False, logprobs=False, assistant_prefill=True, fim=True
     )
+    tokenizer: ClassVar[TokenizerFamily] = "mistral"
+    telemetry_name: ClassVar[str | None] = "mistral_ai"
+
+    @classmethod
+    def price_family(cls, settings: ProviderSettings) -> str:
+        """Mistral models bought through Azure AI are sold by Azure, at Azure's prices."""
+        if getattr(settings, "platform", None) in AZURE_AI_PLATFORMS:
+            return "azure-ai"
+        return "mistral"
+
+    @classmethod
+    def price_families(cls) -> tuple[str, ...]:
+        return ("mistral", "azure-ai")
+
+    def echo_filter(self, prefix: str) -> EchoedPrefix:
+        """Mistral's ``prefix: true`` answers start by repeating the prefix."""
+        return EchoedPrefix(prefix)
 
     def __init__(self, name: str, settings: ProviderSettings) -> None:
         super().__init__(name, settings)
@@ -262,7 +282,6 @@ class MistralProvider(Provider):
         self.platform: Platform = settings.platform
         self.api_version = settings.api_version
         self.root = self._root(settings.base_url or LA_PLATEFORME_URL)
-        self.tool_call_ids = ToolCallIds()
         if self.platform == "azure_foundry":  # Azure's inference API has no FIM route
             self.capabilities = replace(self.capabilities, fim=False)
         headers = {"content-type": "application/json"}
@@ -300,13 +319,14 @@ class MistralProvider(Provider):
     # -- requests ----------------------------------------------------------------------
     def chat_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
         dropped: list[str] = []
+        ids = ToolCallIds()
         out: JSON = {"model": deployment.model}
         for key, value in body.items():
             if key in _HANDLED or value is None:
                 continue
             target = CHAT_RENAMES.get(key, key)
             if _accepted(key, target, value, body, CHAT_FIELDS):
-                out[target] = self._chat_field(target, value, dropped, deployment)
+                out[target] = self._chat_field(target, value, dropped, deployment, ids)
             else:
                 _note(dropped, key, value)
         if stream:
@@ -318,6 +338,7 @@ class MistralProvider(Provider):
             self.stream_headers if stream else self.json_headers,
             orjson.dumps(out),
             dropped_params=tuple(dropped),
+            context=ids,
         )
 
     def fim_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
@@ -343,9 +364,13 @@ class MistralProvider(Provider):
             dropped_params=tuple(dropped),
         )
 
-    def _chat_field(self, key: str, value: Any, dropped: list[str], dep: Deployment) -> Any:
+    def _chat_field(
+        self, key: str, value: Any, dropped: list[str], dep: Deployment, ids: ToolCallIds
+    ) -> Any:
         if key == "messages" and isinstance(value, list):
-            return [self._message(m, dropped, dep) if isinstance(m, dict) else m for m in value]
+            return [
+                self._message(m, dropped, dep, ids) if isinstance(m, dict) else m for m in value
+            ]
         if key == "tools" and isinstance(value, list):
             return [_tool(t) if isinstance(t, dict) else t for t in value]
         if key == "tool_choice" and value == "required":
@@ -356,7 +381,9 @@ class MistralProvider(Provider):
                 value = {**value, "content": _text_and_reasoning(content)[0]}
         return value
 
-    def _message(self, message: JSON, dropped: list[str], deployment: Deployment) -> JSON:
+    def _message(
+        self, message: JSON, dropped: list[str], deployment: Deployment, ids: ToolCallIds
+    ) -> JSON:
         role = message.get("role")
         if role == "developer":
             role = "system"
@@ -378,25 +405,12 @@ class MistralProvider(Provider):
             if key not in allowed:
                 _note(dropped, f"messages.{key}", value)
             elif key == "tool_calls" and isinstance(value, list):
-                out[key] = [self._tool_call(c) for c in value if isinstance(c, dict)] or None
+                out[key] = [_tool_call(c, ids) for c in value if isinstance(c, dict)] or None
             elif key == "tool_call_id" and isinstance(value, str):
-                out[key] = self.tool_call_ids.outbound(value)
+                out[key] = ids.outbound(value)
             else:
                 out[key] = value
         return {k: v for k, v in out.items() if v is not None or k == "content"}
-
-    def _tool_call(self, call: JSON) -> JSON:
-        function = call.get("function") or {}
-        out: JSON = {
-            "type": "function",
-            "function": {
-                "name": function.get("name"),
-                "arguments": function.get("arguments") or "{}",
-            },
-        }
-        if isinstance(call.get("id"), str):
-            out["id"] = self.tool_call_ids.outbound(call["id"])
-        return out
 
     def _check_dropped(self, dropped: list[str], deployment: Deployment) -> None:
         if dropped and not self.settings.drop_unsupported_params:
@@ -413,8 +427,9 @@ class MistralProvider(Provider):
             )
 
     # -- answers -----------------------------------------------------------------------
-    def chat_response(self, body: bytes, deployment: Deployment) -> JSON:
+    def chat_response(self, body: bytes, deployment: Deployment, request: UpstreamRequest) -> JSON:
         data = parse_json_object(body, self, deployment)
+        ids = _ids_of(request)
         choices = data.get("choices")
         if not isinstance(choices, list):
             raise UpstreamError(
@@ -426,7 +441,7 @@ class MistralProvider(Provider):
             if not isinstance(choice, dict):
                 continue
             if isinstance(choice.get("message"), dict):
-                self.normalise_message(choice["message"], first_call_index=None)
+                self.normalise_message(choice["message"], ids, first_call_index=None)
             reason = choice.get("finish_reason")
             if reason == "error":
                 raise UpstreamError(
@@ -442,7 +457,9 @@ class MistralProvider(Provider):
             data["usage"] = openai_usage(data["usage"])
         return data
 
-    def normalise_message(self, message: JSON, *, first_call_index: int | None) -> int:
+    def normalise_message(
+        self, message: JSON, ids: ToolCallIds, *, first_call_index: int | None
+    ) -> int:
         """Make a Mistral message or delta OpenAI-shaped in place; returns its tool-call count.
 
         ``first_call_index`` is given for stream deltas, whose tool calls need an ``index``."""
@@ -465,7 +482,7 @@ class MistralProvider(Provider):
                 arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
             call_id = call.get("id")
             item: JSON = {
-                "id": self.tool_call_ids.inbound(call_id) if isinstance(call_id, str) else None,
+                "id": ids.inbound(call_id) if isinstance(call_id, str) else None,
                 "type": "function",
                 "function": {"name": function.get("name"), "arguments": arguments},
             }
@@ -475,8 +492,8 @@ class MistralProvider(Provider):
         message["tool_calls"] = out
         return len(out)
 
-    def chat_stream(self, deployment: Deployment) -> StreamTranslator:
-        return MistralStreamTranslator(self, deployment)
+    def chat_stream(self, deployment: Deployment, request: UpstreamRequest) -> StreamTranslator:
+        return MistralStreamTranslator(self, deployment, _ids_of(request))
 
     # -- embeddings --------------------------------------------------------------------
     def embeddings_request(self, body: JSON, deployment: Deployment) -> UpstreamRequest:
@@ -567,6 +584,20 @@ def _note(dropped: list[str], name: str, value: Any) -> None:
         dropped.append(name)
 
 
+def _tool_call(call: JSON, ids: ToolCallIds) -> JSON:
+    function = call.get("function") or {}
+    out: JSON = {
+        "type": "function",
+        "function": {
+            "name": function.get("name"),
+            "arguments": function.get("arguments") or "{}",
+        },
+    }
+    if isinstance(call.get("id"), str):
+        out["id"] = ids.outbound(call["id"])
+    return out
+
+
 def _tool(tool: JSON) -> JSON:
     function = tool.get("function")
     if tool.get("type", "function") != "function" or not isinstance(function, dict):
@@ -574,6 +605,39 @@ def _tool(tool: JSON) -> JSON:
     out = {k: v for k, v in function.items() if k in FUNCTION_FIELDS and v is not None}
     out.setdefault("parameters", {"type": "object", "properties": {}})  # required by Mistral
     return {"type": "function", "function": out}
+
+
+class EchoedPrefix:
+    """Removes the already-sent text when Mistral repeats it at the start of a continued answer
+    (its ``prefix: true`` answers begin with the prefix); passes other answers unchanged."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.seen = ""
+        self.done = False
+
+    def strip(self, chunk: JSON) -> None:
+        if self.done:
+            return
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
+            content = delta.get("content")
+            if not content and not choice.get("finish_reason"):
+                continue
+            self.seen += content or ""
+            still_echoing = self.prefix.startswith(self.seen) and len(self.seen) < len(self.prefix)
+            if still_echoing and not choice.get("finish_reason"):
+                delta["content"] = ""
+                continue
+            self.done = True
+            rest = (
+                self.seen[len(self.prefix) :]
+                if self.seen.startswith(self.prefix)
+                else ("" if self.prefix.startswith(self.seen) else self.seen)
+            )
+            delta["content"] = rest
 
 
 # --- error bodies -----------------------------------------------------------------------

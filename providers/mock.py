@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import Field
 
-from gateway.transport import Timeouts, UpstreamRequest, UpstreamResponse
-from providers.base import JSON, Capabilities, Deployment, Provider, ProviderSettings
+from gateway.wire import JSON, Timeouts, UpstreamRequest, UpstreamResponse
+from providers.base import Capabilities, Deployment, Provider, ProviderSettings
 from providers.openai import OpenAIProvider
 
 _WORDS = (

@@ -7,10 +7,8 @@ from typing import ClassVar
 import orjson
 
 from gateway.errors import MalformedEventError, StreamInterruptedError
-from gateway.streaming import SSEEvent
-from gateway.transport import UpstreamRequest
+from gateway.wire import JSON, SSEEvent, UpstreamRequest
 from providers.base import (
-    JSON,
     Capabilities,
     Deployment,
     Provider,
@@ -107,10 +105,10 @@ class OpenAIProvider(Provider):
             "POST", self.url(deployment, "chat/completions"), self.headers, orjson.dumps(body)
         )
 
-    def chat_response(self, body: bytes, deployment: Deployment) -> JSON:
+    def chat_response(self, body: bytes, deployment: Deployment, request: UpstreamRequest) -> JSON:
         return parse_json_object(body, self, deployment)
 
-    def chat_stream(self, deployment: Deployment) -> StreamTranslator:
+    def chat_stream(self, deployment: Deployment, request: UpstreamRequest) -> StreamTranslator:
         return OpenAIStreamTranslator(self, deployment)
 
     def embeddings_request(self, body: JSON, deployment: Deployment) -> UpstreamRequest:

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 
 from gateway.config import LedgerConfig
-from gateway.ledger import Ledger, SpendRecord
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.records import SpendRecord
 from tests.conftest import SINGLE_ATTEMPT
 from tests.emulators.openai_api import API_KEY
 

@@ -15,7 +15,8 @@ from decimal import Decimal
 
 import asyncpg  # type: ignore[import-untyped]
 
-from gateway.ledger import SpendRecord, SpendRow
+from gateway.ledger.records import SpendRecord
+from gateway.ledger.reports import SpendRow
 
 POSTGRES_ADMIN_DSN = os.environ.get(
     "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -23,7 +23,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.config import LedgerConfig
-from gateway.ledger import Ledger, SpendRecord
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.records import SpendRecord
 from tests.emulators.common import sse
 
 MODEL = "gpt-4o-2024-08-06"

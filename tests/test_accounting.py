@@ -18,7 +18,8 @@ import pytest
 
 from gateway import AsyncGateway, GatewayError, StreamInterruptedError
 from gateway.config import LedgerConfig
-from gateway.ledger import Ledger, SpendRecord
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.records import SpendRecord
 from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators.common import Fault
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator

@@ -14,7 +14,7 @@ import yaml
 
 from gateway.config import load_config
 from gateway.errors import ConfigError, ContentFilterError, InvalidRequestError, RateLimitError
-from gateway.streaming import SSEEvent
+from gateway.wire import SSEEvent, UpstreamRequest
 from providers.azure import AzureProvider, AzureSettings
 from providers.base import Deployment
 from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
@@ -466,7 +466,7 @@ def test_old_api_version_refuses_stream_options_when_dropping_is_off():
 
 
 def feed(provider: AzureProvider, dep: Deployment, *chunks: dict[str, Any]) -> list[Any]:
-    translator = provider.chat_stream(dep)
+    translator = provider.chat_stream(dep, UpstreamRequest("POST", provider.url(dep, "x")))
     out: list[Any] = []
     for chunk in chunks:
         out.extend(translator.feed(SSEEvent(None, orjson.dumps(chunk))))

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from gateway import (
     AsyncGatewayClient,
     AuthenticationError,
+    BudgetExceededError,
     Gateway,
     GatewayClient,
     GatewayError,
@@ -34,7 +35,6 @@ from gateway import (
     UpstreamError,
 )
 from gateway.client import GatewayConnectionError, GatewayTimeoutError
-from gateway.limits.base import BudgetExceededError
 from gateway.types import ChatCompletion, ChatCompletionChunk, CreateEmbeddingResponse
 from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators.common import Fault

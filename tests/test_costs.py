@@ -13,10 +13,11 @@ import pytest
 
 from gateway.config import GatewayConfig, load_config
 from gateway.costs.catalog import Price, PriceCatalog
-from gateway.costs.compute import Cost, compute_cost, total_usd, usd_str
+from gateway.costs.compute import Cost, compute_cost, total_usd
 from gateway.costs.pricing import PriceBook, price_family
 from gateway.costs.report import unpriced_deployments
 from gateway.errors import ConfigError
+from gateway.facts import usd_str
 from gateway.routing import Router
 
 CATALOG = PriceCatalog.shipped()

@@ -8,9 +8,8 @@ from email.utils import formatdate
 import pytest
 
 from gateway.config import CircuitConfig, load_config
-from gateway.errors import InvalidRequestError, RateLimitError, UpstreamError
-from gateway.health import HealthBoard, retry_after_seconds
-from gateway.routing import Router
+from gateway.errors import InvalidRequestError, RateLimitError, UpstreamError, retry_after_seconds
+from gateway.routing import HealthBoard, Router
 from providers.base import Deployment
 
 

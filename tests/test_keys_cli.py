@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from gateway.keys import KeyStore, VirtualKey
-from gateway.ledger import create_ledger_engine
+from gateway.ledger.db import create_ledger_engine
 from tests.keys_helpers import MASTER_KEY
 
 CLI = Path(sys.executable).parent / "llm-gateway"

@@ -27,29 +27,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import gateway.keys  # noqa: F401  (its tables join the ledger's metadata)
 from gateway.config import LedgerConfig, load_config
 from gateway.errors import ConfigError
-from gateway.ledger import (
-    Ledger,
-    LedgerWriter,
-    SpendRecord,
+from gateway.ledger.db import create_ledger_engine, ledger_url
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.migrate import HEAD, current_revision, head_revision, upgrade
+from gateway.ledger.records import SpendRecord, token_counts
+from gateway.ledger.reports import (
+    MAX_PAGE,
     SpendRow,
-    create_ledger_engine,
-    current_revision,
     export_records_csv,
-    head_revision,
-    ledger_url,
-    rebuild_daily,
+    plan_range,
     report_csv,
     spend_records,
     spend_report,
-    token_counts,
-    upgrade,
-    write_batch,
 )
-from gateway.ledger.migrate import HEAD
-from gateway.ledger.reports import MAX_PAGE, plan_range
 from gateway.ledger.schema import ROLLUPS, metadata, spend_daily
 from gateway.ledger.schema import spend_records as records_table
-from gateway.ledger.store import record_row
+from gateway.ledger.store import rebuild_daily, record_row, write_batch
+from gateway.ledger.writer import LedgerWriter
 from tests.conftest import service_missing
 from tests.ledger_helpers import (
     DAY0,
@@ -270,7 +264,7 @@ def test_starting_on_a_database_at_head_does_not_load_alembic(tmp_path):
     url = f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"
     code = (
         "import asyncio, sys\n"
-        "from gateway.ledger import upgrade\n"
+        "from gateway.ledger.migrate import upgrade\n"
         f"asyncio.run(upgrade({url!r}))\n"
         "print('alembic' in sys.modules)\n"
     )

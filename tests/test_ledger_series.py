@@ -14,8 +14,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import gateway.keys  # noqa: F401  (its tables join the ledger's metadata)
-from gateway.ledger import SpendRecord, create_ledger_engine, spend_report, upgrade, write_batch
+from gateway.ledger.db import create_ledger_engine
+from gateway.ledger.migrate import upgrade
+from gateway.ledger.records import SpendRecord
+from gateway.ledger.reports import spend_report
 from gateway.ledger.series import deployment_errors, spend_series, traffic
+from gateway.ledger.store import write_batch
 from tests.ledger_helpers import scratch_postgres
 
 MINUTE = datetime(2026, 3, 4, 10, 0, tzinfo=UTC)

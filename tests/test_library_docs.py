@@ -23,7 +23,7 @@ from gateway import (
     GatewayClient,
     InvalidRequestError,
 )
-from gateway.admin_api import (
+from gateway.sdk.admin import (
     CreatedKey,
     KeyInfo,
     SpendRecordView,

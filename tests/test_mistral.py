@@ -566,8 +566,43 @@ def test_answer_quoting_a_mapped_tool_call_id_gets_the_callers_id_back():
             }
         ],
     }
-    parsed = provider.chat_response(orjson.dumps(answer), dep)
+    parsed = provider.chat_response(orjson.dumps(answer), dep, request)
     assert parsed["choices"][0]["message"]["tool_calls"][0]["id"] == "call_1"
+
+
+def test_tool_call_ids_are_mapped_per_call_whatever_other_calls_do():
+    """Each call keeps its own id mapping: thousands of concurrent calls with other ids (which
+    evicted a shared, bounded map) cannot take the caller's id away from an answer."""
+    provider = MistralProvider("mistral", MistralSettings(type="mistral", api_key="k"))
+    dep = Deployment("mistral/m", "m", provider, "m")
+    mine = provider.chat_request(
+        {"model": "m", "messages": round_trip("call_1")}, dep, stream=False
+    )
+    for i in range(5000):
+        provider.chat_request(
+            {"model": "m", "messages": round_trip(f"call_other_{i}")}, dep, stream=False
+        )
+    mapped = orjson.loads(mine.body or b"")["messages"][2]["tool_call_id"]
+    answer = {
+        "id": "x",
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "tool_calls": [{"id": mapped, "function": {"name": "f", "arguments": "{}"}}],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+    }
+    parsed = provider.chat_response(orjson.dumps(answer), dep, mine)
+    assert parsed["choices"][0]["message"]["tool_calls"][0]["id"] == "call_1"
+    # Another call's answer quoting the same mapped id is not rewritten to this caller's id.
+    other = provider.chat_request({"model": "m", "messages": [USER]}, dep, stream=False)
+    parsed = provider.chat_response(orjson.dumps(answer), dep, other)
+    assert parsed["choices"][0]["message"]["tool_calls"][0]["id"] == mapped
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway import AsyncGateway, NotFoundError
-from gateway.engine import CallInfo
+from gateway.call import Call
 from gateway.errors import GatewayError
 
 CONFIG: dict[str, Any] = {
@@ -20,7 +20,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 async def test_each_call_is_observed_once_with_its_error() -> None:
-    seen: list[tuple[CallInfo, GatewayError | None]] = []
+    seen: list[tuple[Call, GatewayError | None]] = []
     async with AsyncGateway(CONFIG) as gw:
         gw.engine.observers.append(lambda info, error: seen.append((info, error)))
         await gw.chat.completions.create(model="mock-echo", messages=HI)
@@ -41,7 +41,7 @@ async def test_each_call_is_observed_once_with_its_error() -> None:
 async def test_a_failing_observer_fails_nothing(caplog: pytest.LogCaptureFixture) -> None:
     told: list[str] = []
 
-    def broken(info: CallInfo, error: GatewayError | None) -> None:
+    def broken(info: Call, error: GatewayError | None) -> None:
         raise RuntimeError("observer bug")
 
     async with AsyncGateway(CONFIG) as gw:

@@ -53,11 +53,11 @@ def acme_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
     (dist_info / "METADATA").write_text(METADATA)
     (dist_info / "entry_points.txt").write_text(ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(tmp_path))
-    providers._plugins.cache_clear()
+    providers.refresh_plugins()
     try:
         yield
     finally:
-        providers._plugins.cache_clear()
+        providers.refresh_plugins()
         sys.modules.pop("acme_llm", None)
 
 
@@ -71,7 +71,7 @@ def acme_config(base_url: str = "http://127.0.0.1:9/v1", **settings: Any) -> dic
 
 
 def test_plugin_type_is_unknown_without_its_distribution() -> None:
-    providers._plugins.cache_clear()
+    providers.refresh_plugins()
     assert "acme" not in providers.provider_types()
 
 

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.readiness import CachedPing
 from gateway.server import create_app
+from gateway.server.readiness import CachedPing
 from tests.conftest import SINGLE_ATTEMPT
 from tests.emulators.openai_api import API_KEY
 from tests.harness import ServerThread, free_port

@@ -24,8 +24,8 @@ import httpx
 import pytest
 import redis
 
-from gateway.ledger import current_revision, head_revision
 from gateway.ledger.db import MIGRATION_LOCK
+from gateway.ledger.migrate import current_revision, head_revision
 from tests.emulators.common import Fault
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.keys_helpers import Admin, gateway_config, key_records
@@ -195,7 +195,8 @@ def wait_for_shared_open_circuit(cluster: Cluster, deployment_id: str) -> None:
 
 # -- migrations --------------------------------------------------------------------------
 MIGRATE = (
-    "import asyncio, sys; from gateway.ledger import upgrade; asyncio.run(upgrade(sys.argv[1]))"
+    "import asyncio, sys; from gateway.ledger.migrate import upgrade; "
+    "asyncio.run(upgrade(sys.argv[1]))"
 )
 
 

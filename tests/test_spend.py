@@ -23,7 +23,11 @@ import pytest
 
 from gateway.config import LedgerConfig
 from gateway.keys import KeyStore
-from gateway.ledger import Ledger, SpendRecord, SpendRow, create_ledger_engine, write_batch
+from gateway.ledger.db import create_ledger_engine
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.records import SpendRecord
+from gateway.ledger.reports import SpendRow
+from gateway.ledger.store import write_batch
 from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators.common import Fault
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator

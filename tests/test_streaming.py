@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from gateway.streaming import DONE, SSEDecoder, SSEEvent, encode_event
+from gateway.wire import DONE, SSEDecoder, SSEEvent, encode_event
 
 # A stream with every feature the decoder must handle: CRLF and LF line ends, a comment, a
 # named event, multi-line data, a field without a space after the colon, and multi-byte UTF-8.

@@ -57,22 +57,22 @@ COOKBOOK_MESSAGES = [
 
 
 @pytest.mark.parametrize(
-    ("provider_type", "model", "table"),
+    ("family", "model", "table"),
     [
         ("openai", "gpt-4o", "o200k_base"),
         ("openai", "gpt-4o-mini-2024-07-18", "o200k_base"),
-        ("azure", "gpt-4.1-nano", "o200k_base"),
+        ("openai", "gpt-4.1-nano", "o200k_base"),
         ("openai", "o3", "o200k_base"),
         ("openai", "o4-mini", "o200k_base"),
         ("openai", "gpt-5-mini", "o200k_base"),
         ("openai", "gpt-4", "cl100k_base"),
-        ("azure", "gpt-35-turbo", "cl100k_base"),
+        ("openai", "gpt-35-turbo", "cl100k_base"),
         ("openai", "text-embedding-3-small", "cl100k_base"),
         ("openai", "text-embedding-3-large", "cl100k_base"),
         ("openai", "llama-3.1-8b", "o200k_base"),  # an OpenAI-compatible server: closest guess
         ("mistral", "mistral-large-2411", "mistral:mistral_instruct_tokenizer_241114.model.v7"),
         ("mistral", "mistral-large-latest", "mistral:mistral_instruct_tokenizer_241114.model.v7"),
-        ("azure-ai", "Mistral-Large-2411", "mistral:mistral_instruct_tokenizer_241114.model.v7"),
+        ("mistral", "Mistral-Large-2411", "mistral:mistral_instruct_tokenizer_241114.model.v7"),
         ("mistral", "mistral-large-2407", "mistral:mistral_instruct_tokenizer_240323.model.v3"),
         ("mistral", "codestral-2405", "mistral:mistral_instruct_tokenizer_240323.model.v3"),
         ("mistral", "mistral-small-latest", "mistral:tekken_240718.json"),
@@ -83,8 +83,8 @@ COOKBOOK_MESSAGES = [
         ("openai", "open-mistral-nemo", "mistral:tekken_240718.json"),  # served by vLLM
     ],
 )
-def test_each_model_is_counted_with_its_table(provider_type: str, model: str, table: str) -> None:
-    assert tokenizer_name(provider_type, model) == table
+def test_each_model_is_counted_with_its_table(family: str, model: str, table: str) -> None:
+    assert tokenizer_name(family, model) == table
 
 
 def test_hello_world_is_two_tokens_in_openai_tables() -> None:

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import LedgerConfig
-from gateway.ledger import Ledger, SpendRecord, write_batch
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.records import SpendRecord
+from gateway.ledger.store import write_batch
 from gateway.server import create_app
 from tests.emulators.common import Fault
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator

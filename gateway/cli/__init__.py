@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gateway.cli_keys import add_key_commands
+from gateway.cli.keys import add_key_commands
 from gateway.config import GatewayConfig, resolve_config
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
-    from gateway.ledger import GroupBy, SpendRow
+    from gateway.ledger.reports import GroupBy, SpendRow
 
 app = typer.Typer(
     help="llm-gateway: one OpenAI-compatible API over many LLM providers.",
@@ -67,7 +67,7 @@ def serve(
     """Start the HTTP proxy."""
     import uvicorn
 
-    from gateway.lifecycle import SUPERVISOR_ENV
+    from gateway.server.lifecycle import SUPERVISOR_ENV
 
     cfg = _load(config)
     if config is not None:
@@ -76,7 +76,7 @@ def serve(
     processes = workers or cfg.server.workers
     if processes > 1:
         # Lets a worker ask this process (uvicorn's supervisor) to replace every worker after
-        # POST /admin/reload; see gateway.lifecycle.
+        # POST /admin/reload; see gateway.server.lifecycle.
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
     bind_host = host or cfg.server.host
     bind_port = port if port is not None else cfg.server.port
@@ -208,8 +208,8 @@ def spend(
 ) -> None:
     """Print what was spent, grouped by model, key, team, user, provider or day, with a
     total. Reads the ledger database directly, or a running gateway's /v1/spend with --url."""
-    from gateway.ledger import render_report, report_csv
     from gateway.ledger.periods import PeriodError, report_period
+    from gateway.ledger.reports import render_report, report_csv
 
     group_by: GroupBy = by.value
     if url is not None:
@@ -239,7 +239,7 @@ def _ledger_spend(
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.ledger import Ledger
+    from gateway.ledger.ledger import Ledger
     from gateway.ledger.writer import describe
 
     if not cfg.ledger.enabled:
@@ -283,7 +283,7 @@ def _remote_spend(
     """The report from a running gateway: CSV text, or its rows and period."""
     import httpx
 
-    from gateway.ledger import SpendRow
+    from gateway.ledger.reports import SpendRow
 
     base = url.rstrip("/").removesuffix("/v1")
     params = {"group_by": group_by, "since": since, "until": until, "key_id": key_id}

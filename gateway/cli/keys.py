@@ -1,8 +1,9 @@
 """``llm-gateway keys …`` and ``llm-gateway teams …``: virtual keys and teams, managed directly
 in the configured database (the ledger's), with no gateway running.
 
-The database is brought up to date first, as a gateway does when it starts. A key's plaintext
-is printed once — alone on stdout, so ``KEY=$(llm-gateway keys create …)`` captures it — and
+Every change goes through the same rules as the admin API (``gateway.keys.admin``). The
+database is brought up to date first, as a gateway does when it starts. A key's plaintext is
+printed once — alone on stdout, so ``KEY=$(llm-gateway keys create …)`` captures it — and
 never again; listings show its prefix. Gateways apply changes within
 ``auth.key_cache_seconds``.
 """
@@ -18,14 +19,26 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import GatewayConfig, resolve_config
-from gateway.costs import usd_str
 from gateway.errors import ConfigError, GatewayError
-from gateway.keys import KeyStore, Limited, Team, VirtualKey
+from gateway.facts import usd_str
+from gateway.keys import (
+    KeyAdmin,
+    KeySpec,
+    KeyStore,
+    Limited,
+    Team,
+    TeamChange,
+    TeamSpec,
+    VirtualKey,
+)
+from gateway.keys.admin import parse
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 keys_app = typer.Typer(
     help="Create, list, show, revoke and rotate virtual keys.", no_args_is_help=True
 )
@@ -77,9 +90,9 @@ Regions = Annotated[
     list[str] | None,
     typer.Option("--region", help="A region its requests may go to, e.g. eu (repeatable)."),
 ]
-Rpm = Annotated[int | None, typer.Option(min=1, help="Requests per minute.")]
-Tpm = Annotated[int | None, typer.Option(min=1, help="Tokens per minute.")]
-Parallel = Annotated[int | None, typer.Option(min=1, help="Requests in flight at once.")]
+Rpm = Annotated[int | None, typer.Option(help="Requests per minute.")]
+Tpm = Annotated[int | None, typer.Option(help="Tokens per minute.")]
+Parallel = Annotated[int | None, typer.Option(help="Requests in flight at once.")]
 Budget = Annotated[str | None, typer.Option(help="Budget in USD per period, e.g. 250 or 0.5.")]
 Period = Annotated[BudgetPeriod, typer.Option(help="What the budget is per.")]
 Meta = Annotated[
@@ -101,7 +114,7 @@ def keys_create(
     budget: Budget = None,
     budget_period: Period = BudgetPeriod.monthly,
     expires_in_days: Annotated[
-        float | None, typer.Option(min=0.001, help="Days until it stops working.")
+        float | None, typer.Option(help="Days until it stops working.")
     ] = None,
     admin: Annotated[bool, typer.Option(help="May use the admin API.")] = False,
     meta: Meta = None,
@@ -109,11 +122,10 @@ def keys_create(
 ) -> None:
     """Create a key and print its plaintext, once."""
     cfg = _load(config)
-    attrs = _limits(model, region, rpm, tpm, max_parallel, budget, budget_period, meta)
-    attrs |= {"name": name, "team_id": team, "admin": admin}
-    if expires_in_days is not None:
-        attrs["expires_at"] = datetime.now(UTC) + timedelta(days=expires_in_days)
-    key, plaintext = _run(cfg, lambda store: store.create_key(**attrs))
+    spec = _limits(model, region, rpm, tpm, max_parallel, budget, budget_period, meta)
+    spec |= {"name": name, "team": team, "admin": admin, "expires_in_days": expires_in_days}
+    checked = _checked(KeySpec, spec, "key")
+    key, plaintext = _run(cfg, lambda admin: admin.new_key(checked))
     typer.echo(f"Created key '{key.name}' (id {key.id}, prefix {key.prefix}).", err=True)
     typer.echo(plaintext)
     typer.echo(f"warning: {NO_PLAINTEXT_AGAIN}", err=True)
@@ -131,10 +143,10 @@ def keys_list(
 ) -> None:
     """List keys by prefix (never their secrets), with their team, status and limits."""
 
-    async def read(store: KeyStore) -> tuple[list[VirtualKey], dict[str, str]]:
-        team_id = (await store.get_team(team)).id if team else None
-        teams = {t.id: t.name for t in await store.list_teams()}
-        return await store.list_keys(team_id), teams
+    async def read(admin: KeyAdmin) -> tuple[list[VirtualKey], dict[str, str]]:
+        team_id = (await admin.team(team)).id if team else None
+        teams = {t.id: t.name for t in await admin.store.list_teams()}
+        return await admin.store.list_keys(team_id), teams
 
     keys, teams = _run(_load(config), read)
     now = datetime.now(UTC)
@@ -162,15 +174,14 @@ def keys_show(
     config: ConfigOption = None,
 ) -> None:
     """Show one key (by id) and what it spent in its current budget period."""
-    from gateway.ledger import spend_report
+    from gateway.ledger.reports import scope_spend
     from gateway.limits import budget_period, period_start
 
-    async def read(store: KeyStore) -> tuple[VirtualKey, Decimal]:
-        key = await store.get_key(key_id)
+    async def read(admin: KeyAdmin) -> tuple[VirtualKey, Decimal]:
+        key = await admin.store.get_key(key_id)
         since = period_start(budget_period(key.budget_period, datetime.now(UTC))[0])
         until = datetime.now(UTC) + timedelta(minutes=1)
-        rows = await spend_report(store.engine, "key", since, until, key.id)
-        return key, sum((r.cost_usd for r in rows), Decimal(0))
+        return key, await scope_spend(admin.store.engine, "key", key.id, since, until)
 
     key, spent = _run(_load(config), read)
     for name, value in key.public().items():
@@ -186,7 +197,7 @@ def keys_revoke(
 ) -> None:
     """Revoke a key for good."""
     cfg = _load(config)
-    key = _run(cfg, lambda store: store.revoke_key(key_id))
+    key = _run(cfg, lambda admin: admin.revoke(key_id))
     typer.echo(
         f"Revoked key '{key.name}' (id {key.id}, prefix {key.prefix}); gateways refuse it "
         f"within auth.key_cache_seconds ({cfg.auth.key_cache_seconds:g}s)."
@@ -199,7 +210,7 @@ def keys_rotate(
     config: ConfigOption = None,
 ) -> None:
     """Give a key a new secret, printed once; the old one stops working."""
-    key, plaintext = _run(_load(config), lambda store: store.rotate_key(key_id))
+    key, plaintext = _run(_load(config), lambda admin: admin.rotate(key_id))
     typer.echo(f"Rotated key '{key.name}' (id {key.id}, new prefix {key.prefix}).", err=True)
     typer.echo(plaintext)
     typer.echo(f"warning: {NO_PLAINTEXT_AGAIN}", err=True)
@@ -220,15 +231,16 @@ def teams_create(
     config: ConfigOption = None,
 ) -> None:
     """Create a team: limits and a budget shared by all of its keys."""
-    attrs = _limits(model, region, rpm, tpm, max_parallel, budget, budget_period, meta)
-    team = _run(_load(config), lambda store: store.create_team(name=name, **attrs))
+    spec = _limits(model, region, rpm, tpm, max_parallel, budget, budget_period, meta)
+    checked = _checked(TeamSpec, {**spec, "name": name}, "team")
+    team = _run(_load(config), lambda admin: admin.new_team(checked))
     typer.echo(f"Created team '{team.name}' (id {team.id}).")
 
 
 @teams_app.command("list")
 def teams_list(config: ConfigOption = None) -> None:
     """List teams with their budgets and limits."""
-    teams = _run(_load(config), lambda store: store.list_teams())
+    teams = _run(_load(config), lambda admin: admin.store.list_teams())
     rows = [["ID", "NAME", "BUDGET", "LIMITS"]]
     rows += [[t.id, t.name, _budget(t), _rates(t)] for t in teams]
     typer.echo(_table(rows) if teams else "no teams")
@@ -266,9 +278,10 @@ def teams_update(
     for field in unset or ():
         attr, value = lifted[field]
         attrs[attr] = value
+    change = _checked(TeamChange, attrs, "team change")
 
-    async def update(store: KeyStore) -> Team:
-        return await store.update_team((await store.get_team(team)).id, **attrs)
+    async def update(admin: KeyAdmin) -> Team:
+        return await admin.change_team(team, change)
 
     updated = _run(_load(config), update)
     typer.echo(f"Updated team '{updated.name}': budget {_budget(updated)}; {_rates(updated)}.")
@@ -291,9 +304,19 @@ def _load(path: Path | None) -> GatewayConfig:
     return cfg
 
 
-def _run(cfg: GatewayConfig, work: Callable[[KeyStore], Awaitable[T]]) -> T:
-    """``work`` on a KeyStore over the config's database, brought up to date first."""
-    from gateway.ledger import create_ledger_engine, ledger_url, upgrade
+def _checked(model: type[M], spec: dict[str, Any], what: str) -> M:
+    """The options checked by the key and team rules; a mistake ends the command."""
+    try:
+        return parse(model, spec, what)
+    except GatewayError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _run(cfg: GatewayConfig, work: Callable[[KeyAdmin], Awaitable[T]]) -> T:
+    """``work`` by the key rules on the config's database, brought up to date first."""
+    from gateway.ledger.db import create_ledger_engine, ledger_url
+    from gateway.ledger.migrate import upgrade
     from gateway.ledger.writer import describe
 
     url = ledger_url(cfg.ledger.url)
@@ -303,7 +326,7 @@ def _run(cfg: GatewayConfig, work: Callable[[KeyStore], Awaitable[T]]) -> T:
         await upgrade(plain)
         engine = create_ledger_engine(plain)
         try:
-            return await work(KeyStore(engine))
+            return await work(KeyAdmin(KeyStore(engine)))
         finally:
             await engine.dispose()
 
@@ -346,12 +369,11 @@ def _money(text: str | None) -> Decimal | None:
     if text is None:
         return None
     try:
-        amount = Decimal(text)
+        return Decimal(text)
     except InvalidOperation:
-        amount = Decimal("NaN")
-    if not amount.is_finite() or amount < 0:
-        raise typer.BadParameter(f"{text!r} is not an amount of USD ≥ 0", param_hint="'--budget'")
-    return amount
+        raise typer.BadParameter(
+            f"{text!r} is not an amount of USD", param_hint="'--budget'"
+        ) from None
 
 
 def _tag(text: str) -> tuple[str, str]:

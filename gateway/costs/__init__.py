@@ -8,7 +8,7 @@
 """
 
 from gateway.costs.catalog import Price, PriceCatalog
-from gateway.costs.compute import Cost, compute_cost, total_usd, unknown_cost, usd_str
+from gateway.costs.compute import Cost, compute_cost, total_usd, unknown_cost
 from gateway.costs.pricing import PriceBook, effective_price, price_family
 from gateway.costs.report import DeploymentPrice, deployment_prices, unpriced_deployments
 from gateway.costs.tokens import (
@@ -19,6 +19,7 @@ from gateway.costs.tokens import (
     load_tokenizer,
     tokenizer_name,
 )
+from gateway.facts import usd_str
 
 __all__ = [
     "Cost",

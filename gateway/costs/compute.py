@@ -14,6 +14,7 @@ from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from typing import Any
 
 from gateway.costs.catalog import Price
+from gateway.facts import usd_str
 
 # Wide enough that no realistic sum rounds (token counts x prices have few digits).
 _EXACT = Context(prec=60, traps=[InvalidOperation, Overflow, DivisionByZero])
@@ -63,13 +64,6 @@ class Cost:
 def unknown_cost(reason: str, *, estimated: bool = False, price: Price | None = None) -> Cost:
     """A cost that cannot be known; ``reason`` says why, for logs and the ledger."""
     return Cost(total=None, estimated=estimated, price=price, reason=reason)
-
-
-def usd_str(amount: Decimal) -> str:
-    """A Decimal as a plain string without exponent or trailing zeros: 1.2345E-4 → 0.00012345."""
-    if amount.is_zero():
-        return "0"
-    return format(amount.normalize(_EXACT), "f")
 
 
 def total_usd(costs: Iterable[Cost]) -> Decimal | None:

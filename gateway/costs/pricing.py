@@ -1,8 +1,9 @@
 """Which price a deployment pays: its own ``price:``, else the catalog entry for its model.
 
 The catalog (with the config's ``prices:`` entries) is looked up in the deployment's price
-family by the names below, most trusted first; a deployment's ``price:`` then replaces the
-fields it sets. ``PriceBook`` does this for the routing ``Deployment`` objects of the engine.
+family — which its adapter names (``Provider.price_family``) — by the names below, most trusted
+first; a deployment's ``price:`` then replaces the fields it sets. ``PriceBook`` does this for
+the routing ``Deployment`` objects of the engine.
 """
 
 from __future__ import annotations
@@ -11,41 +12,29 @@ from dataclasses import replace
 
 from gateway.config import DeploymentConfig, GatewayConfig
 from gateway.costs.catalog import Price, PriceCatalog
-from providers import Deployment, ProviderSettings, provider_types
+from providers import Deployment, Provider, ProviderSettings, provider_class
 
-# Mistral on Azure AI is sold by Azure, at Azure's prices.
-_AZURE_AI_PLATFORMS = frozenset({"azure_serverless", "azure_foundry"})
 _KEEP = 4096  # remembered prices per book
 
 
-def price_family(settings: ProviderSettings) -> str:
-    """The catalog family that prices a provider's calls: its type, except Mistral on Azure AI.
-
-    This is the one place that knows a provider's billing differs from its wire format.
-    """
-    if settings.type == "mistral" and getattr(settings, "platform", None) in _AZURE_AI_PLATFORMS:
-        return "azure-ai"
-    return settings.type
-
-
-def price_families() -> list[str]:
-    """Every family a config ``prices:`` section may name."""
-    return sorted({*provider_types(), *PriceCatalog.shipped().families()})
+def price_family(settings: ProviderSettings, adapter: type[Provider] | None = None) -> str:
+    """The catalog family that prices calls to a provider with these settings."""
+    return (adapter or provider_class(settings.type)).price_family(settings)
 
 
 def model_names_for(
-    settings: ProviderSettings,
+    adapter: type[Provider],
     deployment: DeploymentConfig,
     answered_model: str | None = None,
 ) -> list[str]:
     """The names to price a deployment by, most trusted first.
 
     ``base_model`` (what the operator says runs there), then the model the provider answered
-    with, then the configured model — except on Azure OpenAI, whose configured name is the
-    deployment's own, arbitrary name.
+    with, then the configured model — unless the adapter says a configured name is not a
+    model's (Azure OpenAI's is the deployment's own, arbitrary name).
     """
     names = [deployment.base_model, answered_model]
-    if settings.type != "azure":
+    if adapter.deployment_names_model:
         names.append(deployment.upstream_name)
     return list(dict.fromkeys(n for n in names if n))
 
@@ -55,10 +44,12 @@ def effective_price(
     settings: ProviderSettings,
     deployment: DeploymentConfig,
     answered_model: str | None = None,
+    adapter: type[Provider] | None = None,
 ) -> Price | None:
     """A deployment's price: its own ``price:`` over the catalog entry for its model."""
-    family = price_family(settings)
-    names = model_names_for(settings, deployment, answered_model)
+    adapter = adapter or provider_class(settings.type)
+    family = adapter.price_family(settings)
+    names = model_names_for(adapter, deployment, answered_model)
     found = next((p for p in (catalog.lookup(family, n) for n in names) if p is not None), None)
     if deployment.price is None:
         return found
@@ -94,7 +85,10 @@ class PriceBook:
                 model=deployment.model,
                 base_model=deployment.base_model,
             )
-        price = effective_price(self.catalog, deployment.provider.settings, dep, answered_model)
+        provider = deployment.provider
+        price = effective_price(
+            self.catalog, provider.settings, dep, answered_model, adapter=type(provider)
+        )
         if len(self._known) >= _KEEP:
             self._known.clear()
         self._known[key] = price

@@ -13,8 +13,9 @@ from decimal import Decimal
 
 from gateway.config import DeploymentConfig, GatewayConfig
 from gateway.costs.catalog import WILDCARD, Price, PriceCatalog
-from gateway.costs.compute import usd_str
-from gateway.costs.pricing import effective_price, price_family
+from gateway.costs.pricing import effective_price
+from gateway.facts import usd_str
+from providers import provider_class
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +48,9 @@ def deployment_prices(
             settings = config.providers.get(dep.provider)
             if settings is None:  # load_config refuses this; keep the helper total anyway
                 continue
-            family = price_family(settings)
-            price = effective_price(book, settings, dep)
+            adapter = provider_class(settings.type)
+            family = adapter.price_family(settings)
+            price = effective_price(book, settings, dep, adapter=adapter)
             rows.append(
                 DeploymentPrice(
                     path=f"models.{name}.deployments[{i}]",
@@ -57,7 +59,7 @@ def deployment_prices(
                     family=family,
                     deployment=dep,
                     price=price,
-                    problem=_problem(settings.type, family, dep, price),
+                    problem=_problem(adapter.deployment_names_model, family, dep, price),
                 )
             )
     return rows
@@ -71,17 +73,18 @@ def unpriced_deployments(
 
 
 def _problem(
-    provider_type: str, family: str, dep: DeploymentConfig, price: Price | None
+    names_model: bool, family: str, dep: DeploymentConfig, price: Price | None
 ) -> str | None:
     fix = (
         f"give the deployment a `price:` or add `prices.{family}.<model>` to the config; "
         "until then its calls are recorded with an unknown cost"
     )
     if price is None:
-        if provider_type == "azure" and not dep.base_model:
+        if not names_model and not dep.base_model:
             return (
-                "no base_model, so its price is known only if Azure answers with a model name "
-                f"the catalog knows; set base_model (e.g. gpt-4o-2024-08-06), or {fix}"
+                "no base_model, and its deployment name is not a model's, so its price is "
+                "known only if the provider answers with a model name the catalog knows; set "
+                f"base_model (e.g. gpt-4o-2024-08-06), or {fix}"
             )
         name = dep.base_model or dep.upstream_name
         return f"no price is known for {family} model {name!r}; {fix}"

@@ -73,7 +73,6 @@ _MISTRAL_FILES: tuple[tuple[re.Pattern[str], str], ...] = (
     ),
 )
 _TEKKEN = "tekken_240718.json"
-_MISTRAL_PROVIDERS = frozenset({"mistral", "azure-ai"})
 # bpe-openai refuses pieces over 200k tokens; one character is at most 4 tokens.
 _BPE_PIECE = 48_000
 
@@ -86,18 +85,19 @@ class Tokenizer(Protocol):
     def count(self, text: str) -> int: ...
 
 
-def tokenizer_name(provider_type: str, model: str) -> str:
+def tokenizer_name(family: str, model: str) -> str:
     """Which table counts ``model``'s tokens: o200k_base, cl100k_base or mistral:<file>.
 
     The model name decides where it is recognisable (an OpenAI-compatible server may serve a
-    Mistral model); otherwise the provider type does, defaulting to o200k_base.
+    Mistral model); otherwise ``family``, the provider's (``Provider.tokenizer``: ``openai``
+    or ``mistral``), does, defaulting to o200k_base.
     """
     name = model.strip().lower()
     if _O200K.match(name):
         return "o200k_base"
     if _CL100K.match(name):
         return "cl100k_base"
-    if _MISTRAL.match(name) or provider_type in _MISTRAL_PROVIDERS:
+    if _MISTRAL.match(name) or family == "mistral":
         for pattern, filename in _MISTRAL_FILES:
             if pattern.match(name):
                 return f"mistral:{filename}"
@@ -109,9 +109,9 @@ _loaded: dict[str, Tokenizer] = {}
 _loading = threading.Lock()
 
 
-def load_tokenizer(provider_type: str, model: str) -> Tokenizer:
+def load_tokenizer(family: str, model: str) -> Tokenizer:
     """The (cached) tokenizer for a model; the chars/4 fallback if its table cannot load."""
-    name = tokenizer_name(provider_type, model)
+    name = tokenizer_name(family, model)
     tokenizer = _loaded.get(name)
     if tokenizer is not None:
         return tokenizer
@@ -132,27 +132,27 @@ def load_tokenizer(provider_type: str, model: str) -> Tokenizer:
     return tokenizer
 
 
-def is_loaded(provider_type: str, model: str) -> bool:
-    return tokenizer_name(provider_type, model) in _loaded
+def is_loaded(family: str, model: str) -> bool:
+    return tokenizer_name(family, model) in _loaded
 
 
-def count_tokens_sync(text: str, provider_type: str, model: str) -> int:
+def count_tokens_sync(text: str, family: str, model: str) -> int:
     """Tokens in ``text`` for ``model`` (blocking; see ``count_tokens``)."""
-    return load_tokenizer(provider_type, model).count(text) if text else 0
+    return load_tokenizer(family, model).count(text) if text else 0
 
 
-async def count_tokens(text: str, provider_type: str, model: str) -> int:
+async def count_tokens(text: str, family: str, model: str) -> int:
     """Tokens in ``text`` for ``model``, counted in a worker thread when the text is long or
     the tokenizer still has to load, so the event loop is never blocked for long."""
-    if len(text) > THREAD_THRESHOLD or not is_loaded(provider_type, model):
-        return await asyncio.to_thread(count_tokens_sync, text, provider_type, model)
-    return count_tokens_sync(text, provider_type, model)
+    if len(text) > THREAD_THRESHOLD or not is_loaded(family, model):
+        return await asyncio.to_thread(count_tokens_sync, text, family, model)
+    return count_tokens_sync(text, family, model)
 
 
 def estimate_usage(
     messages: Sequence[Mapping[str, Any]],
     completion_text: str | Sequence[str],
-    provider_type: str,
+    family: str,
     model: str,
     *,
     tools: Sequence[Mapping[str, Any]] | None = None,
@@ -163,7 +163,7 @@ def estimate_usage(
     and arguments) plus OpenAI's per-message overhead, and the tool definitions as JSON;
     images and audio are not counted. Completion: ``completion_text`` (one string per choice).
     """
-    tokenizer = load_tokenizer(provider_type, model)
+    tokenizer = load_tokenizer(family, model)
     prompt = TOKENS_PER_REPLY
     for message in messages:
         prompt += TOKENS_PER_MESSAGE + sum(tokenizer.count(t) for t in _message_texts(message))
@@ -186,7 +186,7 @@ def estimate_usage(
 async def estimate_usage_async(
     messages: Sequence[Mapping[str, Any]],
     completion_text: str | Sequence[str],
-    provider_type: str,
+    family: str,
     model: str,
     *,
     tools: Sequence[Mapping[str, Any]] | None = None,
@@ -196,11 +196,11 @@ async def estimate_usage_async(
     size += (
         len(completion_text) if isinstance(completion_text, str) else sum(map(len, completion_text))
     )
-    if size > THREAD_THRESHOLD or not is_loaded(provider_type, model):
+    if size > THREAD_THRESHOLD or not is_loaded(family, model):
         return await asyncio.to_thread(
-            estimate_usage, messages, completion_text, provider_type, model, tools=tools
+            estimate_usage, messages, completion_text, family, model, tools=tools
         )
-    return estimate_usage(messages, completion_text, provider_type, model, tools=tools)
+    return estimate_usage(messages, completion_text, family, model, tools=tools)
 
 
 def _message_texts(message: Mapping[str, Any]) -> Iterator[str]:

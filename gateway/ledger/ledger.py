@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.config import LedgerConfig
+from gateway.errors import GatewayError
 from gateway.ledger.db import create_ledger_engine, ledger_url
 from gateway.ledger.migrate import upgrade
 from gateway.ledger.records import SpendRecord
-from gateway.ledger.reports import GroupBy, RecordPage, SpendRow, spend_records, spend_report
+from gateway.ledger.reports import (
+    GroupBy,
+    RecordPage,
+    SpendRow,
+    scope_spend,
+    spend_records,
+    spend_report,
+)
 from gateway.ledger.writer import LedgerWriter
+
+# How long a report waits for this process's writer to store what it holds, so it includes
+# the requests just answered; past that (database slow or down) it reads what is there.
+CATCH_UP_SECONDS = 1.0
+
+
+def ledger_disabled() -> GatewayError:
+    """The answer when spend is asked for and the ledger is off (404)."""
+    return GatewayError(
+        "the spend ledger is disabled (ledger.enabled: false), so there is no spend "
+        "to report; enable it in the config to record requests from then on",
+        status=404,
+        type="invalid_request_error",
+        code="ledger_disabled",
+    )
 
 
 class Ledger:
@@ -64,6 +89,23 @@ class Ledger:
         cursor: str | None = None,
     ) -> RecordPage:
         return await spend_records(self.engine, since, until, key_id, limit, cursor)
+
+    async def scope_spend(
+        self, kind: Literal["key", "team"], ident: str, since: datetime
+    ) -> Decimal:
+        """What a key or team (by id) has spent since ``since``, by the ledger."""
+        until = datetime.now(UTC) + timedelta(minutes=1)
+        return await scope_spend(self.engine, kind, ident, since, until)
+
+    async def caught_up(self, seconds: float = CATCH_UP_SECONDS) -> None:
+        """Wait (at most ``seconds``) until this process's writer has stored what it
+        holds, so a report includes the requests just answered. Other replicas' records
+        appear within their ``flush_interval``."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self.writer.flush()
+        except (TimeoutError, RuntimeError):
+            pass  # database slow or down, or the writer stopped: report what is stored
 
     def status(self) -> dict[str, Any]:
         """The writer's state, for metrics and health: backlog, losses, last error, latency."""

@@ -24,7 +24,7 @@ from typing import Any, Literal, TextIO, get_args
 from sqlalchemy import ColumnElement, Select, String, case, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.costs.compute import usd_str
+from gateway.facts import usd_str
 from gateway.ledger.records import ERROR_STATUS, SpendRecord, as_utc
 from gateway.ledger.schema import UTCDateTime, spend_daily, spend_daily_users
 from gateway.ledger.schema import spend_records as records_table
@@ -198,6 +198,14 @@ async def spend_report(
     if group_by == "day":
         return sorted(rows.values(), key=lambda row: row.group or "")
     return sorted(rows.values(), key=lambda row: (-row.cost_usd, -row.requests, row.group or ""))
+
+
+async def scope_spend(
+    engine: AsyncEngine, kind: Literal["key", "team"], ident: str, since: datetime, until: datetime
+) -> Decimal:
+    """What one key or team (by id) spent in ``[since, until)``, known costs only."""
+    rows = await spend_report(engine, kind, since, until, ident if kind == "key" else None)
+    return sum((r.cost_usd for r in rows if r.group == ident), Decimal(0))
 
 
 async def spend_records(

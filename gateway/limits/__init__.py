@@ -7,11 +7,13 @@ the request really used; ``release`` returns a failed request's reservation. Two
 ``MemoryLimits`` (one process) and ``RedisLimits`` (Lua scripts; one limit across replicas).
 """
 
+from gateway.config import GatewayConfig
+from gateway.errors import BudgetExceededError
 from gateway.limits.base import (
     Admission,
-    BudgetExceededError,
     Limits,
     ScopeLimits,
+    SeedSpend,
     budget_period,
     period_start,
 )
@@ -23,6 +25,22 @@ __all__ = [
     "Limits",
     "MemoryLimits",
     "ScopeLimits",
+    "SeedSpend",
     "budget_period",
+    "limits_for",
     "period_start",
 ]
+
+
+def limits_for(config: GatewayConfig, seed: SeedSpend) -> Limits:
+    """The backend ``config.limits`` asks for; ``seed`` tells a budget's starting spend. The
+    Redis client is imported only when Redis counts the limits."""
+    if config.limits.backend == "redis" and config.redis is not None:
+        from gateway.limits.redis import RedisLimits
+
+        limits = RedisLimits.from_url(
+            config.redis.url, prefix=config.redis.key_prefix + "limits:", seed=seed
+        )
+        limits.reservation_ttl = config.limits.reservation_ttl
+        return limits
+    return MemoryLimits(seed=seed)

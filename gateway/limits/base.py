@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal, Protocol
 
-from gateway.errors import GatewayError, RateLimitError
+from gateway.errors import BudgetExceededError, RateLimitError
 
 Period = Literal["daily", "weekly", "monthly", "total"]
 WINDOW = 60.0  # seconds of the RPM / TPM windows
 # Money is counted in integer units of 1e-10 USD (the ledger's precision), so Redis can add it
 # atomically and no float ever touches it.
 UNITS_PER_USD = 10**10
+
+
+# What a scope (``key:<id>``, ``team:<id>``) spent in a budget period (an id from
+# ``budget_period``), asked once when a backend first meets that budget: the ledger knows.
+SeedSpend = Callable[[str, str], Awaitable[Decimal]]
 
 
 def to_units(usd: Decimal) -> int:
@@ -76,19 +82,6 @@ class Admission:
     periods: dict[str, str] = field(default_factory=dict)  # scope → budget period id
     headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-* for the answer
     done: bool = False
-
-
-class BudgetExceededError(GatewayError):
-    """The key's or team's budget cannot cover this request (429, never retried)."""
-
-    status = 429
-    type = "insufficient_quota"
-    code = "budget_exceeded"
-
-    def __init__(self, message: str, **kwargs: object) -> None:
-        headers = dict(kwargs.pop("headers", None) or {})  # type: ignore[call-overload]
-        headers["x-should-retry"] = "false"
-        super().__init__(message, headers=headers, retryable=False, **kwargs)  # type: ignore[arg-type]
 
 
 def budget_error(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -19,6 +19,7 @@ from gateway.limits.base import (
     Admission,
     Period,
     ScopeLimits,
+    SeedSpend,
     budget_error,
     budget_period,
     rate_error,
@@ -26,8 +27,6 @@ from gateway.limits.base import (
     to_units,
     to_usd,
 )
-
-SeedSpend = Callable[[str, str], Awaitable[Decimal]]
 
 
 class SlidingWindow:

@@ -12,7 +12,6 @@ Redis Cluster is not supported: the scripts build their key names.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -22,6 +21,7 @@ from gateway.limits.base import (
     WINDOW,
     Admission,
     ScopeLimits,
+    SeedSpend,
     budget_error,
     budget_period,
     rate_error,
@@ -30,8 +30,6 @@ from gateway.limits.base import (
     to_usd,
 )
 from gateway.redis_client import connect
-
-SeedSpend = Callable[[str, str], Awaitable[Decimal]]
 
 _ADMIT = """
 local prefix, rid = ARGV[1], ARGV[2]

@@ -19,14 +19,15 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.wire import JSON
+
 if TYPE_CHECKING:
+    from gateway.call import Call
     from gateway.config import LoggingConfig
-    from gateway.engine import CallInfo
     from gateway.errors import GatewayError
 
 ACCESS_LOGGER = "gateway.access"
 CLOSE_SECONDS = 5.0  # at exit, the longest wait for queued lines to be written
-JSON = dict[str, Any]
 
 
 def _timestamp(created: float) -> str:
@@ -160,7 +161,7 @@ class AccessLog:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.logger = logger or logging.getLogger(ACCESS_LOGGER)
 
-    def observe(self, info: CallInfo, error: GatewayError | None) -> None:
+    def observe(self, info: Call, error: GatewayError | None) -> None:
         logger = self.logger
         if logger.isEnabledFor(logging.INFO):
             # A record made here rather than by logger.info(), which would walk the stack
@@ -170,7 +171,7 @@ class AccessLog:
             logger.handle(record)
 
 
-def access_fields(info: CallInfo, error: GatewayError | None) -> JSON:
+def access_fields(info: Call, error: GatewayError | None) -> JSON:
     """The access log's view of one finished call: facts only, no content (see module)."""
     usage = info.usage or {}
     cost = info.cost

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,11 +32,10 @@ from prometheus_client import (
     multiprocess,
 )
 
+from gateway.call import Call
+from gateway.engine import Engine
 from gateway.errors import GatewayError, RateLimitError
-from gateway.observability import MULTIPROC_ENV
-
-if TYPE_CHECKING:
-    from gateway.engine import CallInfo, Engine
+from gateway.observability.multiprocess import MULTIPROC_ENV
 
 REFRESH_SECONDS = 5.0  # how often each worker publishes its gauges when there are several
 # Circuit state as a number, so the worst state across workers is their maximum.
@@ -184,7 +182,7 @@ class GatewayMetrics:
         self._ledger_seen = (0, 0)  # written, dropped: already counted
 
     # -- the hot path ------------------------------------------------------------------
-    def observe(self, info: CallInfo, error: GatewayError | None) -> None:
+    def observe(self, info: Call, error: GatewayError | None) -> None:
         """Count one finished call."""
         model = info.model
         if model is None:

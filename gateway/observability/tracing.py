@@ -1,7 +1,7 @@
 """OpenTelemetry traces: one span per request, one child span per upstream attempt, with the
 GenAI semantic-convention attributes (``gen_ai.*``) and the gateway's own (``gateway.*``).
 
-Spans are built when the call ends, from its ``CallInfo`` (times included), so tracing adds
+Spans are built when the call ends, from its ``Call`` (times included), so tracing adds
 nothing to a request until then, and nothing at all when it is off: this module (and
 OpenTelemetry) is imported only when ``tracing.enabled`` is true. Needs the ``otel`` extra.
 """
@@ -27,12 +27,11 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
+    from gateway.call import Call
     from gateway.config import TracingConfig
-    from gateway.engine import CallInfo, Engine
+    from gateway.engine import Engine
     from gateway.errors import GatewayError
 
-# gen_ai.provider.name values of the GenAI conventions, by our adapter type.
-GENAI_PROVIDER = {"openai": "openai", "azure": "azure.ai.openai", "mistral": "mistral_ai"}
 # gen_ai.operation.name values, by the ledger's operation.
 GENAI_OPERATION = {"chat": "chat", "embeddings": "embeddings", "fim": "text_completion"}
 # The W3C trace headers of the request being served (set by TraceContextMiddleware).
@@ -80,7 +79,7 @@ class Tracing:
         self._provider_types: dict[str, str] = {}  # deployment id → gen_ai.provider.name
         self._propagator = TraceContextTextMapPropagator()
 
-    def observe(self, info: CallInfo, error: GatewayError | None) -> None:
+    def observe(self, info: Call, error: GatewayError | None) -> None:
         end = time.time_ns()
         start = end - int(info.elapsed_seconds() * 1e9)
         operation = GENAI_OPERATION.get(info.operation, info.operation)
@@ -157,8 +156,7 @@ class Tracing:
         for deps in self.engine.router.deployments.values():
             for dep in deps:
                 if dep.id == deployment_id:
-                    name = dep.provider.type_name
-                    known = self._provider_types[deployment_id] = GENAI_PROVIDER.get(name, name)
+                    known = self._provider_types[deployment_id] = dep.provider.genai_name()
                     return known
         return None
 

@@ -7,7 +7,7 @@ then *open* for ``cooldown`` (or the 429's Retry-After); then *half-open*: exact
 request is let through, and its outcome closes or re-opens the circuit.
 Only transient failures count; a 400 says nothing about a deployment's health.
 With ``shared`` (Redis), open and half-open decisions are shared by every replica
-(see ``gateway.shared_circuits``); failures are still counted per replica.
+(see ``gateway.routing.shared_circuits``); failures are still counted per replica.
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Literal
 
 from gateway.config import CircuitConfig
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, retry_after_seconds
 from providers.base import Deployment
 
 if TYPE_CHECKING:
-    from gateway.shared_circuits import RedisCircuits
+    from gateway.routing.shared_circuits import RedisCircuits
 
 CircuitState = Literal["closed", "open", "half_open"]
 QUOTA_WINDOW = 60.0
@@ -44,7 +43,6 @@ class DeploymentHealth:
     open_until: float = 0.0
     consecutive_failures: int = 0
     outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
-    probing: bool = False
     last_error: str | None = None
     window_start: float = 0.0
     window_requests: int = 0
@@ -122,7 +120,7 @@ class HealthBoard:
             ):
                 return None  # another replica is probing
             h.state = "half_open"
-            h.probing = probe = True
+            probe = True
         h.in_flight += 1
         h.window_requests += 1
         h.window_tokens += tokens
@@ -158,8 +156,6 @@ class HealthBoard:
         h.in_flight = max(0, h.in_flight - 1)
         if tokens is not None:
             h.window_tokens += tokens - ticket.tokens
-        if ticket.probe:
-            h.probing = False
         failed = error is not None and error.retryable
         if not failed:
             elapsed = latency if latency is not None else now - ticket.started
@@ -206,7 +202,6 @@ class HealthBoard:
         if seconds is not None:
             h.state = "open"
             h.open_until = max(h.open_until, now + seconds)
-            h.probing = False
             if self.shared is not None:
                 self.shared.publish_open(dep_id, seconds)
 
@@ -222,28 +217,3 @@ class HealthBoard:
             h.window_start = now
             h.window_requests = 0
             h.window_tokens = 0
-
-
-def retry_after_seconds(error: GatewayError) -> float | None:
-    """The wait an upstream asked for: retry-after-ms, x-ms-retry-after-ms or Retry-After
-    (seconds or an HTTP date), in seconds; None when it asked for nothing usable."""
-    headers = error.headers
-    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
-        value = headers.get(name)
-        if value is not None:
-            try:
-                return max(0.0, float(value) / 1000.0)
-            except ValueError:
-                pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -23,7 +24,8 @@ from gateway.config import (
     overridden,
 )
 from gateway.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
-from gateway.health import HealthBoard
+from gateway.routing.health import HealthBoard
+from gateway.wire import Timeouts
 from providers import provider_class
 from providers.base import Deployment, Provider
 
@@ -35,6 +37,22 @@ class ModelPolicy:
     strategy: Strategy
     retries: RetryConfig
     timeouts: TimeoutConfig
+
+    def deadline(self, override: float | None = None) -> float:
+        """When (``time.monotonic``) a request starting now runs out of time."""
+        return time.monotonic() + (override or self.timeouts.total)
+
+    def upstream_timeouts(self, dep: Deployment, *, stream: bool) -> Timeouts:
+        """Connect, and the longest silence allowed: between chunks for a stream, before the
+        (whole) answer otherwise."""
+        t = self.timeouts
+        own = dep.provider.timeouts
+        silence = (t.idle if stream else t.first_token) or own.read
+        return Timeouts(connect=t.connect or own.connect, read=silence)
+
+    def first_token(self, dep: Deployment) -> float:
+        """Seconds a stream may take to produce its first output."""
+        return self.timeouts.first_token or dep.provider.timeouts.read
 
 
 @dataclass(slots=True)
@@ -123,6 +141,11 @@ class Router:
 
     def models(self) -> list[str]:
         return list(self.deployments)
+
+    def fallbacks_of(self, model: str) -> list[str]:
+        """The fallback chain configured for ``model`` (none for a model not served)."""
+        config = self.configs.get(model)
+        return list(config.fallbacks) if config is not None else []
 
     def plan(
         self,

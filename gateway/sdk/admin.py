@@ -1,44 +1,33 @@
 """Spend and keys from Python: ``client.spend`` and ``client.keys``, one interface four ways.
 
 ``GatewayClient`` / ``AsyncGatewayClient`` ask a running gateway over HTTP (``/v1/spend…``,
-``/admin/keys…``, with the master key or an admin key); ``Gateway`` / ``AsyncGateway`` read the
-engine's ledger and key store in-process. Either way the answers are the same small typed
-values: ``SpendReport`` (rows and a total, money as ``Decimal``), ``SpendRecordView`` (one
-request), ``KeyInfo`` (a key's public view, never its secret) and ``CreatedKey`` (a key with its
-plaintext, shown once). ``to_pandas()`` turns reports and records into DataFrames when pandas
-is installed (it is not a dependency).
+``/admin/keys…``, with the master key or an admin key; the requests and their parsing are
+here, ``gateway.sdk.remote`` sends them); ``Gateway`` / ``AsyncGateway`` read the engine's
+ledger and key store in-process (``gateway.sdk.local``). Either way the answers are the same
+small typed values: ``SpendReport`` (rows and a total, money as ``Decimal``),
+``SpendRecordView`` (one request), ``KeyInfo`` (a key's public view, never its secret) and
+``CreatedKey`` (a key with its plaintext, shown once). ``to_pandas()`` turns reports and
+records into DataFrames when pandas is installed (it is not a dependency).
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import orjson
 
-from gateway.costs import usd_str
-from gateway.errors import GatewayError, InvalidRequestError
-from gateway.ledger import SpendRecord
-from gateway.ledger import SpendRow as LedgerSpendRow
-from gateway.ledger.periods import PeriodError, report_period
-from gateway.ledger.reports import GROUPS, MAX_PAGE
-from gateway.remote import Call, Headers
+from gateway.facts import usd_str
+from gateway.ledger.records import SpendRecord
+from gateway.sdk.protocol import ApiRequest, Headers
 
-if TYPE_CHECKING:
-    from gateway.engine import Engine
-    from gateway.keys import KeyStore
-    from gateway.ledger import GroupBy, Ledger
-
-T = TypeVar("T")
 Moment = str | datetime | None  # "7d", "24h", an ISO date or timestamp, or a datetime
 Page = tuple[list["SpendRecordView"], str | None]
-FLUSH_WAIT = 1.0  # as the HTTP routes: wait this long for the ledger writer before reading
 
 
 def _pandas() -> Any:
@@ -95,9 +84,10 @@ class SpendReportRow:
         )
 
     @classmethod
-    def from_ledger(cls, row: LedgerSpendRow) -> SpendReportRow:
+    def from_sums(cls, row: object) -> SpendReportRow:
+        """From a ledger report's row (``gateway.ledger.reports.SpendRow``): the same fields."""
         values = {f.name: getattr(row, f.name) for f in fields(cls)}
-        values["cost_usd"] = Decimal(usd_str(row.cost_usd))  # as the HTTP API writes it
+        values["cost_usd"] = Decimal(usd_str(values["cost_usd"]))  # as the HTTP API writes it
         return cls(**values)
 
     def __repr__(self) -> str:
@@ -294,10 +284,13 @@ class AsyncSpendRecords:
         return records_to_pandas(await self.to_list())
 
 
-# --- backends: what the namespaces ask of a remote gateway or an in-process engine ---------
+# --- what the namespaces ask of a backend, and how a running gateway is asked -------------
 
 
-class Backend(Protocol):
+class AdminBackend(Protocol):
+    """Spend and keys, in-process or remote; sync backends return results, async ones
+    awaitables of them."""
+
     def report(self, group_by: str, since: Moment, until: Moment, key_id: str | None) -> Any: ...
     def page(
         self, since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
@@ -308,33 +301,51 @@ class Backend(Protocol):
     def rotate_key(self, key_id: str) -> Any: ...
 
 
-def _text(value: Moment) -> str | None:
+def moment_text(value: Moment) -> str | None:
+    """A moment as the HTTP API and the period parser take it."""
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def _report_call(group_by: str, since: Moment, until: Moment, key_id: str | None) -> Call:
-    params = {"group_by": group_by, "since": _text(since), "until": _text(until), "key_id": key_id}
-    return Call("GET", "/spend", params={k: v for k, v in params.items() if v is not None})
-
-
-def _page_call(
-    since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
-) -> Call:
+def report_request(group_by: str, since: Moment, until: Moment, key_id: str | None) -> ApiRequest:
     params = {
-        "since": _text(since),
-        "until": _text(until),
+        "group_by": group_by,
+        "since": moment_text(since),
+        "until": moment_text(until),
+        "key_id": key_id,
+    }
+    return ApiRequest("GET", "/spend", params={k: v for k, v in params.items() if v is not None})
+
+
+def page_request(
+    since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
+) -> ApiRequest:
+    params = {
+        "since": moment_text(since),
+        "until": moment_text(until),
         "key_id": key_id,
         "limit": str(size),
         "cursor": cursor,
     }
-    return Call("GET", "/spend/records", params={k: v for k, v in params.items() if v is not None})
+    return ApiRequest(
+        "GET", "/spend/records", params={k: v for k, v in params.items() if v is not None}
+    )
 
 
-def _key_call(method: str, path: str, body: dict[str, Any] | None = None) -> Call:
-    return Call(method, path, body, root=True)
+def key_request(method: str, path: str, body: dict[str, Any] | None = None) -> ApiRequest:
+    if body is not None:
+        body = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in body.items()}
+    return ApiRequest(method, path, body, root=True)
 
 
-def _parse_report(body: bytes) -> SpendReport:
+def revoke_request(key_id: str) -> ApiRequest:
+    return key_request("POST", f"/admin/keys/{quote(key_id)}/revoke")
+
+
+def rotate_request(key_id: str) -> ApiRequest:
+    return key_request("POST", f"/admin/keys/{quote(key_id)}/rotate")
+
+
+def parse_report(body: bytes, headers: Headers) -> SpendReport:
     data = orjson.loads(body)
     return SpendReport(
         group_by=data["group_by"],
@@ -345,225 +356,21 @@ def _parse_report(body: bytes) -> SpendReport:
     )
 
 
-def _parse_page(body: bytes) -> Page:
+def parse_page(body: bytes, headers: Headers) -> Page:
     data = orjson.loads(body)
     return [record_from_json(r) for r in data["data"]], data.get("next_cursor")
 
 
-def _spec_json(spec: dict[str, Any]) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Decimal) else v) for k, v in spec.items()}
+def parse_created(body: bytes, headers: Headers) -> CreatedKey:
+    return CreatedKey.from_json(orjson.loads(body))
 
 
-class Reader(Protocol):
-    def read(self, call: Call) -> tuple[bytes, Headers]: ...
+def parse_key(body: bytes, headers: Headers) -> KeyInfo:
+    return KeyInfo.from_json(orjson.loads(body))
 
 
-class AsyncReader(Protocol):
-    async def read(self, call: Call) -> tuple[bytes, Headers]: ...
-
-
-class RemoteBackend:
-    """A running gateway, for ``GatewayClient``."""
-
-    def __init__(self, client: Reader) -> None:
-        self._client = client
-
-    def report(
-        self, group_by: str, since: Moment, until: Moment, key_id: str | None
-    ) -> SpendReport:
-        return _parse_report(self._client.read(_report_call(group_by, since, until, key_id))[0])
-
-    def page(
-        self, since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
-    ) -> Page:
-        return _parse_page(self._client.read(_page_call(since, until, key_id, size, cursor))[0])
-
-    def create_key(self, spec: dict[str, Any]) -> CreatedKey:
-        body, _ = self._client.read(_key_call("POST", "/admin/keys", _spec_json(spec)))
-        return CreatedKey.from_json(orjson.loads(body))
-
-    def list_keys(self) -> list[KeyInfo]:
-        body, _ = self._client.read(_key_call("GET", "/admin/keys"))
-        return [KeyInfo.from_json(k) for k in orjson.loads(body)["data"]]
-
-    def revoke_key(self, key_id: str) -> KeyInfo:
-        body, _ = self._client.read(_key_call("POST", f"/admin/keys/{quote(key_id)}/revoke"))
-        return KeyInfo.from_json(orjson.loads(body))
-
-    def rotate_key(self, key_id: str) -> CreatedKey:
-        body, _ = self._client.read(_key_call("POST", f"/admin/keys/{quote(key_id)}/rotate"))
-        return CreatedKey.from_json(orjson.loads(body))
-
-
-class AsyncRemoteBackend:
-    """A running gateway, for ``AsyncGatewayClient``."""
-
-    def __init__(self, client: AsyncReader) -> None:
-        self._client = client
-
-    async def report(
-        self, group_by: str, since: Moment, until: Moment, key_id: str | None
-    ) -> SpendReport:
-        body, _ = await self._client.read(_report_call(group_by, since, until, key_id))
-        return _parse_report(body)
-
-    async def page(
-        self, since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
-    ) -> Page:
-        body, _ = await self._client.read(_page_call(since, until, key_id, size, cursor))
-        return _parse_page(body)
-
-    async def create_key(self, spec: dict[str, Any]) -> CreatedKey:
-        body, _ = await self._client.read(_key_call("POST", "/admin/keys", _spec_json(spec)))
-        return CreatedKey.from_json(orjson.loads(body))
-
-    async def list_keys(self) -> list[KeyInfo]:
-        body, _ = await self._client.read(_key_call("GET", "/admin/keys"))
-        return [KeyInfo.from_json(k) for k in orjson.loads(body)["data"]]
-
-    async def revoke_key(self, key_id: str) -> KeyInfo:
-        body, _ = await self._client.read(_key_call("POST", f"/admin/keys/{quote(key_id)}/revoke"))
-        return KeyInfo.from_json(orjson.loads(body))
-
-    async def rotate_key(self, key_id: str) -> CreatedKey:
-        body, _ = await self._client.read(_key_call("POST", f"/admin/keys/{quote(key_id)}/rotate"))
-        return CreatedKey.from_json(orjson.loads(body))
-
-
-class InProcessBackend:
-    """The engine's own ledger and key store, for ``AsyncGateway`` (and, run on its loop
-    thread, ``Gateway``). The same checks as the HTTP routes, the same errors."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    async def _ledger(self) -> Ledger:
-        ledger = self._engine.ledger
-        if ledger is None:
-            raise GatewayError(
-                "the spend ledger is disabled (ledger.enabled: false), so there is no spend "
-                "to report; enable it in the config to record requests from then on",
-                status=404,
-                type="invalid_request_error",
-                code="ledger_disabled",
-            )
-        await self._engine.start()
-        try:  # include the requests just answered, as the HTTP routes do
-            async with asyncio.timeout(FLUSH_WAIT):
-                await ledger.writer.flush()
-        except (TimeoutError, RuntimeError):
-            pass
-        return ledger
-
-    async def _store(self) -> KeyStore:
-        store = self._engine.keys
-        if store is None:
-            raise GatewayError(
-                "keys live in the ledger's database, and the ledger is disabled "
-                "(ledger.enabled: false); enable it to manage keys",
-                status=503,
-                type="api_error",
-                code="key_store_disabled",
-            )
-        await self._engine.start()
-        return store
-
-    @staticmethod
-    def _period(since: Moment, until: Moment) -> tuple[datetime, datetime]:
-        try:
-            return report_period(_text(since), _text(until))
-        except PeriodError as exc:
-            raise InvalidRequestError(str(exc), param=exc.param) from None
-
-    async def report(
-        self, group_by: str, since: Moment, until: Moment, key_id: str | None
-    ) -> SpendReport:
-        if group_by not in GROUPS:
-            raise InvalidRequestError(
-                f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}", param="group_by"
-            )
-        start, end = self._period(since, until)
-        ledger = await self._ledger()
-        rows = await ledger.spend_report(cast("GroupBy", group_by), start, end, key_id)
-        views = [SpendReportRow.from_ledger(row) for row in rows]
-        total = SpendReportRow.from_ledger(LedgerSpendRow.total(rows))
-        return SpendReport(group_by, start, end, views, total)
-
-    async def page(
-        self, since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
-    ) -> Page:
-        if not 1 <= size <= MAX_PAGE:
-            raise InvalidRequestError(f"page_size must be from 1 to {MAX_PAGE}", param="limit")
-        start, end = self._period(since, until)
-        ledger = await self._ledger()
-        try:
-            got = await ledger.spend_records(start, end, key_id, size, cursor)
-        except ValueError as exc:  # an unreadable cursor
-            raise InvalidRequestError(str(exc), param="cursor") from None
-        return list(got.records), got.next_cursor
-
-    async def create_key(self, spec: dict[str, Any]) -> CreatedKey:
-        store = await self._store()
-        attrs = dict(spec)
-        if "team" in attrs:
-            attrs["team_id"] = (await store.get_team(attrs.pop("team"))).id
-        days = attrs.pop("expires_in_days", None)
-        if days is not None:
-            if not 0 < days <= 36_500:
-                raise InvalidRequestError(
-                    "expires_in_days must be more than 0 and at most 36500",
-                    param="expires_in_days",
-                )
-            attrs["expires_at"] = datetime.now(UTC) + timedelta(days=days)
-        if not attrs.get("name"):
-            raise InvalidRequestError("a key needs a name", param="name")
-        key, plaintext = await store.create_key(**attrs)
-        self._engine.auth.forget()
-        return CreatedKey(plaintext, KeyInfo.from_json(key.public()))
-
-    async def list_keys(self) -> list[KeyInfo]:
-        store = await self._store()
-        return [KeyInfo.from_json(k.public()) for k in await store.list_keys()]
-
-    async def revoke_key(self, key_id: str) -> KeyInfo:
-        key = await (await self._store()).revoke_key(key_id)
-        self._engine.auth.forget()
-        return KeyInfo.from_json(key.public())
-
-    async def rotate_key(self, key_id: str) -> CreatedKey:
-        key, plaintext = await (await self._store()).rotate_key(key_id)
-        self._engine.auth.forget()
-        return CreatedKey(plaintext, KeyInfo.from_json(key.public()))
-
-
-class BlockingBackend:
-    """An async backend driven from synchronous code by ``run`` (``Gateway``'s loop thread)."""
-
-    def __init__(
-        self, inner: InProcessBackend, run: Callable[[Coroutine[Any, Any, Any]], Any]
-    ) -> None:
-        self._inner = inner
-        self._run = run
-
-    def report(self, group_by: str, since: Moment, until: Moment, key_id: str | None) -> Any:
-        return self._run(self._inner.report(group_by, since, until, key_id))
-
-    def page(
-        self, since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
-    ) -> Any:
-        return self._run(self._inner.page(since, until, key_id, size, cursor))
-
-    def create_key(self, spec: dict[str, Any]) -> Any:
-        return self._run(self._inner.create_key(spec))
-
-    def list_keys(self) -> Any:
-        return self._run(self._inner.list_keys())
-
-    def revoke_key(self, key_id: str) -> Any:
-        return self._run(self._inner.revoke_key(key_id))
-
-    def rotate_key(self, key_id: str) -> Any:
-        return self._run(self._inner.rotate_key(key_id))
+def parse_keys(body: bytes, headers: Headers) -> list[KeyInfo]:
+    return [KeyInfo.from_json(k) for k in orjson.loads(body)["data"]]
 
 
 # --- the namespaces -------------------------------------------------------------------------
@@ -576,7 +383,7 @@ def _key_spec(**given: Any) -> dict[str, Any]:
 class Spend:
     """``client.spend``: what was spent (the master key or an admin key, when remote)."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: AdminBackend) -> None:
         self._backend = backend
 
     def report(
@@ -606,7 +413,7 @@ class Spend:
 class Keys:
     """``client.keys``: virtual keys (the master key or an admin key, when remote)."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: AdminBackend) -> None:
         self._backend = backend
 
     def create(
@@ -660,7 +467,7 @@ class Keys:
 class AsyncSpend:
     """``client.spend`` for asyncio code; see ``Spend``."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: AdminBackend) -> None:
         self._backend = backend
 
     async def report(
@@ -688,7 +495,7 @@ class AsyncSpend:
 class AsyncKeys:
     """``client.keys`` for asyncio code; see ``Keys``."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: AdminBackend) -> None:
         self._backend = backend
 
     async def create(
@@ -734,17 +541,3 @@ class AsyncKeys:
     async def rotate(self, key_id: str) -> CreatedKey:
         result: CreatedKey = await self._backend.rotate_key(key_id)
         return result
-
-
-def in_process(engine: Engine) -> tuple[AsyncSpend, AsyncKeys]:
-    """``spend`` and ``keys`` for ``AsyncGateway``."""
-    backend = InProcessBackend(engine)
-    return AsyncSpend(backend), AsyncKeys(backend)
-
-
-def in_process_blocking(
-    engine: Engine, run: Callable[[Coroutine[Any, Any, T]], T]
-) -> tuple[Spend, Keys]:
-    """``spend`` and ``keys`` for ``Gateway``, run on its loop thread by ``run``."""
-    backend = BlockingBackend(InProcessBackend(engine), run)
-    return Spend(backend), Keys(backend)

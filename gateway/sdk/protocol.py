@@ -1,9 +1,9 @@
-"""What the gateway clients send to a running gateway and how they read its answers, no I/O.
+"""What the remote clients send to a running gateway and how they read its answers, no I/O.
 
-Requests are built as plain ``Call`` values; answers (status, headers, body bytes, SSE bytes)
-become typed results carrying ``GatewayFacts``, and the gateway's own exception classes here.
-The client modules (``gateway.client``, ``gateway.client_async``) only move bytes and sleep,
-so the sync and the async client cannot drift apart.
+Requests are built as plain ``ApiRequest`` values; answers (status, headers, body bytes, SSE
+bytes) become typed results carrying ``GatewayFacts``, and the gateway's own exception classes
+here. ``gateway.sdk.remote`` only moves bytes and sleeps, so the sync and the async client
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 
 from gateway.errors import (
     AuthenticationError,
+    BudgetExceededError,
     ContentFilterError,
     ContextLengthExceededError,
     GatewayError,
@@ -32,14 +34,13 @@ from gateway.errors import (
     UpstreamConnectionError,
     UpstreamError,
     UpstreamTimeoutError,
+    retry_after_seconds,
 )
 from gateway.facts import facts_from_headers, usd
-from gateway.health import retry_after_seconds
-from gateway.limits.base import BudgetExceededError
-from gateway.streaming import SSEDecoder, SSEEvent
+from gateway.sdk.resources import ModelRequest
 from gateway.types import ChatCompletion, ChatCompletionChunk, CreateEmbeddingResponse
+from gateway.wire import JSON, SSEDecoder, SSEEvent
 
-JSON = dict[str, Any]
 Headers = dict[str, str]
 DEFAULT_BASE_URL = "http://127.0.0.1:4000/v1"  # where ``llm-gateway serve`` listens by default
 
@@ -78,7 +79,7 @@ def api_key_from(given: str | None) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Call:
+class ApiRequest:
     """One HTTP request to the gateway, before it is sent."""
 
     method: str
@@ -91,56 +92,22 @@ class Call:
     root: bool = False  # the path is under the server's root (``/admin/…``), not ``/v1``
 
 
-def request_body(
-    body: JSON,
-    params: dict[str, Any],
-    *,
-    fallbacks: list[str] | None,
-    metadata: dict[str, Any] | None,
-    user: str | None,
-    **gateway_fields: Any,
-) -> JSON:
-    """``body`` with the caller's OpenAI parameters and the gateway's options that travel in
-    the body (``fallbacks``, ``metadata``, ``user``, and any ``gateway_fields`` not None);
-    ``extra_body`` is merged last, as the OpenAI SDK does."""
-    extra_body = params.pop("extra_body", None) or {}
-    body = {**body, **params}
-    if fallbacks is not None:
-        body["fallbacks"] = list(fallbacks)
-    if metadata is not None:
-        body["metadata"] = dict(metadata)
-    if user is not None:
-        body["user"] = user
-    body.update({k: v for k, v in gateway_fields.items() if v is not None})
-    body.update(extra_body)
-    return body
-
-
-def model_call(
-    path: str,
-    body: JSON,
-    params: dict[str, Any],
-    *,
-    fallbacks: list[str] | None,
-    regions: list[str] | None,
-    metadata: dict[str, Any] | None,
-    user: str | None,
-) -> Call:
-    """A chat or embeddings request with the gateway's options: ``fallbacks``, ``metadata``
-    and ``user`` travel in the body, ``regions`` as ``x-gateway-regions``. ``extra_body``
-    and ``extra_headers`` are merged as the OpenAI SDK does."""
-    headers = {str(k).lower(): str(v) for k, v in (params.pop("extra_headers", None) or {}).items()}
-    body = request_body(body, params, fallbacks=fallbacks, metadata=metadata, user=user)
-    if regions is not None:
-        headers["x-gateway-regions"] = ",".join(regions)
+def api_request(request: ModelRequest) -> ApiRequest:
+    """A chat or embeddings request as the HTTP call that carries it: ``regions`` travel as
+    ``x-gateway-regions``, the caller's ``extra_headers`` as headers. A stream always asks for
+    the usage chunk, which carries the cost, and hides it if the caller did not ask."""
+    headers = dict(request.headers)
+    if request.regions is not None:
+        headers["x-gateway-regions"] = ",".join(request.regions)
+    body = request.body
     stream = bool(body.get("stream"))
     hide_usage = False
-    if stream:  # ask for usage, whose chunk carries the cost, and hide it if not asked for
+    if stream:
         options = body.get("stream_options")
         options = dict(options) if isinstance(options, dict) else {}
         hide_usage = not options.get("include_usage")
-        body["stream_options"] = {**options, "include_usage": True}
-    return Call("POST", path, body, headers, stream=stream, hide_usage=hide_usage)
+        body = {**body, "stream_options": {**options, "include_usage": True}}
+    return ApiRequest("POST", request.path, body, headers, stream=stream, hide_usage=hide_usage)
 
 
 # --- facts and typed results ----------------------------------------------------------------
@@ -258,6 +225,29 @@ class RetryPolicy:
             return None
         return self._backoff(retries_done)
 
+    def wait_after_failure(self, exc: httpx.TransportError, retries_done: int, url: str) -> float:
+        """Seconds to wait after a request got no answer, or its exception: only a failed
+        connection is retried (nothing was sent); any later failure may have reached the
+        gateway, so it is never sent again."""
+        wait = (
+            self.after_connect_failure(retries_done)
+            if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+            else None
+        )
+        if wait is None:
+            raise transport_error(exc, url) from exc
+        return wait
+
+    def wait_after_answer(
+        self, status: int, body: bytes, headers: Headers, retries_done: int
+    ) -> float:
+        """Seconds to wait after an error answer, or the exception it maps to."""
+        error = error_from_response(status, body, headers)
+        wait = self.after_error(error, retries_done)
+        if wait is None:
+            raise error
+        return wait
+
     def _backoff(self, retries_done: int) -> float:
         return float(self.backoff * 2**retries_done * random.uniform(0.75, 1.0))
 
@@ -266,6 +256,14 @@ class RetryPolicy:
 
 
 StreamItem = ChatCompletionChunk | GatewayError
+
+
+def unwrap(items: list[StreamItem]) -> Iterator[ChatCompletionChunk]:
+    """The chunks in order; an error among them is raised where it stands."""
+    for item in items:
+        if isinstance(item, GatewayError):
+            raise item
+        yield item
 
 
 class ChunkDecoder:
@@ -409,7 +407,7 @@ class Settings:
         }
 
     def request(
-        self, http: httpx.Client | httpx.AsyncClient, call: Call, timeout: Timeout | None
+        self, http: httpx.Client | httpx.AsyncClient, call: ApiRequest, timeout: Timeout | None
     ) -> httpx.Request:
         """The HTTP request for a call; one id per call, kept across retries, lets the
         gateway's logs tie the tries together (it echoes it as ``x-client-request-id``)."""

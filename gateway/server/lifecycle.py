@@ -22,8 +22,8 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
-from gateway.readiness import Readiness
 from gateway.reload import ConfigReloader, ReloadResult
+from gateway.server.readiness import Readiness
 
 log = logging.getLogger("gateway.lifecycle")
 

@@ -4,7 +4,7 @@ A client written for Azure OpenAI (the openai SDK's ``AzureOpenAI``) or for Mist
 ``mistralai`` SDK) points at the gateway unchanged. A surface only translates at the edge —
 where the model name comes from, a few field names, the shape of a stream — and hands the
 canonical request to the Engine, so auth, limits, routing, retries, costs and the ledger are
-exactly the OpenAI route's. Each call's ``CallInfo.surface`` (the ledger's ``surface`` column)
+exactly the OpenAI route's. Each call's ``Call.surface`` (the ledger's ``surface`` column)
 says which API it came through.
 
 - Azure: ``/openai/deployments/{deployment}/chat/completions`` and ``…/embeddings`` (any
@@ -20,25 +20,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import orjson
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
-from gateway.engine import CallInfo, Engine
+from gateway.call import Call
+from gateway.engine import Engine
 from gateway.errors import GatewayError
-from gateway.ledger import Surface
-from gateway.server.app import (
-    JSON_TYPE,
+from gateway.ledger.records import Surface
+from gateway.server.asgi import GatewayApp
+from gateway.server.http import (
     Gatekeeper,
     apply_gateway_headers,
+    call_response,
     error_response,
-    new_info,
-    sse_body,
+    new_call,
+    stream_response,
 )
-from gateway.server.asgi import GatewayApp
 from gateway.types import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -46,8 +46,8 @@ from gateway.types import (
     FimCompletionRequest,
     StreamOptions,
 )
+from gateway.wire import JSON
 
-JSON = dict[str, Any]
 Chunks = AsyncIterator[JSON]
 # The User-Agent of Mistral's SDKs: ``mistral-client-python/1.2.3`` (and -typescript), or
 # Speakeasy's default, which ends with the package name ``mistralai``.
@@ -110,25 +110,20 @@ def client_is(scope: Scope, agents: tuple[bytes, ...]) -> bool:
 async def completion_response(
     engine: Engine,
     body: CompletionRequest,
-    info: CallInfo,
+    call: Call,
     reshape: Callable[[Chunks], Chunks] | None = None,
 ) -> Response:
     """Run a chat or FIM request through the Engine; JSON, or SSE reshaped for the surface."""
     if body.stream:
-        stream = await engine.chat_stream(body, info)
-        return StreamingResponse(
-            sse_body(stream, reshape(aiter(stream)) if reshape else None),
-            media_type="text/event-stream",
-            headers={**info.headers(), "cache-control": "no-cache", "x-accel-buffering": "no"},
-        )
-    result = await engine.chat(body, info)
-    return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
+        stream = await engine.chat_stream(body, call)
+        return stream_response(stream, call, reshape(aiter(stream)) if reshape else None)
+    return call_response(await engine.chat(body, call), call)
 
 
-def surface_info(request: Request, surface: Surface) -> CallInfo:
-    info = new_info(request)
-    info.surface = surface
-    return info
+def surface_call(request: Request, surface: Surface) -> Call:
+    call = new_call(request)
+    call.surface = surface
+    return call
 
 
 # --- Azure OpenAI ---------------------------------------------------------------------------
@@ -166,28 +161,28 @@ class AzureSurface:
         return lambda data: data.__setitem__("model", deployment)
 
     async def chat(self, request: Request) -> Response:
-        info = surface_info(request, "azure")
+        call = surface_call(request, "azure")
         try:
-            body = await self.gate.parse(request, ChatCompletionRequest, info, self._named(request))
+            body = await self.gate.parse(request, ChatCompletionRequest, call, self._named(request))
             body.model = self.model_for(body.model)
-            apply_gateway_headers(request, body, info)
-            return await completion_response(self.engine, body, info, azure_chunks)
+            apply_gateway_headers(request, body, call)
+            return await completion_response(self.engine, body, call, azure_chunks)
         except GatewayError as exc:
-            self.engine.observe(info, exc)  # if refused before the engine saw it
-            return error_response(exc, info.headers())
+            self.engine.observe(call, exc)  # if refused before the engine saw it
+            return error_response(exc, call.headers())
 
     async def embeddings(self, request: Request) -> Response:
-        info = surface_info(request, "azure")
-        info.operation = "embeddings"  # for metrics and logs, should it be refused early
+        call = surface_call(request, "azure")
+        call.operation = "embeddings"  # for metrics and logs, should it be refused early
         try:
-            body = await self.gate.parse(request, EmbeddingRequest, info, self._named(request))
+            body = await self.gate.parse(request, EmbeddingRequest, call, self._named(request))
             body.model = self.model_for(body.model)
-            apply_gateway_headers(request, body, info)
-            result = await self.engine.embeddings(body, info)
+            apply_gateway_headers(request, body, call)
+            result = await self.engine.embeddings(body, call)
         except GatewayError as exc:
-            self.engine.observe(info, exc)  # if refused before the engine saw it
-            return error_response(exc, info.headers())
-        return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
+            self.engine.observe(call, exc)  # if refused before the engine saw it
+            return error_response(exc, call.headers())
+        return call_response(result, call)
 
 
 async def azure_chunks(chunks: Chunks) -> Chunks:
@@ -215,52 +210,52 @@ class MistralSurface:
         self.gate = gate
 
     async def fim(self, request: Request) -> Response:
-        info = surface_info(request, "mistral")
-        info.operation = "fim"  # for metrics and logs, should it be refused early
+        call = surface_call(request, "mistral")
+        call.operation = "fim"  # for metrics and logs, should it be refused early
         try:
-            body = await self.gate.parse(request, FimCompletionRequest, info)
+            body = await self.gate.parse(request, FimCompletionRequest, call)
             if body.stream:
                 body.stream_options = StreamOptions(include_usage=True)
-            apply_gateway_headers(request, body, info)
-            return await completion_response(self.engine, body, info, mistral_chunks)
+            apply_gateway_headers(request, body, call)
+            return await completion_response(self.engine, body, call, mistral_chunks)
         except GatewayError as exc:
-            self.engine.observe(info, exc)  # if refused before the engine saw it
+            self.engine.observe(call, exc)  # if refused before the engine saw it
             if exc.code == "unsupported_feature" and "lacks fim" in exc.message:
                 exc.message += (
                     "; fill-in-the-middle needs a deployment on Mistral (La Plateforme or Azure "
                     "serverless) of a model with FIM, such as codestral-latest"
                 )
-            return error_response(exc, info.headers())
+            return error_response(exc, call.headers())
 
     async def chat(self, request: Request) -> Response:
-        info = surface_info(request, "mistral")
+        call = surface_call(request, "mistral")
         try:
-            body = await self.gate.parse(request, ChatCompletionRequest, info, canonical_chat)
+            body = await self.gate.parse(request, ChatCompletionRequest, call, canonical_chat)
             if body.stream:
                 body.stream_options = StreamOptions(include_usage=True)
-            apply_gateway_headers(request, body, info)
+            apply_gateway_headers(request, body, call)
             if not body.stream:
-                result = await self.engine.chat(body, info)
-                if not result.get("usage") and info.usage:
-                    result["usage"] = info.usage  # Mistral's answers always carry usage
-                return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
-            return await completion_response(self.engine, body, info, mistral_chunks)
+                result = await self.engine.chat(body, call)
+                if not result.get("usage") and call.usage:
+                    result["usage"] = call.usage  # Mistral's answers always carry usage
+                return call_response(result, call)
+            return await completion_response(self.engine, body, call, mistral_chunks)
         except GatewayError as exc:
-            self.engine.observe(info, exc)  # if refused before the engine saw it
-            return error_response(exc, info.headers())
+            self.engine.observe(call, exc)  # if refused before the engine saw it
+            return error_response(exc, call.headers())
 
     async def embeddings(self, request: Request) -> Response:
-        info = surface_info(request, "mistral")
-        info.operation = "embeddings"  # for metrics and logs, should it be refused early
+        call = surface_call(request, "mistral")
+        call.operation = "embeddings"  # for metrics and logs, should it be refused early
         try:
-            body = await self.gate.parse(request, EmbeddingRequest, info, canonical_embeddings)
-            apply_gateway_headers(request, body, info)
-            result = await self.engine.embeddings(body, info)
+            body = await self.gate.parse(request, EmbeddingRequest, call, canonical_embeddings)
+            apply_gateway_headers(request, body, call)
+            result = await self.engine.embeddings(body, call)
         except GatewayError as exc:
-            self.engine.observe(info, exc)  # if refused before the engine saw it
-            return error_response(exc, info.headers())
-        result.setdefault("id", f"embd-{info.request_id}")  # Mistral's answers have one
-        return Response(orjson.dumps(result), media_type=JSON_TYPE, headers=info.headers())
+            self.engine.observe(call, exc)  # if refused before the engine saw it
+            return error_response(exc, call.headers())
+        result.setdefault("id", f"embd-{call.request_id}")  # Mistral's answers have one
+        return call_response(result, call)
 
 
 def canonical_chat(data: JSON) -> None:

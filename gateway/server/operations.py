@@ -1,4 +1,5 @@
-"""Routes for whoever runs the gateway: ``/health/live``, ``/health/ready``, ``/admin/reload``.
+"""Routes for whoever runs the gateway: ``/health/live``, ``/health/ready``, ``/metrics`` and
+``/admin/reload``.
 
 Probes come without keys, so ``/health/ready`` tells anyone only whether the process is
 ready and which kinds of check fail; the master key also gets each check's details (model
@@ -8,6 +9,7 @@ apart is a constant-time comparison, never a key-store lookup: a probe storm sta
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import signal
@@ -19,10 +21,11 @@ from starlette.responses import Response
 from gateway.auth import Authenticator
 from gateway.engine import Engine
 from gateway.errors import AuthenticationError, GatewayError, PermissionDeniedError
-from gateway.lifecycle import log_reload, supervisor_pid
-from gateway.readiness import Readiness
+from gateway.observability import Observability
 from gateway.reload import ConfigReloader
-from gateway.server.app import JSON_TYPE, error_response
+from gateway.server.http import JSON_TYPE, Gatekeeper, error_response
+from gateway.server.lifecycle import log_reload, supervisor_pid
+from gateway.server.readiness import Readiness
 
 LIVE = b'{"status":"ok"}'
 
@@ -42,10 +45,12 @@ def presents_master_key(request: Request, auth: Authenticator) -> bool:
 def add_operations_routes(
     app: FastAPI,
     engine: Engine,
+    gate: Gatekeeper,
     readiness: Readiness,
     reloader: ConfigReloader,
+    observability: Observability,
 ) -> None:
-    """Register the health and reload routes."""
+    """Register the health, metrics and reload routes."""
 
     async def live(request: Request) -> Response:
         return Response(LIVE, media_type=JSON_TYPE)
@@ -110,6 +115,26 @@ def add_operations_routes(
             body["workers"] = "restarting"
         return Response(orjson.dumps(body), media_type=JSON_TYPE)
 
+    endpoint = observability.metrics
+
+    async def metrics(request: Request) -> Response:
+        assert endpoint is not None
+        if engine.config.metrics.require_auth:
+            try:
+                principal = await gate.authenticate(request)
+                if not principal.admin:
+                    raise PermissionDeniedError(
+                        "/metrics needs the master key or an admin key (metrics.require_auth)",
+                        code="admin_required",
+                    )
+            except GatewayError as exc:
+                return error_response(exc)
+        endpoint.metrics.refresh()
+        body = await asyncio.to_thread(endpoint.render)
+        return Response(body, media_type=endpoint.content_type)
+
     app.add_route("/health/live", live, methods=["GET"])
     app.add_route("/health/ready", ready, methods=["GET"])
+    if endpoint is not None:
+        app.add_route("/metrics", metrics, methods=["GET"])
     app.add_route("/admin/reload", reload, methods=["POST"])

@@ -14,16 +14,12 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
+from gateway.engine import Engine
 from gateway.ledger.writer import describe
-
-if TYPE_CHECKING:
-    from gateway.engine import Engine
-
-JSON = dict[str, Any]
+from gateway.wire import JSON
 
 
 @dataclass(slots=True)

@@ -7,7 +7,6 @@ a decimal string in JSON (never a float), as in the ``x-gateway-cost`` header.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 from collections.abc import AsyncIterator, Collection
@@ -21,30 +20,29 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import Principal
-from gateway.costs import usd_str
 from gateway.engine import Engine
 from gateway.errors import GatewayError, InvalidRequestError, PermissionDeniedError
-from gateway.ledger import (
+from gateway.facts import usd_str
+from gateway.ledger.ledger import Ledger, ledger_disabled
+from gateway.ledger.periods import FORMS, PeriodError, report_period
+from gateway.ledger.records import SpendRecord
+from gateway.ledger.reports import (
+    GROUPS,
+    MAX_PAGE,
     GroupBy,
-    Ledger,
-    SpendRecord,
     SpendRow,
+    decode_cursor,
     report_csv,
     write_records_csv,
 )
-from gateway.ledger.periods import FORMS, PeriodError, report_period
-from gateway.ledger.reports import GROUPS, MAX_PAGE, decode_cursor
 from gateway.ledger.writer import describe
-from gateway.server.app import JSON_TYPE, Gatekeeper, error_response
+from gateway.server.http import JSON_TYPE, Gatekeeper, error_response
 
 log = logging.getLogger("gateway.server.spend")
 CSV_TYPE = "text/csv; charset=utf-8"
 FORMATS = ("json", "csv")
 DEFAULT_PAGE = 100
 EXPORT_PAGE = 1000
-# A report first waits this long for this process's writer to store what it holds, so it
-# includes the requests just answered; past that (database slow or down) it reads what is there.
-FLUSH_WAIT = 1.0
 
 
 def spend_scope(request: Request, principal: Principal) -> str | None:
@@ -83,7 +81,7 @@ class SpendRoutes:
             key_id = query.key_id()
             csv = query.choice("format", FORMATS, "json") == "csv"
             query.done()
-            await caught_up(ledger)
+            await ledger.caught_up()
             rows = await ledger.spend_report(group_by, since, until, key_id)
         except GatewayError as exc:
             return error_response(exc)
@@ -121,7 +119,7 @@ class SpendRoutes:
                     param="limit" if query.given("limit") else "cursor",
                 )
             query.done()
-            await caught_up(ledger)
+            await ledger.caught_up()
             page = await ledger.spend_records(
                 since, until, key_id, EXPORT_PAGE if csv else limit, cursor
             )
@@ -147,13 +145,7 @@ class SpendRoutes:
         principal = await self.gate.authenticate(request)
         scope = spend_scope(request, principal)
         if self.engine.ledger is None:
-            raise GatewayError(
-                "the spend ledger is disabled (ledger.enabled: false), so there is no spend "
-                "to report; enable it in the config to record requests from then on",
-                status=404,
-                type="invalid_request_error",
-                code="ledger_disabled",
-            )
+            raise ledger_disabled()
         return self.engine.ledger, scope
 
 
@@ -238,17 +230,6 @@ class SpendQuery:
                 f"{', '.join(dict.fromkeys(self.read))} (since and until: {FORMS})",
                 param=unknown[0],
             )
-
-
-async def caught_up(ledger: Ledger) -> None:
-    """Wait (briefly) until this process's writer has stored what it holds, so a report
-    includes the requests just answered. Other replicas' records appear within their
-    ``flush_interval``."""
-    try:
-        async with asyncio.timeout(FLUSH_WAIT):
-            await ledger.writer.flush()
-    except (TimeoutError, RuntimeError):
-        pass  # database slow or down, or the writer stopped: report what is stored
 
 
 def unreadable(exc: BaseException) -> GatewayError:

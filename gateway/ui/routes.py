@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import jinja2
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.datastructures import FormData
@@ -32,12 +32,21 @@ from gateway.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from gateway.keys import KeyStore, VirtualKey, hash_key
-from gateway.ledger import report_csv
+from gateway.keys import (
+    KeyAdmin,
+    KeyChange,
+    KeySpec,
+    KeyStore,
+    TeamChange,
+    TeamSpec,
+    VirtualKey,
+    hash_key,
+    key_store_disabled,
+)
+from gateway.keys.admin import parse
+from gateway.ledger.reports import report_csv
 from gateway.ledger.writer import describe
-from gateway.server.admin import KeyAdmin, KeyChange, KeySpec, TeamChange, TeamSpec
-from gateway.server.app import validation_message
-from gateway.server.spend import CSV_TYPE, caught_up
+from gateway.server.spend import CSV_TYPE
 from gateway.ui import views
 from gateway.ui.forms import key_form, team_form
 from gateway.ui.session import COOKIE, PATH, LoginThrottle, Session, SessionSigner, csrf_ok
@@ -90,7 +99,6 @@ class Dashboard:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.admin = KeyAdmin(engine)
         self.throttle = LoginThrottle()
         master = engine.config.auth.master_key
         self.signer = (
@@ -181,12 +189,12 @@ class Dashboard:
 
     def store(self) -> KeyStore:
         if self.engine.keys is None:
-            raise GatewayError(
-                "keys and teams live in the ledger's database, and the ledger is disabled "
-                "(ledger.enabled: false)",
-                status=503,
-            )
+            raise key_store_disabled()
         return self.engine.keys
+
+    def admin(self) -> KeyAdmin:
+        """The key and team rules, applied to this gateway's store."""
+        return KeyAdmin(self.store(), self.engine.auth.forget)
 
     def page(self, name: str, request: Request, session: Session, **context: Any) -> Response:
         status = context.pop("status", 200)
@@ -275,8 +283,8 @@ class Dashboard:
             return refused
         assert self.engine.ledger is not None
         period, by, team = self._spend_query(request)
-        await caught_up(self.engine.ledger)
-        data = await views.spend_page(self.engine, period, by, team, self.admin)
+        await self.engine.ledger.caught_up()
+        data = await views.spend_page(self.engine, period, by, team)
         return self.page(
             "spend.html",
             request,
@@ -292,7 +300,7 @@ class Dashboard:
             return refused
         assert self.engine.ledger is not None
         period, by, team = self._spend_query(request)
-        await caught_up(self.engine.ledger)
+        await self.engine.ledger.caught_up()
         since, until, _ = views.period_range(period, datetime.now(UTC))
         rows = await self.engine.ledger.spend_report(by, since, until, team=team)  # type: ignore[arg-type]
         name = f"spend-by-{by}-{period}" + ("-team" if team else "")
@@ -306,13 +314,13 @@ class Dashboard:
         if (refused := self._ledger_needed(request, session)) is not None:
             return refused
         assert self.engine.ledger is not None
-        await caught_up(self.engine.ledger)
+        await self.engine.ledger.caught_up()
         data = await views.traffic_page(self.engine)
         return self.page("traffic.html", request, session, **data)
 
     async def deployments(self, request: Request, session: Session) -> Response:
         if self.engine.ledger is not None:
-            await caught_up(self.engine.ledger)
+            await self.engine.ledger.caught_up()
         data = await views.deployments_page(self.engine)
         return self.page("deployments.html", request, session, **data)
 
@@ -326,7 +334,7 @@ class Dashboard:
         error: str | None = None,
     ) -> Response:
         self.store()
-        data = await views.keys_page(self.engine, self.admin)
+        data = await views.keys_page(self.engine)
         return self.page(
             "keys.html", request, session, status=status, created=created, error=error, **data
         )
@@ -334,10 +342,7 @@ class Dashboard:
     # -- changes ---------------------------------------------------------------------------
     @staticmethod
     def _validated(model: type[M], body: dict[str, Any]) -> M:
-        try:
-            return model.model_validate(body)
-        except ValidationError as exc:
-            raise GatewayError(validation_message(exc)[0], status=400) from None
+        return parse(model, body, "form")
 
     async def _changed(
         self, request: Request, session: Session, work: Awaitable[Issued | None]
@@ -360,7 +365,7 @@ class Dashboard:
     async def create_key(self, request: Request, session: Session) -> Response:
         async def work() -> Issued:
             spec = self._validated(KeySpec, key_form(await form(request), True))
-            key, plaintext = await self.admin.new_key(self.store(), spec)
+            key, plaintext = await self.admin().new_key(spec)
             return key, plaintext, "created"
 
         return await self._changed(request, session, work())
@@ -368,19 +373,19 @@ class Dashboard:
     async def update_key(self, request: Request, session: Session) -> Response:
         async def work() -> None:
             change = self._validated(KeyChange, key_form(await form(request), False))
-            await self.admin.change_key(self.store(), request.path_params["key_id"], change)
+            await self.admin().change_key(request.path_params["key_id"], change)
 
         return await self._changed(request, session, work())
 
     async def revoke_key(self, request: Request, session: Session) -> Response:
         async def work() -> None:
-            await self.admin.revoke(self.store(), request.path_params["key_id"])
+            await self.admin().revoke(request.path_params["key_id"])
 
         return await self._changed(request, session, work())
 
     async def rotate_key(self, request: Request, session: Session) -> Response:
         async def work() -> Issued:
-            key, plaintext = await self.admin.rotate(self.store(), request.path_params["key_id"])
+            key, plaintext = await self.admin().rotate(request.path_params["key_id"])
             return key, plaintext, "rotated"
 
         return await self._changed(request, session, work())
@@ -388,14 +393,14 @@ class Dashboard:
     async def create_team(self, request: Request, session: Session) -> Response:
         async def work() -> None:
             spec = self._validated(TeamSpec, team_form(await form(request), True))
-            await self.admin.new_team(self.store(), spec)
+            await self.admin().new_team(spec)
 
         return await self._changed(request, session, work())
 
     async def update_team(self, request: Request, session: Session) -> Response:
         async def work() -> None:
             change = self._validated(TeamChange, team_form(await form(request), False))
-            await self.admin.change_team(self.store(), request.path_params["team_id"], change)
+            await self.admin().change_team(request.path_params["team_id"], change)
 
         return await self._changed(request, session, work())
 

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, cast
 
-from gateway.costs import usd_str
 from gateway.engine import Engine
+from gateway.facts import usd_str
 from gateway.keys import Team, VirtualKey
-from gateway.ledger import GroupBy, SpendRow
+from gateway.keys.admin import budget_status
+from gateway.ledger.reports import GroupBy, SpendRow
 from gateway.ledger.series import (
     Dimension,
     TrafficMinute,
@@ -22,7 +23,6 @@ from gateway.ledger.series import (
     spend_series,
     traffic,
 )
-from gateway.server.admin import KeyAdmin
 
 PERIODS = {"today": "Today", "7d": "Last 7 days", "30d": "Last 30 days"}
 DIMENSIONS = {"model": "Model", "provider": "Provider", "team": "Team", "key": "Key"}
@@ -102,9 +102,7 @@ def row_view(row: SpendRow, label: str, total: Decimal) -> dict[str, Any]:
     }
 
 
-async def spend_page(
-    engine: Engine, period: str, by: str, team: str | None, admin: KeyAdmin
-) -> dict[str, Any]:
+async def spend_page(engine: Engine, period: str, by: str, team: str | None) -> dict[str, Any]:
     """The spend page: chart series, totals, top keys and models, budget bars."""
     assert engine.ledger is not None
     ledger = engine.ledger
@@ -166,21 +164,21 @@ async def spend_page(
         "chart": {"labels": [_short(b, unit) for b in labels], "datasets": datasets},
         "columns": columns,
         "table": table,
-        "budgets": await budgets(engine, names, admin),
+        "budgets": await budgets(engine, names),
     }
 
 
-async def budgets(engine: Engine, names: Names, admin: KeyAdmin) -> list[dict[str, Any]]:
+async def budgets(engine: Engine, names: Names) -> list[dict[str, Any]]:
     """Every team and live key with a budget: spent, budget, share and reset date."""
     out = []
-    items: list[tuple[str, Team | VirtualKey]] = [
+    items: list[tuple[Literal["key", "team"], Team | VirtualKey]] = [
         ("team", t) for t in names.teams.values() if t.budget_usd is not None
     ]
     items += [
         ("key", k) for k in names.keys.values() if k.budget_usd is not None and k.revoked_at is None
     ]
     for kind, item in items:
-        spend = await admin.spend(item, kind)
+        spend = await budget_status(item, kind, engine.limits, engine.ledger)
         spent, budget = Decimal(spend["spent_usd"]), Decimal(spend["budget_usd"])
         used = float(spent / budget * 100) if budget else 100.0
         resets = spend["resets_at"]
@@ -332,16 +330,20 @@ def _quota(used: int, limit: int | None) -> dict[str, Any] | None:
     return {"used": used, "limit": limit, "pct": round(min(100.0, used / limit * 100), 1)}
 
 
-async def keys_page(engine: Engine, admin: KeyAdmin) -> dict[str, Any]:
+async def keys_page(engine: Engine) -> dict[str, Any]:
     """Every key and team with its limits and current-period spend."""
     names = await Names.load(engine)
     keys = sorted(names.keys.values(), key=lambda k: (k.revoked_at is not None, k.name))
     key_rows = []
     for key in keys:
-        spend = await admin.spend(key, "key") if key.revoked_at is None else None
+        spend = (
+            await budget_status(key, "key", engine.limits, engine.ledger)
+            if key.revoked_at is None
+            else None
+        )
         key_rows.append({"key": key, "team": names.label("team", key.team_id), "spend": spend})
     team_rows = [
-        {"team": t, "spend": await admin.spend(t, "team")}
+        {"team": t, "spend": await budget_status(t, "team", engine.limits, engine.ledger)}
         for t in sorted(names.teams.values(), key=lambda t: t.name)
     ]
     return {"keys": key_rows, "teams": team_rows}

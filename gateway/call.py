@@ -1,0 +1,159 @@
+"""``Call``: the facts of one call as it runs, and the observers told when it ends.
+
+The server or the library makes a ``Call`` when a request arrives; every stage of the engine
+writes what it learns into it (who is calling, the Plan's attempts, usage and cost). Its
+``headers()`` become the answer's ``x-gateway-*`` headers, its ``facts()`` the library's
+``GatewayFacts``, and it becomes one ledger record when it ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.auth import Principal
+from gateway.costs import Cost
+from gateway.errors import GatewayError
+from gateway.facts import GatewayFacts
+from gateway.ledger.records import Operation, Surface
+from gateway.limits import Admission
+from gateway.resilience import AttemptRecord, Attempts
+from gateway.wire import JSON
+from providers.base import Deployment
+
+
+@dataclass(slots=True)
+class Call:
+    """Gateway facts about one call, filled in as it runs (they become x-gateway-* headers)."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    client_request_id: str | None = None  # the caller's own id, echoed back
+    model: str | None = None
+    tries: Attempts = field(default_factory=Attempts)  # the upstream attempts (resilience)
+    continued: bool = False  # a cut stream was finished by another deployment
+    usage: JSON | None = None
+    dropped_params: tuple[str, ...] = ()
+    malformed_events: int = 0
+    operation: Operation = "chat"
+    surface: Surface = "openai"  # the API the caller spoke (gateway.ledger.records.Surface)
+    stream: bool = False
+    upstream_model: str | None = None  # the model the upstream said answered
+    ttft_seconds: float | None = None
+    cost: Cost | None = None
+    key_id: str | None = None
+    team: str | None = None
+    end_user: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+    principal: Principal | None = None
+    regions: frozenset[str] | None = None  # narrowed by the request (x-gateway-regions)
+    admission: Admission | None = None
+    # The prompt and the answer, kept only for callers whose key or team has the metadata
+    # ``log_content: true`` (for the access log); never otherwise.
+    content: JSON | None = None
+    observed: bool = False  # the observers have been told the call ended
+    ended: bool = False  # recorded and settled (``gateway.calls``): it happens once
+
+    # -- what the attempts say -----------------------------------------------------------
+    @property
+    def attempts(self) -> int:
+        return self.tries.count
+
+    @property
+    def attempt_log(self) -> list[AttemptRecord]:
+        return self.tries.log
+
+    @property
+    def provider(self) -> str | None:
+        """The provider of the last attempt (the one that answered, if any did)."""
+        return self.tries.provider
+
+    @property
+    def deployment(self) -> str | None:
+        return self.tries.deployment
+
+    @property
+    def fallback_used(self) -> bool:
+        return self.tries.fallback_used
+
+    @property
+    def served_by(self) -> Deployment | None:
+        """The deployment whose answer the caller got."""
+        return self.tries.served_by
+
+    @served_by.setter
+    def served_by(self, deployment: Deployment | None) -> None:
+        self.tries.served_by = deployment
+
+    @property
+    def upstream_seconds(self) -> float:
+        return self.tries.upstream_seconds
+
+    # -- the caller ----------------------------------------------------------------------
+    @property
+    def keeps_content(self) -> bool:
+        """Whether the caller's key (or team) asked for its prompts and answers to be logged."""
+        principal = self.principal
+        return principal is not None and principal.tags.get("log_content") in (True, "true")
+
+    def tag_with(self, metadata: object) -> None:
+        """Add a request's ``metadata`` (when it is a mapping) to the ledger record's tags."""
+        if isinstance(metadata, dict):
+            self.tags.update({str(k): v for k, v in metadata.items()})
+
+    # -- time ----------------------------------------------------------------------------
+    def elapsed_seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def overhead_ms(self) -> float:
+        """Time spent in the gateway so far, excluding time waiting on upstream."""
+        elapsed = time.perf_counter() - self.started
+        return max(0.0, (elapsed - self.tries.upstream_seconds) * 1000.0)
+
+    # -- what the caller is told ---------------------------------------------------------
+    def headers(self) -> dict[str, str]:
+        tries = self.tries
+        headers = {
+            "x-request-id": self.request_id,
+            "x-gateway-provider": tries.provider or "",
+            "x-gateway-deployment": tries.deployment or "",
+            "x-gateway-attempts": str(len(tries.log)),
+            "x-gateway-fallback-used": "true" if tries.fallback_used else "false",
+            "x-gateway-overhead-ms": f"{self.overhead_ms():.2f}",
+        }
+        if self.dropped_params:
+            headers["x-gateway-dropped-params"] = ",".join(self.dropped_params)
+        if self.client_request_id:
+            headers["x-client-request-id"] = self.client_request_id
+        if self.admission is not None:
+            headers.update(self.admission.headers)
+        if self.cost is not None:
+            headers["x-gateway-cost"] = self.cost.usd_str()
+            if self.cost.estimated:
+                headers["x-gateway-usage-estimated"] = "true"
+        return headers
+
+    def facts(self) -> GatewayFacts:
+        """The facts of the call as they stand now, as the library hands them out."""
+        cost = self.cost
+        return GatewayFacts(
+            request_id=self.request_id,
+            provider=self.provider,
+            deployment=self.deployment,
+            attempts=self.attempts,
+            fallback_used=self.fallback_used,
+            cost=cost.total if cost is not None else None,
+            usage_estimated=bool(cost is not None and cost.estimated),
+            overhead_ms=round(self.overhead_ms(), 2),
+            dropped_params=self.dropped_params,
+        )
+
+
+# The name this type had before it moved here.
+CallInfo = Call
+
+# Told once when a call ends, with its facts and its error (None: it succeeded). Observers
+# (metrics, access log, traces) run on the request path: they must be quick and not raise.
+Observer = Callable[[Call, GatewayError | None], None]

@@ -1,0 +1,377 @@
+"""The configuration's shape: every section of the YAML file as a pydantic model.
+
+``load`` reads a file into these; each stage reads its own section. Provider entries are
+``ProviderSettings`` (or an adapter's subclass of it, with its own keys), defined here so that
+adapters build on the schema without the schema knowing any adapter.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from decimal import Decimal
+from typing import Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TimeoutSettings(BaseModel):
+    """Seconds to connect and to wait for each next byte from this provider."""
+
+    model_config = ConfigDict(extra="forbid")
+    connect: float = Field(default=10.0, gt=0)
+    read: float = Field(default=120.0, gt=0)
+
+
+class ProviderSettings(BaseModel):
+    """Config common to every provider entry; adapters extend it with their own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    api_key: SecretStr | None = None
+    base_url: str | None = None
+    region: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    drop_unsupported_params: bool = True
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=4000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    shutdown_timeout: int = Field(
+        default=25,
+        ge=1,
+        description="On SIGTERM, seconds requests in flight may take to finish; those still "
+        "running then are cut and recorded as errors (499).",
+    )
+    drain_delay: float = Field(
+        default=0.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, seconds /health/ready answers 503 while requests are still "
+        "served, so load balancers stop sending before the listener closes.",
+    )
+
+
+class AuthConfig(_Strict):
+    master_key: SecretStr | None = None
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long a virtual key lookup is reused; revocations and limit changes "
+        "take effect within this time on every replica.",
+    )
+
+
+class LimitsConfig(_Strict):
+    """Where rate limits, parallel caps and budgets are counted."""
+
+    backend: Literal["memory", "redis"] = Field(
+        default="memory", description="redis: one limit across replicas (needs redis.url)"
+    )
+    reservation_ttl: float = Field(
+        default=900.0,
+        gt=0,
+        description="Seconds a reservation lives if its request never settles (a dead replica).",
+    )
+    default_max_output_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="Output tokens reserved when neither the request nor the catalog caps them.",
+    )
+
+
+PRICE_FIELDS = frozenset({"input", "cached_input", "output", "reasoning", "embedding"})
+
+
+class PriceConfig(_Strict):
+    """USD per 1M tokens, for a deployment with a negotiated price or a model the catalog
+    lacks. Numbers or strings, read as exact decimals; an unset field keeps the catalog's."""
+
+    input: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cached_input: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    output: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    reasoning: Decimal | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Default: the output price."
+    )
+    embedding: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _sets_a_price(self) -> PriceConfig:
+        if all(getattr(self, name) is None for name in PRICE_FIELDS):
+            raise ValueError(f"set at least one of {', '.join(sorted(PRICE_FIELDS))}")
+        return self
+
+
+class PriceEntryConfig(PriceConfig):
+    """A price list entry (``prices.<provider type>.<model>``, and the shipped catalog)."""
+
+    aliases: list[str] = Field(default_factory=list, description="Other names it answers to.")
+    context_window: int | None = Field(default=None, ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    source: str | None = Field(default=None, description="Where the price was published.")
+    checked: str | None = Field(default=None, description="When the price was taken.")
+    note: str | None = None
+
+    @field_validator("checked", mode="before")
+    @classmethod
+    def _date_as_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2025-08-07 as a date.
+        return value.isoformat() if isinstance(value, date) else value
+
+
+class DeploymentConfig(_Strict):
+    provider: str
+    model: str | None = None
+    deployment: str | None = None  # Azure: deployment name, which is not the model name
+    base_model: str | None = None
+    weight: float = Field(default=1.0, gt=0)
+    region: str | None = None
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute quota.")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens per minute quota.")
+    price: PriceConfig | None = Field(
+        default=None, description="This deployment's own price, e.g. a negotiated one."
+    )
+
+    @model_validator(mode="after")
+    def _needs_a_name(self) -> DeploymentConfig:
+        if not (self.model or self.deployment):
+            raise ValueError("a deployment needs 'model' (or 'deployment' for Azure)")
+        return self
+
+    @property
+    def upstream_name(self) -> str:
+        return self.deployment or self.model or ""
+
+
+Strategy = Literal["weighted", "round-robin", "least-busy", "latency", "cost"]
+
+
+class RetryConfig(_Strict):
+    """How often to try again, and how long to wait in between."""
+
+    attempts_per_deployment: int = Field(default=2, ge=1, le=10)
+    attempts_per_request: int = Field(default=5, ge=1, le=30)
+    initial_backoff: float = Field(default=0.25, ge=0, description="Seconds; doubles per retry.")
+    max_backoff: float = Field(default=8.0, ge=0)
+    max_retry_after: float = Field(
+        default=10.0,
+        ge=0,
+        description="An upstream Retry-After longer than this fails over instead of waiting.",
+    )
+
+
+class TimeoutConfig(_Strict):
+    """Seconds; connect, first_token and idle default to each provider's own timeouts."""
+
+    connect: float | None = Field(default=None, gt=0)
+    first_token: float | None = Field(default=None, gt=0)
+    idle: float | None = Field(default=None, gt=0)
+    total: float = Field(default=600.0, gt=0, description="All attempts of one request.")
+
+
+class CircuitConfig(_Strict):
+    """When a deployment is taken out of rotation, and when it is tried again."""
+
+    enabled: bool = True
+    consecutive_failures: int = Field(default=5, ge=1)
+    error_ratio: float = Field(default=0.5, gt=0, le=1)
+    min_requests: int = Field(default=20, ge=1, description="Before error_ratio applies.")
+    window: float = Field(default=30.0, gt=0, description="Seconds of history for the ratio.")
+    cooldown: float = Field(default=30.0, gt=0, description="Seconds open before a probe.")
+
+
+class RoutingConfig(_Strict):
+    """Defaults for every model; a model may override strategy, retries and timeouts."""
+
+    strategy: Strategy = "weighted"
+    retries: RetryConfig = Field(default_factory=RetryConfig)
+    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    circuit: CircuitConfig = Field(default_factory=CircuitConfig)
+    fallback_on_content_filter: bool = False
+    continue_streams: bool = Field(
+        default=True,
+        description="Continue a cut stream on a fallback that supports assistant prefill.",
+    )
+
+
+class ModelConfig(_Strict):
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    fallbacks: list[str] = Field(default_factory=list)
+    context_window_fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Larger-context models tried at once on context_length_exceeded.",
+    )
+    strategy: Strategy | None = None
+    retries: RetryConfig | None = None
+    timeouts: TimeoutConfig | None = None
+
+
+class RedisConfig(_Strict):
+    """Shared state for several gateway replicas (circuit breakers; later limits)."""
+
+    url: str = Field(description="e.g. redis://127.0.0.1:6379/0")
+    key_prefix: str = "llm-gateway:"
+
+
+_LEDGER_URL = re.compile(r"^(sqlite(\+aiosqlite)?|postgres|postgresql(\+asyncpg)?)://")
+
+
+class LedgerConfig(_Strict):
+    """The spend ledger: one record per request, written in batches off the request path."""
+
+    enabled: bool = True
+    url: str = Field(
+        default="sqlite+aiosqlite:///./llm-gateway.db",
+        description="sqlite+aiosqlite:///PATH (default: ./llm-gateway.db) or "
+        "postgresql+asyncpg://USER:PASSWORD@HOST:PORT/DATABASE",
+    )
+    batch_size: int = Field(default=100, ge=1, le=10_000, description="Records per write.")
+    flush_interval: float = Field(
+        default=0.2, gt=0, le=60, description="Seconds a partial batch waits for more records."
+    )
+    queue_size: int = Field(default=10_000, ge=1, description="Records held before spilling.")
+    overflow_size: int = Field(
+        default=10_000, ge=0, description="Spill buffer; past it, records are dropped (logged)."
+    )
+    shutdown_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to write what is held when stopping."
+    )
+    migrate: bool = Field(default=True, description="Bring the schema up to date at start-up.")
+
+    @field_validator("url")
+    @classmethod
+    def _supported_database(cls, url: str) -> str:
+        if not _LEDGER_URL.match(url):
+            raise ValueError(
+                "expected sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DATABASE "
+                "(sqlite://, postgresql:// and postgres:// are accepted too)"
+            )
+        return url
+
+
+class MetricsConfig(_Strict):
+    """Prometheus metrics at ``GET /metrics`` (see docs/operations.md)."""
+
+    enabled: bool = True
+    require_auth: bool = Field(
+        default=False,
+        description="Only the master key or an admin key may read /metrics; off by default, "
+        "as scrapers usually sit inside the network.",
+    )
+    per_key: bool = Field(
+        default=True,
+        description="Label tokens, spend and limit refusals by key and team id; switch off "
+        "with very many keys (each adds series per model).",
+    )
+
+
+class LoggingConfig(_Strict):
+    """The gateway's own log lines, and its access log (one line per request)."""
+
+    format: Literal["json", "text"] = Field(
+        default="json", description="json: one JSON object per line; text: for people."
+    )
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = Field(
+        default=True,
+        description="One line per request on the gateway.access logger: who, which model, "
+        "status, latency, cost; prompts and answers only for keys with log_content.",
+    )
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry traces with GenAI attributes (needs the ``otel`` extra)."""
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console"] = "otlp"
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP traces URL (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, "
+        "else http://localhost:4318/v1/traces).",
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Sent with each export, e.g. a collector's API key."
+    )
+    service_name: str = "llm-gateway"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="Share of requests traced.")
+
+
+class AzureSurfaceConfig(_Strict):
+    """How Azure OpenAI clients' deployment names map to the gateway's models."""
+
+    deployments: dict[str, str] = Field(
+        default_factory=dict,
+        description="Azure deployment name (in /openai/deployments/{name}/… or the v1 body's "
+        "model) → gateway model; a name not listed means the model of the same name.",
+    )
+
+
+class SurfacesConfig(_Strict):
+    """Provider-native APIs served beside the OpenAI one (see gateway/server/native.py)."""
+
+    azure: AzureSurfaceConfig = Field(default_factory=AzureSurfaceConfig)
+
+
+class UIConfig(_Strict):
+    """The web dashboard at ``/ui`` (master key or admin keys only)."""
+
+    enabled: bool = True
+    session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 30, description="How long a dashboard login lasts."
+    )
+
+
+class GatewayConfig(_Strict):
+    """The whole configuration file."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    redis: RedisConfig | None = None
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+    ui: UIConfig = Field(default_factory=UIConfig)
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    surfaces: SurfacesConfig = Field(default_factory=SurfacesConfig)
+
+    prices: dict[str, dict[str, PriceEntryConfig]] = Field(
+        default_factory=dict,
+        description="Price list entries by provider type and model, over the shipped catalog.",
+    )
+
+    @model_validator(mode="after")
+    def _redis_for_shared_limits(self) -> GatewayConfig:
+        if self.limits.backend == "redis" and self.redis is None:
+            raise ValueError("limits.backend is redis but no redis.url is configured")
+        return self
+
+
+_M = TypeVar("_M", bound=_Strict)
+
+
+def overridden(base: _M, override: _M | None) -> _M:
+    """``base`` with the fields that ``override`` sets explicitly."""
+    if override is None:
+        return base
+    return base.model_copy(update=override.model_dump(include=override.model_fields_set))

@@ -1,0 +1,316 @@
+"""The pipeline: a validated request → who is calling → admission → a Plan → attempts through
+adapters and transport → cost → ledger → limits settled → the answer.
+
+``Engine`` is what the HTTP server and the in-process library both call; neither re-implements
+any step. Each public operation reads like the path in docs/architecture.md, one stage a line;
+upstream answers stay plain dicts in the OpenAI shape on this path.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from gateway.auth import Authenticator
+from gateway.call import Call, Observer
+from gateway.calls import Calls
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
+from gateway.keys.store import KeyStore
+from gateway.ledger.ledger import Ledger
+from gateway.limits import Limits, limits_for, period_start
+from gateway.resilience import read_answer, run_plan, within
+from gateway.routing import HealthBoard, Plan, Router, Ticket
+from gateway.setup import Setup
+from gateway.streams import ChunkStream, StreamOpener, upstream_request
+from gateway.transport import AiohttpTransport
+from gateway.types import CompletionRequest, EmbeddingRequest
+from gateway.wire import JSON, Transport
+from providers.base import Deployment
+
+if TYPE_CHECKING:
+    from gateway.accounting import Accountant
+    from gateway.routing.shared_circuits import RedisCircuits
+
+log = logging.getLogger("gateway.engine")
+
+
+class Engine:
+    """One gateway: its setup (config, routing, prices), keys, limits, ledger and transport."""
+
+    def __init__(self, config: GatewayConfig, *, transport: Transport | None = None) -> None:
+        # The redis client (~6 MiB of modules) is imported only when Redis is configured.
+        self.shared_circuits: RedisCircuits | None = None
+        if config.redis is not None:
+            from gateway.routing.shared_circuits import RedisCircuits
+
+            self.shared_circuits = RedisCircuits.from_url(
+                config.redis.url, prefix=config.redis.key_prefix
+            )
+        self.health = HealthBoard(config.routing.circuit, shared=self.shared_circuits)
+        self.ledger = Ledger(config.ledger) if config.ledger.enabled else None
+        self.setup = Setup.build(config, self.health, self.ledger)
+        if self.shared_circuits is not None:
+            self.shared_circuits.track(self.setup.deployment_ids())
+        self.transport: Transport = transport or AiohttpTransport()
+        # Virtual keys live in the ledger's database and need a master key to manage them.
+        self.keys = KeyStore(self.ledger.engine) if self.ledger is not None else None
+        master = config.auth.master_key
+        self.auth = Authenticator(
+            master.get_secret_value() if master else None,
+            self.keys if master else None,
+            config.auth.key_cache_seconds,
+        )
+        self.limits: Limits = limits_for(config, seed=self._seed_spend)
+        self.calls = Calls(self._ended)
+        self.observers: list[Observer] = []
+        self._started = False
+
+    # The setup in force; a request reads it once and keeps it to its end.
+    @property
+    def config(self) -> GatewayConfig:
+        return self.setup.config
+
+    @property
+    def router(self) -> Router:
+        return self.setup.router
+
+    @property
+    def accountant(self) -> Accountant:
+        return self.setup.accountant
+
+    # -- the pipeline ----------------------------------------------------------------------
+    async def chat(self, request: CompletionRequest, call: Call) -> JSON:
+        """A complete (non-streaming) chat completion; a FIM request is answered the same way."""
+        setup = self._begin(request, call)
+        result = await self.calls.run(call, self._complete(setup, request, call))
+        call.upstream_model = result.get("model")
+        usage = result.get("usage")
+        if not usage:  # some OpenAI-compatible servers send none
+            texts = [
+                str((c.get("message") or {}).get("content") or "")
+                for c in result.get("choices") or ()
+            ]
+            usage = await setup.accountant.estimate(
+                call.served_by, call.upstream_model, request.prompt_messages(), texts, request.tools
+            )
+        call.usage = usage
+        call.cost = setup.accountant.cost(call.served_by, call.upstream_model, usage)
+        self._correct_quota(call, request.estimated_tokens())
+        if call.keeps_content:
+            call.content = {"messages": request.prompt_messages(), "choices": result.get("choices")}
+        self.calls.end(call)
+        return result
+
+    async def _complete(self, setup: Setup, request: CompletionRequest, call: Call) -> JSON:
+        plan = self._plan(setup, request, call)
+        deadline = plan.policy.deadline(request.gateway_timeout)
+        await self._admit(setup, call, plan, request.estimated_tokens(), request)
+
+        async def attempt(dep: Deployment, ticket: Ticket) -> JSON:
+            upstream = upstream_request(request, request.upstream_body(), dep, stream=False)
+            call.dropped_params = upstream.dropped_params
+            timeouts = plan.policy.upstream_timeouts(dep, stream=False)
+            raw = await read_answer(self.transport, dep, upstream, timeouts, call.tries)
+            return dep.provider.chat_response(raw, dep, upstream)
+
+        return await within(
+            deadline,
+            run_plan(
+                plan,
+                attempt,
+                call.tries,
+                self.health,
+                deadline=deadline,
+                tokens=request.estimated_tokens(),
+                fallback_on_content_filter=setup.config.routing.fallback_on_content_filter,
+            ),
+        )
+
+    async def chat_stream(self, request: CompletionRequest, call: Call) -> ChunkStream:
+        """Open a streaming chat (or FIM) completion. Returns once an upstream has produced its
+        first output, so a failure before anything reached the caller is retried or failed over."""
+        setup = self._begin(request, call)
+        call.stream = True
+        opener = StreamOpener(self.transport, self.health, setup.config.routing, request, call)
+
+        async def open_first() -> ChunkStream:
+            plan = self._plan(setup, request, call)
+            deadline = plan.policy.deadline(request.gateway_timeout)
+            estimate = request.estimated_tokens()
+            await self._admit(setup, call, plan, estimate, request)
+            opened = await opener.open(
+                plan, plan.attempts, request.upstream_body, deadline, estimate
+            )
+            return ChunkStream(opener, plan, deadline, opened, setup.accountant, self.calls)
+
+        return await self.calls.run(call, open_first())
+
+    async def embeddings(self, request: EmbeddingRequest, call: Call) -> JSON:
+        """Embeddings for one or more inputs."""
+        setup = self._begin(request, call)
+        result = await self.calls.run(call, self._embed(setup, request, call))
+        call.upstream_model = result.get("model")
+        call.usage = result.get("usage")
+        call.cost = setup.accountant.cost(
+            call.served_by, call.upstream_model, call.usage, embedding=True
+        )
+        if call.keeps_content:
+            call.content = {"input": request.input}
+        self.calls.end(call)
+        return result
+
+    async def _embed(self, setup: Setup, request: EmbeddingRequest, call: Call) -> JSON:
+        plan = self._plan(setup, request, call)
+        deadline = plan.policy.deadline(request.gateway_timeout)
+        await self._admit(setup, call, plan, len(str(request.input).encode()), None)
+
+        async def attempt(dep: Deployment, ticket: Ticket) -> JSON:
+            upstream = dep.provider.embeddings_request(request.upstream_body(), dep)
+            call.dropped_params = upstream.dropped_params
+            timeouts = plan.policy.upstream_timeouts(dep, stream=False)
+            raw = await read_answer(self.transport, dep, upstream, timeouts, call.tries)
+            return dep.provider.embeddings_response(raw, dep)
+
+        return await within(
+            deadline, run_plan(plan, attempt, call.tries, self.health, deadline=deadline)
+        )
+
+    def models(self) -> list[JSON]:
+        """The public models, in the OpenAI ``/v1/models`` shape."""
+        return [
+            {"id": name, "object": "model", "created": 0, "owned_by": "llm-gateway"}
+            for name in self.router.models()
+        ]
+
+    # -- the stages ------------------------------------------------------------------------
+    def _begin(self, request: CompletionRequest | EmbeddingRequest, call: Call) -> Setup:
+        call.model = request.model
+        call.operation = request.operation
+        call.end_user = call.end_user or request.user
+        return self.setup
+
+    def _plan(
+        self, setup: Setup, request: CompletionRequest | EmbeddingRequest, call: Call
+    ) -> Plan:
+        """The Plan, within what the caller may use: its models (fallbacks included) and its
+        regions, narrowed further by the request's own ``x-gateway-regions``."""
+        router = setup.router
+        chain = request.fallbacks
+        regions = call.regions
+        if call.principal is not None and not call.principal.is_master:
+            configured = router.fallbacks_of(request.model) if chain is None else chain
+            chain, regions = call.principal.authorize(
+                request.model, configured, regions, router.models()
+            )
+        return router.plan(request.model, chain, request.needs(), regions)
+
+    async def _admit(
+        self,
+        setup: Setup,
+        call: Call,
+        plan: Plan,
+        tokens: int,
+        request: CompletionRequest | None,  # None: embeddings of ``tokens`` bytes at most
+    ) -> None:
+        """Reserve rate-limit room and, at the dearest price of the Plan, budget for the
+        caller's key and team, or refuse."""
+        principal = call.principal
+        if principal is None or not principal.limits:
+            return
+        worst = setup.accountant.worst_case_cost(
+            plan.attempts + plan.context_attempts,
+            request,
+            default_max_output=setup.config.limits.default_max_output_tokens,
+            embedding_tokens=tokens if request is None else 0,
+        )
+        call.admission = await self.limits.admit(
+            call.request_id, principal.limits, tokens=tokens, cost=worst
+        )
+
+    def _correct_quota(self, call: Call, estimate: int) -> None:
+        total = (call.usage or {}).get("total_tokens")
+        if call.deployment and isinstance(total, int):
+            self.health.add_tokens(call.deployment, total - estimate)
+
+    def _ended(self, call: Call, error: GatewayError | None) -> None:
+        """A call has ended (``Calls.end``, once): record it, settle its limits, tell the
+        observers."""
+        self.accountant.record(call, error)
+        if call.admission is not None and not call.admission.done:
+            self.calls.spawn(self._settle(call, error))
+        self.observe(call, error)
+
+    async def _settle(self, call: Call, error: GatewayError | None) -> None:
+        admission = call.admission
+        assert admission is not None
+        tokens = (call.usage or {}).get("total_tokens")
+        if error is not None and call.cost is None:
+            await self.limits.release(admission)
+        else:
+            await self.limits.settle(
+                admission,
+                tokens=tokens if isinstance(tokens, int) else admission.tokens,
+                cost=None if call.cost is None else call.cost.total,
+            )
+
+    def observe(self, call: Call, error: GatewayError | None = None) -> None:
+        """Tell the observers that a call ended (once; the server also tells them of requests
+        refused before they reached the engine). An observer's failure never fails a call."""
+        if call.observed:
+            return
+        call.observed = True
+        for observer in self.observers:
+            try:
+                observer(call, error)
+            except Exception:
+                log.exception("observer %r failed on request %s", observer, call.request_id)
+
+    async def _seed_spend(self, scope: str, period: str) -> Decimal:
+        """A budget's starting point: what the ledger says the scope spent this period."""
+        if self.ledger is None:
+            return Decimal(0)
+        kind, _, ident = scope.partition(":")
+        return await self.ledger.scope_spend(
+            "key" if kind == "key" else "team", ident, period_start(period)
+        )
+
+    # -- life ------------------------------------------------------------------------------
+    def swap(self, setup: Setup) -> None:
+        """Put a new setup in force (a reload): requests from now on use it, those running
+        keep theirs. A deployment whose id is unchanged keeps its circuit and counts."""
+        old = self.setup.deployment_ids()
+        new = setup.deployment_ids()
+        self.setup = setup
+        circuit = setup.config.routing.circuit
+        self.health.circuit = circuit
+        self.health.shared = self.shared_circuits if circuit.enabled else None
+        self.health.forget(old - new)
+        if self.shared_circuits is not None:
+            self.shared_circuits.track(new)
+
+    async def start(self) -> None:
+        """Bring the ledger's schema up to date and start its writer (idempotent)."""
+        if self._started:
+            return
+        self._started = True
+        if self.ledger is not None:
+            await self.ledger.start()
+
+    async def aclose(self) -> None:
+        """Let calls still ending account for themselves (within the ledger's shutdown time),
+        finish bookkeeping, flush the ledger, close pooled upstream connections."""
+        await self.calls.drain(self.config.ledger.shutdown_timeout)
+        if self.ledger is not None:
+            await self.ledger.aclose()
+        await self.limits.aclose()
+        await self.transport.close()
+        if self.shared_circuits is not None:
+            await self.shared_circuits.aclose()
+        for provider in self.router.providers.values():
+            if provider.transport is not None:
+                await provider.transport.close()
+
+
+__all__ = ["Call", "ChunkStream", "Engine"]

@@ -1,0 +1,385 @@
+"""The engine in-process: ``AsyncGateway`` and ``Gateway`` with the OpenAI SDK's call shapes.
+
+``gw.chat.completions.create(...)`` returns typed ``ChatCompletion`` objects, or an iterator of
+``ChatCompletionChunk`` when ``stream=True``; errors are the gateway's own exception types.
+``Gateway`` (sync) drives an ``AsyncGateway`` on a private event-loop thread, so it also works
+where a loop is already running (notebooks). Both share the resources of ``gateway.sdk``
+with the remote clients; only the backend here differs: it calls the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+from pydantic import PrivateAttr
+
+from gateway.call import Call
+from gateway.config import GatewayConfig, resolve_config
+from gateway.engine import Engine
+from gateway.errors import InvalidRequestError
+from gateway.facts import GatewayFacts
+from gateway.keys.admin import KeyAdmin, KeySpec, key_store_disabled, parse
+from gateway.ledger.ledger import Ledger, ledger_disabled
+from gateway.ledger.periods import PeriodError, report_period
+from gateway.ledger.reports import GROUPS, MAX_PAGE, GroupBy, SpendRow
+from gateway.sdk.admin import (
+    AsyncKeys,
+    AsyncSpend,
+    CreatedKey,
+    KeyInfo,
+    Keys,
+    Moment,
+    Page,
+    Spend,
+    SpendReport,
+    SpendReportRow,
+    moment_text,
+)
+from gateway.sdk.resources import (
+    AsyncChat,
+    AsyncEmbeddings,
+    AsyncModels,
+    Chat,
+    Embeddings,
+    ModelRequest,
+    Models,
+)
+from gateway.streams import ChunkStream
+from gateway.types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    CreateEmbeddingResponse,
+    EmbeddingRequest,
+    Model,
+)
+from gateway.wire import Transport
+
+ConfigSource = str | Path | dict[str, Any] | GatewayConfig | None
+R = TypeVar("R")
+
+
+class LocalChatCompletion(ChatCompletion):
+    """A chat completion made in-process: also the engine's full record of the call."""
+
+    _call: Call | None = PrivateAttr(default=None)
+
+    @property
+    def gateway(self) -> Call | None:
+        """The engine's record of the call (attempt log, usage, cost)."""
+        return self._call
+
+
+class LocalEmbeddings(CreateEmbeddingResponse):
+    """Embeddings made in-process: also the engine's full record of the call."""
+
+    _call: Call | None = PrivateAttr(default=None)
+
+    @property
+    def gateway(self) -> Call | None:
+        """The engine's record of the call (attempt log, usage, cost)."""
+        return self._call
+
+
+class AsyncChunkStream:
+    """Chunks of one streaming answer; ``facts`` says who answers it and, once it has ended,
+    what it cost (``info`` is the engine's full record of the call)."""
+
+    def __init__(self, stream: ChunkStream, info: Call) -> None:
+        self._stream = stream
+        self.info = info
+
+    @property
+    def facts(self) -> GatewayFacts:
+        return self.info.facts()
+
+    def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ChatCompletionChunk]:
+        async for chunk in self._stream:
+            yield ChatCompletionChunk.model_validate(chunk)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> AsyncChunkStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class LocalBackend:
+    """The engine itself, for ``AsyncGateway`` (and, run on its loop thread, ``Gateway``):
+    models, and the engine's own ledger and key store, with the HTTP routes' checks."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- models ----------------------------------------------------------------------------
+    def _call(self, request: ModelRequest) -> tuple[dict[str, Any], Call]:
+        """The body and a new call's facts, with the gateway's options placed where the HTTP
+        proxy puts them: ``regions`` narrows routing, ``metadata`` tags the ledger record,
+        ``timeout`` is the whole call's deadline in seconds."""
+        body = dict(request.body)
+        if request.timeout is not None:
+            body.setdefault("gateway_timeout", request.timeout)
+        call = Call(request_id=uuid.uuid4().hex, surface="library")
+        if request.regions is not None:
+            call.regions = frozenset(request.regions)
+        call.tag_with(body.get("metadata"))
+        return body, call
+
+    async def complete(self, request: ModelRequest) -> LocalChatCompletion:
+        body, call = self._call(request)
+        parsed = ChatCompletionRequest.model_validate(body)
+        await self.engine.start()
+        completion = LocalChatCompletion.model_validate(await self.engine.chat(parsed, call))
+        completion._call = call
+        completion._facts = call.facts()
+        return completion
+
+    async def stream(self, request: ModelRequest) -> AsyncChunkStream:
+        body, call = self._call(request)
+        parsed = ChatCompletionRequest.model_validate(body)
+        await self.engine.start()
+        return AsyncChunkStream(await self.engine.chat_stream(parsed, call), call)
+
+    async def embed(self, request: ModelRequest) -> LocalEmbeddings:
+        body, call = self._call(request)
+        parsed = EmbeddingRequest.model_validate(body)
+        await self.engine.start()
+        result = LocalEmbeddings.model_validate(await self.engine.embeddings(parsed, call))
+        result._call = call
+        result._facts = call.facts()
+        return result
+
+    async def models(self, timeout: object = None) -> list[Model]:  # noqa: ASYNC109
+        # In-process the list is at hand: there is nothing to wait for.
+        return [Model.model_validate(m) for m in self.engine.models()]
+
+    # -- spend -----------------------------------------------------------------------------
+    async def _ledger(self) -> Ledger:
+        ledger = self.engine.ledger
+        if ledger is None:
+            raise ledger_disabled()
+        await self.engine.start()
+        await ledger.caught_up()  # include the requests just answered, as the routes do
+        return ledger
+
+    @staticmethod
+    def _period(since: Moment, until: Moment) -> tuple[datetime, datetime]:
+        try:
+            return report_period(moment_text(since), moment_text(until))
+        except PeriodError as exc:
+            raise InvalidRequestError(str(exc), param=exc.param) from None
+
+    async def report(
+        self, group_by: str, since: Moment, until: Moment, key_id: str | None
+    ) -> SpendReport:
+        if group_by not in GROUPS:
+            raise InvalidRequestError(
+                f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}", param="group_by"
+            )
+        start, end = self._period(since, until)
+        ledger = await self._ledger()
+        rows = await ledger.spend_report(cast(GroupBy, group_by), start, end, key_id)
+        views = [SpendReportRow.from_sums(row) for row in rows]
+        total = SpendReportRow.from_sums(SpendRow.total(rows))
+        return SpendReport(group_by, start, end, views, total)
+
+    async def page(
+        self, since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
+    ) -> Page:
+        if not 1 <= size <= MAX_PAGE:
+            raise InvalidRequestError(f"page_size must be from 1 to {MAX_PAGE}", param="limit")
+        start, end = self._period(since, until)
+        ledger = await self._ledger()
+        try:
+            got = await ledger.spend_records(start, end, key_id, size, cursor)
+        except ValueError as exc:  # an unreadable cursor
+            raise InvalidRequestError(str(exc), param="cursor") from None
+        return list(got.records), got.next_cursor
+
+    # -- keys ------------------------------------------------------------------------------
+    async def _admin(self) -> KeyAdmin:
+        store = self.engine.keys
+        if store is None:
+            raise key_store_disabled()
+        await self.engine.start()
+        return KeyAdmin(store, self.engine.auth.forget)
+
+    async def create_key(self, spec: dict[str, Any]) -> CreatedKey:
+        checked = parse(KeySpec, spec, "key")
+        key, plaintext = await (await self._admin()).new_key(checked)
+        return CreatedKey(plaintext, KeyInfo.from_json(key.public()))
+
+    async def list_keys(self) -> list[KeyInfo]:
+        admin = await self._admin()
+        return [KeyInfo.from_json(k.public()) for k in await admin.store.list_keys()]
+
+    async def revoke_key(self, key_id: str) -> KeyInfo:
+        key = await (await self._admin()).revoke(key_id)
+        return KeyInfo.from_json(key.public())
+
+    async def rotate_key(self, key_id: str) -> CreatedKey:
+        key, plaintext = await (await self._admin()).rotate(key_id)
+        return CreatedKey(plaintext, KeyInfo.from_json(key.public()))
+
+
+class AsyncGateway:
+    """The gateway engine in-process, for asyncio code."""
+
+    def __init__(self, config: ConfigSource = None, *, transport: Transport | None = None) -> None:
+        self.engine = Engine(resolve_config(config), transport=transport)
+        backend = LocalBackend(self.engine)
+        self.chat: AsyncChat[LocalChatCompletion, AsyncChunkStream, float] = AsyncChat(backend)
+        self.embeddings: AsyncEmbeddings[LocalEmbeddings, float] = AsyncEmbeddings(backend)
+        self.models: AsyncModels[float] = AsyncModels(backend)
+        self.spend = AsyncSpend(backend)
+        self.keys = AsyncKeys(backend)
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+
+    async def __aenter__(self) -> AsyncGateway:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+# --- sync facade ----------------------------------------------------------------------------
+
+
+class _LoopThread:
+    """An event loop on a daemon thread; coroutines are run there and awaited from here."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="llm-gateway", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, R]) -> R:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        self.loop.close()
+
+
+class ChunkIterator:
+    """Synchronous iterator over a streaming answer's chunks."""
+
+    def __init__(self, stream: AsyncChunkStream, runner: _LoopThread) -> None:
+        self._aiter = aiter(stream)
+        self._stream = stream
+        self._runner = runner
+        self.info = stream.info
+
+    @property
+    def facts(self) -> GatewayFacts:
+        """Who answers the stream and, once it has ended, what it cost."""
+        return self._stream.facts
+
+    def __iter__(self) -> Iterator[ChatCompletionChunk]:
+        return self
+
+    def __next__(self) -> ChatCompletionChunk:
+        try:
+            return self._runner.run(anext(self._aiter))  # type: ignore[arg-type]
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._runner.run(self._stream.aclose())
+
+    def __enter__(self) -> ChunkIterator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class BlockingBackend:
+    """``LocalBackend`` driven from synchronous code: each call runs on the loop thread."""
+
+    def __init__(self, inner: LocalBackend, runner: _LoopThread) -> None:
+        self._inner = inner
+        self._runner = runner
+        self._run: Callable[[Coroutine[Any, Any, Any]], Any] = runner.run
+
+    def complete(self, request: ModelRequest) -> LocalChatCompletion:
+        return self._runner.run(self._inner.complete(request))
+
+    def stream(self, request: ModelRequest) -> ChunkIterator:
+        return ChunkIterator(self._runner.run(self._inner.stream(request)), self._runner)
+
+    def embed(self, request: ModelRequest) -> LocalEmbeddings:
+        return self._runner.run(self._inner.embed(request))
+
+    def models(self, timeout: object = None) -> list[Model]:
+        return self._runner.run(self._inner.models(timeout))
+
+    def report(self, group_by: str, since: Moment, until: Moment, key_id: str | None) -> Any:
+        return self._run(self._inner.report(group_by, since, until, key_id))
+
+    def page(
+        self, since: Moment, until: Moment, key_id: str | None, size: int, cursor: str | None
+    ) -> Any:
+        return self._run(self._inner.page(since, until, key_id, size, cursor))
+
+    def create_key(self, spec: dict[str, Any]) -> Any:
+        return self._run(self._inner.create_key(spec))
+
+    def list_keys(self) -> Any:
+        return self._run(self._inner.list_keys())
+
+    def revoke_key(self, key_id: str) -> Any:
+        return self._run(self._inner.revoke_key(key_id))
+
+    def rotate_key(self, key_id: str) -> Any:
+        return self._run(self._inner.rotate_key(key_id))
+
+
+class Gateway:
+    """The gateway engine in-process, for synchronous code."""
+
+    def __init__(self, config: ConfigSource = None, *, transport: Transport | None = None) -> None:
+        self._runner = _LoopThread()
+        self._async = AsyncGateway(config, transport=transport)
+        self.engine = self._async.engine
+        backend = BlockingBackend(LocalBackend(self.engine), self._runner)
+        self.chat: Chat[LocalChatCompletion, ChunkIterator, float] = Chat(backend)
+        self.embeddings: Embeddings[LocalEmbeddings, float] = Embeddings(backend)
+        self.models: Models[float] = Models(backend)
+        self.spend = Spend(backend)
+        self.keys = Keys(backend)
+
+    def close(self) -> None:
+        """Close upstream connections and stop the loop thread; safe to call twice."""
+        if self._runner.loop.is_closed():
+            return
+        self._runner.run(self._async.aclose())
+        self._runner.stop()
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

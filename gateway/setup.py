@@ -1,0 +1,35 @@
+"""``Setup``: what a configuration decides that a reload may replace, as one immutable value.
+
+The engine holds one ``Setup`` and reads it once per request, so a request keeps the routing
+and prices it started with even if a reload swaps in another meanwhile. A new one is built
+completely — providers, router, price book — before it replaces the old in a single
+assignment (``Engine.swap``); nothing is ever half of one and half of the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.accounting import Accountant
+from gateway.config import GatewayConfig
+from gateway.ledger.ledger import Ledger
+from gateway.routing import HealthBoard, Router
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """The configuration in force, its Router (providers and deployments) and its prices."""
+
+    config: GatewayConfig
+    router: Router
+    accountant: Accountant
+
+    @classmethod
+    def build(cls, config: GatewayConfig, health: HealthBoard, ledger: Ledger | None) -> Setup:
+        """Everything ``config`` needs, sharing the process's health board and ledger."""
+        accountant = Accountant(config, ledger)
+        router = Router(config, health=health, price_of=accountant.list_price)
+        return cls(config, router, accountant)
+
+    def deployment_ids(self) -> set[str]:
+        return {d.id for deps in self.router.deployments.values() for d in deps}

@@ -1,0 +1,374 @@
+"""Streaming answers: opening one on the first deployment that produces output, then handing
+its chunks to the caller — continued elsewhere if it is cut — and billing it once.
+
+``StreamOpener`` runs a Plan until an upstream stream has produced its first output, so a
+failure before anything reached the caller is retried or failed over like any call.
+``ChunkStream`` is what the caller reads. When the upstream breaks after output has reached the
+caller, the answer is continued on a later deployment of the Plan that supports assistant
+prefill, if any; otherwise the error is raised, so a cut answer is never presented as complete.
+However the stream ends — complete, broken, or abandoned — it is accounted once: what was
+generated is billed (estimated offline when the provider sent no usage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+
+from gateway.accounting import Accountant
+from gateway.call import Call
+from gateway.calls import Calls
+from gateway.config import RoutingConfig
+from gateway.costs import Cost
+from gateway.errors import ClientDisconnectedError, GatewayError, UpstreamTimeoutError
+from gateway.resilience import UpstreamStream, has_output, open_response, run_plan, within
+from gateway.routing import HealthBoard, Plan, Ticket
+from gateway.types import CompletionRequest
+from gateway.wire import JSON, Transport, UpstreamRequest
+from providers.base import Deployment, EchoFilter
+
+BodyFactory = Callable[[], JSON]
+
+
+@dataclass(slots=True)
+class OpenedStream:
+    """An upstream stream that has produced output, and its admission ticket."""
+
+    stream: UpstreamStream
+    ticket: Ticket
+    first_output_seconds: float
+
+
+def upstream_request(
+    request: CompletionRequest, body: JSON, dep: Deployment, *, stream: bool
+) -> UpstreamRequest:
+    """The request's upstream request, built by the adapter method for its operation."""
+    provider = dep.provider
+    build = provider.fim_request if request.operation == "fim" else provider.chat_request
+    return build(body, dep, stream=stream)
+
+
+class StreamOpener:
+    """Opens a request's stream on the first deployment that produces output."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        health: HealthBoard,
+        routing: RoutingConfig,
+        request: CompletionRequest,
+        call: Call,
+    ) -> None:
+        self.transport = transport
+        self.health = health
+        self.routing = routing
+        self.request = request
+        self.call = call
+
+    async def open(
+        self,
+        plan: Plan,
+        deployments: list[Deployment],
+        body: BodyFactory,
+        deadline: float,
+        estimate: int,
+    ) -> OpenedStream:
+        """Run ``deployments`` until one stream produces output; ``body()`` builds the body."""
+        call = self.call
+        policy = plan.policy
+
+        async def attempt(dep: Deployment, ticket: Ticket) -> OpenedStream:
+            upstream = upstream_request(self.request, body(), dep, stream=True)
+            call.dropped_params = upstream.dropped_params
+            timeouts = policy.upstream_timeouts(dep, stream=True)
+            response = await open_response(self.transport, dep, upstream, timeouts, call.tries)
+            translator = dep.provider.chat_stream(dep, upstream)
+            stream = UpstreamStream(response, translator, dep, deadline)
+            first_token = policy.first_token(dep)
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(min(first_token, max(0.0, deadline - time.monotonic()))):
+                    await stream.until_output()
+            except TimeoutError:
+                await stream.aclose()
+                raise UpstreamTimeoutError(
+                    f"no first token within {first_token:g}s (routing.timeouts.first_token)"
+                ) from None
+            except BaseException:
+                await stream.aclose()
+                raise
+            finally:
+                call.tries.upstream_seconds += time.perf_counter() - started
+            if call.ttft_seconds is None:
+                call.ttft_seconds = call.elapsed_seconds()
+            return OpenedStream(stream, ticket, time.perf_counter() - started)
+
+        sub = Plan(plan.model, policy, deployments, plan.context_attempts)
+        return await within(
+            deadline,
+            run_plan(
+                sub,
+                attempt,
+                call.tries,
+                self.health,
+                deadline=deadline,
+                tokens=estimate,
+                fallback_on_content_filter=self.routing.fallback_on_content_filter,
+                settle_on_success=False,
+            ),
+        )
+
+
+@dataclass(slots=True)
+class _Broken:
+    """What a broken attempt generated before another continued it: billed on its own."""
+
+    deployment: Deployment
+    upstream_model: str | None
+    messages: list[JSON]
+    texts: list[str]
+
+
+class ChunkStream:
+    """The canonical chunks of one streaming answer, as the caller receives them.
+
+    Usage is always recorded in ``call.usage``; the usage chunk reaches the caller only if
+    they asked for it (``stream_options.include_usage``), as OpenAI does, with the call's cost
+    added to it.
+    """
+
+    def __init__(
+        self,
+        opener: StreamOpener,
+        plan: Plan,
+        deadline: float,
+        opened: OpenedStream,
+        accountant: Accountant,
+        calls: Calls,
+    ) -> None:
+        self._opener = opener
+        self._plan = plan
+        self._request = opener.request
+        self._call = opener.call
+        self._deadline = deadline
+        self._accountant = accountant
+        self._calls = calls
+        self._current: OpenedStream | None = opened
+        self._messages: list[JSON] = self._request.prompt_messages()
+        self._generated: dict[int, str] = {}  # by choice, this attempt's text and arguments
+        self._broken: list[_Broken] = []
+        self._usage: JSON | None = None  # the last attempt's reported usage
+        self._accounted = False
+        calls.streams.add(self)
+
+    def __aiter__(self) -> AsyncIterator[JSON]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncGenerator[JSON, None]:
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk
+
+    async def batches(self) -> AsyncGenerator[list[JSON], None]:
+        """The chunks as lists, one per upstream read (never an empty one): what arrived
+        together can be sent on together."""
+        include_usage = self._request.wants_stream_usage
+        health = self._opener.health
+        call = self._call
+        text = ""  # what choice 0 has said so far, for a continuation
+        other_output = False  # tool calls or other choices: cannot be continued
+        stream_id: str | None = None
+        echo: EchoFilter | None = None
+        continued = False
+        while self._current is not None:
+            opened = self._current
+            generated = self._generated
+            try:
+                async for batch in opened.stream.batches():
+                    out: list[JSON] = []
+                    for chunk in batch:
+                        if continued:
+                            if not chunk.get("usage") and not has_output(chunk):
+                                continue
+                            _continue_chunk(chunk, echo)
+                            chunk["id"] = stream_id or chunk.get("id")
+                        stream_id = stream_id or chunk.get("id")
+                        call.upstream_model = call.upstream_model or chunk.get("model")
+                        for choice in chunk.get("choices") or ():
+                            index = choice.get("index", 0)
+                            delta = choice.get("delta") or {}
+                            calls = delta.get("tool_calls")
+                            if index != 0 or calls:
+                                other_output = True
+                            content = delta.get("content") or ""
+                            if index == 0:
+                                text += content
+                            if calls:
+                                content += "".join(
+                                    str((c.get("function") or {}).get("arguments") or "")
+                                    for c in calls
+                                )
+                            generated[index] = generated.get(index, "") + content
+                        usage = chunk.get("usage")
+                        if usage:
+                            self._usage = usage
+                            if include_usage:
+                                cost = await self._cost_with_usage(opened, usage)
+                                chunk["usage"] = {**usage, "cost": cost.usd_str()}
+                        if "usage" in chunk and not include_usage:
+                            if not chunk.get("choices"):
+                                continue
+                            del chunk["usage"]
+                        out.append(chunk)
+                    if out:
+                        yield out
+            except GatewayError as exc:
+                health.finish(opened.ticket, exc)
+                self._current = None
+                if other_output or not text:
+                    self._account_later(exc)
+                    raise
+                try:
+                    self._current = await self._continuation(opened, text, exc)
+                except GatewayError:
+                    self._account_later(exc)
+                    raise
+                continued = True
+                echo = self._current.ticket.deployment.provider.echo_filter(text)
+                continue
+            finally:
+                call.malformed_events += opened.stream.malformed_events
+            health.finish(opened.ticket, latency=opened.first_output_seconds)
+            self._current = None
+            usage = self._usage or {}
+            if isinstance(usage.get("total_tokens"), int):
+                health.add_tokens(
+                    opened.ticket.deployment.id, usage["total_tokens"] - opened.ticket.tokens
+                )
+        self._account_later(None)
+
+    def _break(
+        self, opened: OpenedStream, served_by: Deployment | None, upstream_model: str | None
+    ) -> None:
+        """Set aside what a broken attempt generated (to bill it) as another continues."""
+        texts = [self._generated[i] for i in sorted(self._generated)]
+        dep = served_by or opened.ticket.deployment
+        self._broken.append(_Broken(dep, upstream_model, list(self._messages), texts))
+        self._generated = {}
+        self._usage = None
+        self._call.upstream_model = None
+
+    async def _cost_with_usage(self, opened: OpenedStream, usage: JSON) -> Cost:
+        cost = self._accountant.cost(opened.ticket.deployment, self._call.upstream_model, usage)
+        for part in await self._broken_costs():
+            cost = part + cost
+        return cost
+
+    async def _broken_costs(self) -> list[Cost]:
+        accountant = self._accountant
+        costs = []
+        for b in self._broken:
+            estimate = await accountant.estimate(
+                b.deployment, b.upstream_model, b.messages, b.texts, self._request.tools
+            )
+            costs.append(accountant.cost(b.deployment, b.upstream_model, estimate))
+        return costs
+
+    def _account_later(self, error: GatewayError | None) -> None:
+        """Account for the stream once; estimation (if needed) runs in the background."""
+        if self._accounted:
+            return
+        self._accounted = True
+        self._calls.streams.discard(self)
+        if self._usage is not None and not self._broken:  # the common case: no waiting
+            self._settle(self._usage, [], error)
+            return
+        self._calls.spawn(self._account(error))
+
+    async def _account(self, error: GatewayError | None) -> None:
+        usage = self._usage
+        call = self._call
+        if usage is None and self._generated:
+            texts = [self._generated[i] for i in sorted(self._generated)]
+            usage = await self._accountant.estimate(
+                call.served_by, call.upstream_model, self._messages, texts, self._request.tools
+            )
+        self._settle(usage, await self._broken_costs(), error)
+
+    def _settle(self, usage: JSON | None, broken: list[Cost], error: GatewayError | None) -> None:
+        call = self._call
+        call.usage = usage
+        cost = self._accountant.cost(call.served_by, call.upstream_model, usage)
+        for part in broken:
+            cost = part + cost
+        call.cost = cost
+        if call.keeps_content:
+            call.content = {
+                "messages": self._messages,
+                "output": [self._generated[i] for i in sorted(self._generated)],
+            }
+        self._calls.end(call, error)
+
+    async def _continuation(
+        self, broken: OpenedStream, text: str, error: GatewayError
+    ) -> OpenedStream:
+        """Open a stream that continues ``text`` on a later, prefill-capable deployment;
+        if there is none, or it fails too, the original error stands."""
+        call = self._call
+        if not self._opener.routing.continue_streams or call.operation != "chat":
+            raise error  # a FIM answer would continue its prompt, not the messages
+        attempts = self._plan.attempts
+        later = (
+            attempts[attempts.index(broken.ticket.deployment) + 1 :]
+            if broken.ticket.deployment in attempts
+            else []
+        )
+        able = [d for d in later if d.provider.capabilities.assistant_prefill]
+        if not able:
+            raise error
+        prefix = {"role": "assistant", "content": text, "prefix": True}
+
+        def body() -> JSON:
+            b = self._request.upstream_body()
+            b["messages"] = [*b["messages"], prefix]
+            return b
+
+        served_by, upstream_model = call.served_by, call.upstream_model
+        try:
+            opened = await self._opener.open(
+                self._plan, able, body, self._deadline, broken.ticket.tokens
+            )
+        except GatewayError:
+            # The broken attempt stays the one to account for.
+            call.served_by, call.upstream_model = served_by, upstream_model
+            raise error from None
+        self._break(broken, served_by, upstream_model)
+        self._messages = [*self._messages, prefix]
+        call.continued = True
+        return opened
+
+    async def aclose(self) -> None:
+        """Stop reading (the caller went away): cancel the upstream request and bill what
+        was generated so far."""
+        if self._current is not None:
+            self._opener.health.finish(self._current.ticket)
+            await self._current.stream.aclose()
+            self._current = None
+            self._account_later(
+                ClientDisconnectedError(
+                    "the caller closed the connection before the answer was complete"
+                )
+            )
+
+
+def _continue_chunk(chunk: JSON, echo: EchoFilter | None) -> None:
+    """A chunk of a continued answer: no second opening role, and without the prefix if the
+    continuing provider repeats it."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            delta.pop("role", None)
+    if echo is not None:
+        echo.strip(chunk)
