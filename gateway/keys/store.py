@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -31,9 +33,10 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import InvalidRequestError, NotFoundError
+from gateway.ledger.db import SQLITE_IMMEDIATE
 from gateway.ledger.schema import metadata
 from gateway.limits.base import Period, ScopeLimits
 
@@ -186,7 +189,7 @@ class KeyStore:
             key_hash=hash_key(plaintext),
             **attrs,
         )
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             await conn.execute(keys_table.insert().values(**_row(key)))
         return key, plaintext
 
@@ -241,7 +244,7 @@ class KeyStore:
     async def create_team(self, **attrs: Any) -> Team:
         self._check(attrs, LIMIT_FIELDS)
         team = Team(id=uuid.uuid4().hex, **attrs)
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             existing = (
                 await conn.execute(select(teams_table.c.id).where(teams_table.c.name == team.name))
             ).first()
@@ -287,9 +290,19 @@ class KeyStore:
         if attrs.get("budget_usd") is not None:
             attrs["budget_usd"] = Decimal(str(attrs["budget_usd"]))
 
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction that takes SQLite's write lock at BEGIN. Begun lazily, a
+        transaction that reads and then writes fails at once ("database is locked") when the
+        ledger's writer commits in between, instead of waiting its turn."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(**{SQLITE_IMMEDIATE: True})
+            async with conn.begin():
+                yield conn
+
     async def _save(self, table: Table, row_id: str, values: dict[str, Any]) -> None:
         values = {k: v for k, v in values.items() if k != "id"}
-        async with self.engine.begin() as conn:
+        async with self._writing() as conn:
             await conn.execute(table.update().where(table.c.id == row_id).values(**values))
 
 
