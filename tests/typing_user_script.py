@@ -72,6 +72,10 @@ def in_process() -> str:
             for chunk in s:
                 print(chunk.choices[0].delta.content if chunk.choices else "")
         print(s.facts.cost)
+        attempts: int = reply.gateway.attempts if reply.gateway is not None else 0
+        created = gw.keys.create(name="ci", rpm=60, budget_usd=Decimal("2.5"))
+        key: str = created.key
+        print(attempts, key[:6], [k.prefix for k in gw.keys.list()])
         return reply.choices[0].message.content or ""
 
 

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, Required, TypedDict, Unpack
 from urllib.parse import quote
 
 import orjson
@@ -376,7 +376,25 @@ def parse_keys(body: bytes, headers: Headers) -> list[KeyInfo]:
 # --- the namespaces -------------------------------------------------------------------------
 
 
-def _key_spec(**given: Any) -> dict[str, Any]:
+class NewKey(TypedDict, total=False):
+    """What ``client.keys.create`` takes; the rules are the admin API's (``gateway.keys.admin``).
+    ``budget_usd`` is exact (a Decimal or a string such as "2.50"); ``expires_in_days`` may
+    be fractional; ``team`` is a team's id or name."""
+
+    name: Required[str]
+    team: str | None
+    allowed_models: list[str] | None
+    rpm: int | None
+    tpm: int | None
+    max_parallel: int | None
+    budget_usd: Decimal | str | int | None
+    budget_period: str | None
+    expires_in_days: float | None
+    regions: list[str] | None
+    metadata: dict[str, Any] | None
+
+
+def _key_spec(given: NewKey) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
@@ -416,36 +434,9 @@ class Keys:
     def __init__(self, backend: AdminBackend) -> None:
         self._backend = backend
 
-    def create(
-        self,
-        *,
-        name: str,
-        team: str | None = None,
-        allowed_models: list[str] | None = None,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        max_parallel: int | None = None,
-        budget_usd: Decimal | str | int | None = None,
-        budget_period: str | None = None,
-        expires_in_days: float | None = None,
-        regions: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> CreatedKey:
+    def create(self, **spec: Unpack[NewKey]) -> CreatedKey:
         """A new key; its plaintext (``.key``) is shown this once."""
-        spec = _key_spec(
-            name=name,
-            team=team,
-            allowed_models=allowed_models,
-            rpm=rpm,
-            tpm=tpm,
-            max_parallel=max_parallel,
-            budget_usd=budget_usd,
-            budget_period=budget_period,
-            expires_in_days=expires_in_days,
-            regions=regions,
-            metadata=metadata,
-        )
-        result: CreatedKey = self._backend.create_key(spec)
+        result: CreatedKey = self._backend.create_key(_key_spec(spec))
         return result
 
     def list(self) -> list[KeyInfo]:
@@ -498,36 +489,9 @@ class AsyncKeys:
     def __init__(self, backend: AdminBackend) -> None:
         self._backend = backend
 
-    async def create(
-        self,
-        *,
-        name: str,
-        team: str | None = None,
-        allowed_models: list[str] | None = None,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        max_parallel: int | None = None,
-        budget_usd: Decimal | str | int | None = None,
-        budget_period: str | None = None,
-        expires_in_days: float | None = None,
-        regions: list[str] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> CreatedKey:
+    async def create(self, **spec: Unpack[NewKey]) -> CreatedKey:
         """See ``Keys.create``."""
-        spec = _key_spec(
-            name=name,
-            team=team,
-            allowed_models=allowed_models,
-            rpm=rpm,
-            tpm=tpm,
-            max_parallel=max_parallel,
-            budget_usd=budget_usd,
-            budget_period=budget_period,
-            expires_in_days=expires_in_days,
-            regions=regions,
-            metadata=metadata,
-        )
-        result: CreatedKey = await self._backend.create_key(spec)
+        result: CreatedKey = await self._backend.create_key(_key_spec(spec))
         return result
 
     async def list(self) -> list[KeyInfo]:
