@@ -573,8 +573,9 @@ class MistralProvider(Provider):
 
 
 def _accepted(key: str, target: str, value: Any, body: JSON, fields: frozenset[str]) -> bool:
-    """Whether Mistral takes ``key`` (sent as ``target``, its Mistral name) with this value."""
-    if target not in fields or (target != key and target in body):
+    """Whether Mistral takes ``key`` (sent as ``target``, its Mistral name) with this value.
+    A Mistral name given with a value wins over the OpenAI one; given as null, it is absent."""
+    if target not in fields or (target != key and body.get(target) is not None):
         return False
     return key != "reasoning_effort" or value in REASONING_EFFORTS
 
