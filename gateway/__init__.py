@@ -82,6 +82,7 @@ _MODULES = {
     "gateway.transport": ("AiohttpTransport", "HttpxTransport"),
     "gateway.wire": ("Transport",),
 }
-__getattr__, __dir__ = lazy_names(
-    __name__, {name: module for module, names in _MODULES.items() for name in names}
-)
+if not TYPE_CHECKING:  # type checkers see the imports above; a misspelt name stays an error
+    __getattr__, __dir__ = lazy_names(
+        __name__, {name: module for module, names in _MODULES.items() for name in names}
+    )

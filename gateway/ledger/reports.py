@@ -270,6 +270,9 @@ def _cell(value: object) -> object:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
+CSV_TYPE = "text/csv; charset=utf-8"  # what report_csv and write_records_csv produce
+
+
 def report_csv(rows: Iterable[SpendRow], group_by: GroupBy) -> str:
     """A spend report as CSV text; the first column is named after the grouping."""
     names = [f.name for f in fields(SpendRow)]

@@ -27,6 +27,7 @@ from gateway.ledger.ledger import Ledger, ledger_disabled
 from gateway.ledger.periods import FORMS, PeriodError, report_period
 from gateway.ledger.records import SpendRecord
 from gateway.ledger.reports import (
+    CSV_TYPE,
     GROUPS,
     MAX_PAGE,
     GroupBy,
@@ -39,7 +40,6 @@ from gateway.ledger.writer import describe
 from gateway.server.http import JSON_TYPE, Gatekeeper, error_response
 
 log = logging.getLogger("gateway.server.spend")
-CSV_TYPE = "text/csv; charset=utf-8"
 FORMATS = ("json", "csv")
 DEFAULT_PAGE = 100
 EXPORT_PAGE = 1000

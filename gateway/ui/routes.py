@@ -44,9 +44,8 @@ from gateway.keys import (
     key_store_disabled,
 )
 from gateway.keys.admin import parse
-from gateway.ledger.reports import report_csv
+from gateway.ledger.reports import CSV_TYPE, report_csv
 from gateway.ledger.writer import describe
-from gateway.server.spend import CSV_TYPE
 from gateway.ui import views
 from gateway.ui.forms import key_form, team_form
 from gateway.ui.session import COOKIE, PATH, LoginThrottle, Session, SessionSigner, csrf_ok
