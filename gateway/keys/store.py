@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import InvalidRequestError, NotFoundError
@@ -82,6 +84,14 @@ keys_table = Table(
     UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
     Index("ix_api_keys_team_id", "team_id"),
 )
+
+
+def store_errors() -> tuple[type[Exception], ...]:
+    """What a failing key store (or the limits it is read with) raises: its database's errors
+    and, once the redis client is loaded (only with Redis configured), Redis's."""
+    module = sys.modules.get("redis.exceptions")
+    redis_errors = (module.RedisError,) if module is not None else ()
+    return (SQLAlchemyError, OSError, *redis_errors)
 
 
 def hash_key(plaintext: str) -> str:

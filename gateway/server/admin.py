@@ -10,12 +10,11 @@ clears this process's key cache, so it holds here at once and on the other repli
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
 
 from gateway.engine import Engine
@@ -31,6 +30,7 @@ from gateway.keys import (
     key_store_disabled,
 )
 from gateway.keys.admin import budget_status
+from gateway.keys.store import store_errors
 from gateway.ledger.writer import describe
 from gateway.server.http import Gatekeeper, error_response, json_body
 
@@ -80,7 +80,7 @@ class AdminRoutes:
                         code="conflict",
                     )
                 )
-            except _store_errors() as exc:
+            except store_errors() as exc:
                 log.warning("admin: the key store failed: %s", describe(exc))
                 return error_response(
                     GatewayError(
@@ -183,11 +183,3 @@ def _only_params(request: Request, *known: str) -> None:
         raise InvalidRequestError(
             f"unknown query parameter {unknown[0]!r}; {expected}", param=unknown[0]
         )
-
-
-def _store_errors() -> tuple[type[Exception], ...]:
-    """What a failing key store raises. Redis's errors count only once the redis client is
-    loaded (it is imported only with Redis configured); without it, none can occur."""
-    module = sys.modules.get("redis.exceptions")
-    redis_errors = (module.RedisError,) if module is not None else ()
-    return (SQLAlchemyError, OSError, *redis_errors)

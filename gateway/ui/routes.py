@@ -19,8 +19,7 @@ from typing import Any, TypeVar
 import jinja2
 from fastapi import FastAPI, Request
 from pydantic import BaseModel
-from redis.exceptions import RedisError
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from starlette.datastructures import FormData
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
@@ -44,6 +43,7 @@ from gateway.keys import (
     key_store_disabled,
 )
 from gateway.keys.admin import parse
+from gateway.keys.store import store_errors
 from gateway.ledger.reports import CSV_TYPE, report_csv
 from gateway.ledger.writer import describe
 from gateway.ui import views
@@ -165,7 +165,7 @@ class Dashboard:
                 )
             except IntegrityError as exc:
                 return self.page("error.html", request, session, status=409, message=describe(exc))
-            except (SQLAlchemyError, RedisError, OSError) as exc:
+            except store_errors() as exc:
                 log.warning("dashboard: the database failed: %s", describe(exc))
                 return self.page(
                     "error.html",
