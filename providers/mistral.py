@@ -12,7 +12,7 @@ import hashlib
 import re
 import string
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
@@ -318,39 +318,39 @@ class MistralProvider(Provider):
 
     # -- requests ----------------------------------------------------------------------
     def chat_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
-        dropped: list[str] = []
         ids = ToolCallIds()
-        out: JSON = {"model": deployment.model}
-        for key, value in body.items():
-            if key in _HANDLED or value is None:
-                continue
-            target = CHAT_RENAMES.get(key, key)
-            if _accepted(key, target, value, body, CHAT_FIELDS):
-                out[target] = self._chat_field(target, value, dropped, deployment, ids)
-            else:
-                _note(dropped, key, value)
-        if stream:
-            out["stream"] = True
-        self._check_dropped(dropped, deployment)
-        return UpstreamRequest(
-            "POST",
-            self.url("chat/completions"),
-            self.stream_headers if stream else self.json_headers,
-            orjson.dumps(out),
-            dropped_params=tuple(dropped),
-            context=ids,
-        )
+
+        def field(key: str, value: Any, dropped: list[str]) -> Any:
+            return self._chat_field(key, value, dropped, deployment, ids)
+
+        return self._rebuilt("chat/completions", body, CHAT_FIELDS, field, deployment, stream, ids)
 
     def fim_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
         """``/fim/completions``: the body rebuilt from the spec's allow-list, like chat's."""
+        return self._rebuilt(
+            "fim/completions", body, FIM_FIELDS, lambda _, v, __: v, deployment, stream, None
+        )
+
+    def _rebuilt(
+        self,
+        operation: str,
+        body: JSON,
+        fields: frozenset[str],
+        field: Callable[[str, Any, list[str]], Any],
+        deployment: Deployment,
+        stream: bool,
+        context: ToolCallIds | None,
+    ) -> UpstreamRequest:
+        """A request whose body keeps only what Mistral's spec allows (under Mistral's names),
+        each value passed through ``field``; the rest is dropped and reported."""
         dropped: list[str] = []
         out: JSON = {"model": deployment.model}
         for key, value in body.items():
             if key in _HANDLED or value is None:
                 continue
             target = CHAT_RENAMES.get(key, key)
-            if _accepted(key, target, value, body, FIM_FIELDS):
-                out[target] = value
+            if _accepted(key, target, value, body, fields):
+                out[target] = field(target, value, dropped)
             else:
                 _note(dropped, key, value)
         if stream:
@@ -358,10 +358,11 @@ class MistralProvider(Provider):
         self._check_dropped(dropped, deployment)
         return UpstreamRequest(
             "POST",
-            self.url("fim/completions"),
+            self.url(operation),
             self.stream_headers if stream else self.json_headers,
             orjson.dumps(out),
             dropped_params=tuple(dropped),
+            context=context,
         )
 
     def _chat_field(
