@@ -1,5 +1,9 @@
-"""Shared by the adapter payload tests: reading the recorded payloads in tests/payloads/ and
-feeding them to an adapter the way the transport would."""
+"""Shared by the adapter payload tests (``tests/test_payloads_*.py``): reading the recorded
+payloads in ``tests/payloads/`` and feeding them to an adapter the way the transport would.
+
+Each adapter is tested alone (sans-I/O): the provider side of every exchange is a file (written
+to the provider's spec; see its README), and the expected canonical results are written out in
+the tests, in full, so no expectation is derived from the code under test."""
 
 from __future__ import annotations
 

@@ -1,9 +1,4 @@
-"""The Azure OpenAI adapter alone (sans-I/O), driven by recorded wire payloads.
-
-The provider side of every exchange is a file under ``tests/payloads/`` (written to the
-provider's spec; see its README); the expected canonical results are written out here, in
-full, so no expectation is derived from the code under test.
-"""
+"""The Azure OpenAI adapter alone, fed the recorded payloads of ``tests/payloads/azure/``."""
 
 from __future__ import annotations
 
