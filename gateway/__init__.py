@@ -7,9 +7,8 @@ HTTP client.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from gateway.lazy import lazy_names
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.call import Call, CallInfo
@@ -82,7 +81,17 @@ _MODULES = {
     "gateway.transport": ("AiohttpTransport", "HttpxTransport"),
     "gateway.wire": ("Transport",),
 }
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+
 if not TYPE_CHECKING:  # type checkers see the imports above; a misspelt name stays an error
-    __getattr__, __dir__ = lazy_names(
-        __name__, {name: module for module, names in _MODULES.items() for name in names}
-    )
+
+    def __getattr__(name: str) -> Any:
+        module = _WHERE.get(name)
+        if module is None:
+            raise AttributeError(f"module 'gateway' has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value  # found once, then a plain attribute
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

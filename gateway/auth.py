@@ -11,6 +11,7 @@ import asyncio
 import fnmatch
 import hmac
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -47,7 +48,7 @@ class Principal:
             if globs
         )
 
-    def check_model(self, model: str, available: list[str]) -> None:
+    def check_model(self, model: str, available: Iterable[str]) -> None:
         """Raise 403 naming the allowed models when ``model`` is not among them."""
         if self.may_use(model):
             return
@@ -64,7 +65,7 @@ class Principal:
         model: str,
         fallbacks: list[str],
         regions: frozenset[str] | None,
-        available: list[str],
+        available: Iterable[str],
     ) -> tuple[list[str], frozenset[str] | None]:
         """What this caller may route a request for ``model`` to: the fallbacks it may use
         and the regions it may reach (``regions``: what the request asked, None for any);

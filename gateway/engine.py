@@ -202,7 +202,10 @@ class Engine:
         if call.principal is not None and not call.principal.is_master:
             configured = router.fallbacks_of(request.model) if chain is None else chain
             chain, regions = call.principal.authorize(
-                request.model, configured, regions, router.models()
+                request.model,
+                configured,
+                regions,
+                router.deployments,  # (its names, if refused)
             )
         return router.plan(request.model, chain, request.needs(), regions)
 

@@ -153,7 +153,9 @@ def test_cli_refuses_each_mistake_naming_its_field(
     assert not (tmp_path / "keys.db").exists()  # refused before the database was touched
 
 
-def test_every_surface_accepts_the_same_good_key(root: str, tmp_path: Path) -> None:
+def test_the_api_and_the_library_accept_a_good_key_and_trim_its_name(
+    root: str, tmp_path: Path
+) -> None:
     spec: dict[str, Any] = {
         "name": "  ci  ",
         "rpm": 1,

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.config import GatewayConfig, resolve_config
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, validated
 from gateway.facts import usd_str
 from gateway.keys import (
     KeyAdmin,
@@ -35,7 +35,6 @@ from gateway.keys import (
     TeamSpec,
     VirtualKey,
 )
-from gateway.keys.admin import parse
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -307,7 +306,7 @@ def _load(path: Path | None) -> GatewayConfig:
 def _checked(model: type[M], spec: dict[str, Any], what: str) -> M:
     """The options checked by the key and team rules; a mistake ends the command."""
     try:
-        return parse(model, spec, what)
+        return validated(model, spec, what)
     except GatewayError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None

@@ -71,9 +71,8 @@ def adapter_type(type_name: str) -> AdapterType:
     """The adapter class for a config ``type:``, as the configuration sees it."""
     target = adapter_target(type_name)
     cls = load_target(target)
-    if not isinstance(cls, type) or not issubclass(
-        getattr(cls, "settings_model", None) or object, ProviderSettings
-    ):
+    settings = getattr(cls, "settings_model", None)
+    if not (isinstance(settings, type) and issubclass(settings, ProviderSettings)):
         raise TypeError(f"{target} is not a providers.base.Provider subclass")
     return cast(AdapterType, cls)
 

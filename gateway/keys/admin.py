@@ -11,14 +11,14 @@ gateway's key cache.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from gateway.errors import GatewayError, InvalidRequestError, NotFoundError, invalid_request
+from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.facts import usd_str
 from gateway.keys.store import LIMIT_FIELDS, KeyStore, Limited, Team, VirtualKey
 from gateway.ledger.ledger import Ledger
@@ -27,7 +27,6 @@ from gateway.limits import Limits, budget_period, period_start
 MAX_EXPIRY_DAYS = 36_500
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 BudgetPeriod = Literal["daily", "weekly", "monthly", "total"]
-M = TypeVar("M", bound=BaseModel)
 
 
 class TeamChange(BaseModel):
@@ -67,14 +66,6 @@ class KeySpec(KeyChange):
     """A new key."""
 
     name: Label
-
-
-def parse(model: type[M], data: Mapping[str, Any], what: str = "request body") -> M:
-    """``data`` checked against one of the models above, or the 400 naming each mistake."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise invalid_request(exc, what) from None
 
 
 def key_store_disabled() -> GatewayError:

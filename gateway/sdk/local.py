@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -23,9 +23,9 @@ from pydantic import PrivateAttr
 from gateway.call import Call
 from gateway.config import GatewayConfig, resolve_config
 from gateway.engine import Engine
-from gateway.errors import InvalidRequestError
+from gateway.errors import InvalidRequestError, validated
 from gateway.facts import GatewayFacts
-from gateway.keys.admin import KeyAdmin, KeySpec, key_store_disabled, parse
+from gateway.keys.admin import KeyAdmin, KeySpec, key_store_disabled
 from gateway.ledger.ledger import Ledger, ledger_disabled
 from gateway.ledger.periods import PeriodError, report_period
 from gateway.ledger.reports import GROUPS, MAX_PAGE, GroupBy, SpendRow
@@ -218,7 +218,7 @@ class LocalBackend:
         return KeyAdmin(store, self.engine.auth.forget)
 
     async def create_key(self, spec: dict[str, Any]) -> CreatedKey:
-        checked = parse(KeySpec, spec, "key")
+        checked = validated(KeySpec, spec, "key")
         key, plaintext = await (await self._admin()).new_key(checked)
         return CreatedKey(plaintext, KeyInfo.from_json(key.public()))
 
@@ -320,19 +320,19 @@ class BlockingBackend:
     def __init__(self, inner: LocalBackend, runner: _LoopThread) -> None:
         self._inner = inner
         self._runner = runner
-        self._run: Callable[[Coroutine[Any, Any, Any]], Any] = runner.run
+        self._run = runner.run
 
     def complete(self, request: ModelRequest) -> LocalChatCompletion:
-        return self._runner.run(self._inner.complete(request))
+        return self._run(self._inner.complete(request))
 
     def stream(self, request: ModelRequest) -> ChunkIterator:
-        return ChunkIterator(self._runner.run(self._inner.stream(request)), self._runner)
+        return ChunkIterator(self._run(self._inner.stream(request)), self._runner)
 
     def embed(self, request: ModelRequest) -> LocalEmbeddings:
-        return self._runner.run(self._inner.embed(request))
+        return self._run(self._inner.embed(request))
 
     def models(self, timeout: object = None) -> list[Model]:
-        return self._runner.run(self._inner.models(timeout))
+        return self._run(self._inner.models(timeout))
 
     def report(self, group_by: str, since: Moment, until: Moment, key_id: str | None) -> Any:
         return self._run(self._inner.report(group_by, since, until, key_id))

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 
 from gateway.auth import Authenticator, Principal
@@ -24,7 +24,7 @@ from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     PayloadTooLargeError,
-    invalid_request,
+    validated,
 )
 from gateway.server.asgi import JSONResponse, RequestIds
 from gateway.streams import ChunkStream
@@ -195,11 +195,7 @@ class Gatekeeper:
 
     async def model(self, request: Request, model: type[M], *, empty: bytes | None = None) -> M:
         """Read the body (size-limited) and validate it against ``model``."""
-        data = read_json_object(await self.body(request), empty=empty)
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            raise invalid_request(exc) from exc
+        return validated(model, read_json_object(await self.body(request), empty=empty))
 
     async def parse(
         self,
@@ -214,10 +210,7 @@ class Gatekeeper:
         data = read_json_object(await self.body(request))
         if adjust is not None:
             adjust(data)
-        try:
-            return model.model_validate(data)
-        except ValidationError as exc:
-            raise invalid_request(exc) from exc
+        return validated(model, data)
 
 
 def apply_gateway_headers(

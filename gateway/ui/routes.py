@@ -30,6 +30,7 @@ from gateway.errors import (
     GatewayError,
     NotFoundError,
     PayloadTooLargeError,
+    validated,
 )
 from gateway.keys import (
     KeyAdmin,
@@ -42,7 +43,6 @@ from gateway.keys import (
     hash_key,
     key_store_disabled,
 )
-from gateway.keys.admin import parse
 from gateway.keys.store import store_errors
 from gateway.ledger.reports import CSV_TYPE, report_csv
 from gateway.ledger.writer import describe
@@ -341,7 +341,7 @@ class Dashboard:
     # -- changes ---------------------------------------------------------------------------
     @staticmethod
     def _validated(model: type[M], body: dict[str, Any]) -> M:
-        return parse(model, body, "form")
+        return validated(model, body, "form")
 
     async def _changed(
         self, request: Request, session: Session, work: Awaitable[Issued | None]
