@@ -97,6 +97,19 @@ class OpenAIProvider(Provider):
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
+        messages = body.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if (
+            isinstance(messages, list)
+            and isinstance(last, dict)
+            and last.get("role") == "assistant"
+            and last.get("prefix")
+        ):
+            # An assistant prefill (Mistral's ``prefix: true``) in the words of vLLM and
+            # other OpenAI-compatible servers that continue a final assistant message.
+            messages[-1] = {k: v for k, v in last.items() if k != "prefix"}
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
         return body
 
     def chat_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
