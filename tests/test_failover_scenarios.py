@@ -23,7 +23,8 @@ import gateway
 from gateway.config import load_config
 from gateway.errors import RequestTimeoutError
 from gateway.resilience import Attempts, run_plan
-from gateway.routing import Router
+from gateway.routing import HealthBoard, Router
+from gateway.setup import Setup
 from tests.conftest import GatewayFactory
 from tests.emulators.faulty import Call, FaultyUpstream, completion
 from tests.resilience_helpers import (
@@ -431,3 +432,63 @@ def test_run_plan_starts_no_attempt_once_the_deadline_has_passed() -> None:
 
     asyncio.run(run())
     assert started == []
+
+
+# --- the policies' defaults -----------------------------------------------------------------
+
+
+def catalog_router(models: dict[str, Any]) -> Router:
+    config = load_config(
+        {"providers": {"openai": {"type": "openai", "api_key": "x"}}, "models": models}
+    )
+    return Setup.build(config, HealthBoard(config.routing.circuit), None).router
+
+
+def openai_model(name: str, **options: Any) -> dict[str, Any]:
+    return {"deployments": [{"provider": "openai", "model": name}], **options}
+
+
+def test_context_window_fallbacks_default_to_larger_catalog_windows() -> None:
+    router = catalog_router(
+        {
+            "gpt-4o": openai_model("gpt-4o", fallbacks=["gpt-4o-mini", "gpt-4.1"]),
+            "gpt-4o-mini": openai_model("gpt-4o-mini"),  # 128k, as gpt-4o: no help
+            "gpt-4.1": openai_model("gpt-4.1"),  # ~1M
+        }
+    )
+    plan = router.plan("gpt-4o")
+    assert [d.public_model for d in plan.context_attempts] == ["gpt-4.1"]
+    # A per-request chain is the one looked at: without gpt-4.1 in it, nothing fits.
+    assert router.plan("gpt-4o", fallbacks=["gpt-4o-mini"]).context_attempts == []
+
+
+def test_configured_context_window_fallbacks_are_kept() -> None:
+    router = catalog_router(
+        {
+            "gpt-4o": openai_model(
+                "gpt-4o", fallbacks=["gpt-4.1"], context_window_fallbacks=["gpt-4o-mini"]
+            ),
+            "gpt-4o-mini": openai_model("gpt-4o-mini"),
+            "gpt-4.1": openai_model("gpt-4.1"),
+        }
+    )
+    assert [d.public_model for d in router.plan("gpt-4o").context_attempts] == ["gpt-4o-mini"]
+
+
+def test_stream_first_token_defaults_to_10s_unless_it_is_the_last_deployment() -> None:
+    router = catalog_router(
+        {
+            "a": openai_model("gpt-4o", fallbacks=["b"]),
+            "b": openai_model("gpt-4.1", timeouts={"first_token": 30}),
+        }
+    )
+    [first, last] = router.plan("a").attempts
+    policy = router.plan("a").policy
+    assert policy.first_token(first) == 10.0
+    assert policy.first_token(last, last=True) == 120.0  # the provider's read timeout
+    assert router.plan("b").policy.first_token(last) == 30.0
+
+
+def test_retry_on_leaves_timeouts_out_by_default() -> None:
+    config = load_config({})
+    assert config.routing.retries.retry_on == ["rate_limit", "server_error", "connection"]
