@@ -103,6 +103,40 @@ class EchoFilter(Protocol):
     def strip(self, chunk: JSON) -> None: ...
 
 
+class EchoedPrefix:
+    """Removes the already-sent text when a provider repeats it at the start of a continued
+    answer (Mistral's ``prefix: true`` answers begin with the prefix, some OpenAI-compatible
+    servers do the same); passes other answers unchanged."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.seen = ""
+        self.done = False
+
+    def strip(self, chunk: JSON) -> None:
+        if self.done:
+            return
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
+            content = delta.get("content")
+            if not content and not choice.get("finish_reason"):
+                continue
+            self.seen += content or ""
+            still_echoing = self.prefix.startswith(self.seen) and len(self.seen) < len(self.prefix)
+            if still_echoing and not choice.get("finish_reason"):
+                delta["content"] = ""
+                continue
+            self.done = True
+            rest = (
+                self.seen[len(self.prefix) :]
+                if self.seen.startswith(self.prefix)
+                else ("" if self.prefix.startswith(self.seen) else self.seen)
+            )
+            delta["content"] = rest
+
+
 class Provider(ABC):
     """One configured provider entry (e.g. ``azure-westeurope``) of some adapter type.
 
@@ -339,6 +373,7 @@ __all__ = [
     "Capabilities",
     "Deployment",
     "EchoFilter",
+    "EchoedPrefix",
     "Provider",
     "ProviderSettings",
     "StreamTranslator",

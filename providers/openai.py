@@ -11,6 +11,7 @@ from gateway.wire import JSON, SSEEvent, UpstreamRequest
 from providers.base import (
     Capabilities,
     Deployment,
+    EchoedPrefix,
     Provider,
     ProviderSettings,
     StreamTranslator,
@@ -123,6 +124,10 @@ class OpenAIProvider(Provider):
 
     def chat_stream(self, deployment: Deployment, request: UpstreamRequest) -> StreamTranslator:
         return OpenAIStreamTranslator(self, deployment)
+
+    def echo_filter(self, prefix: str) -> EchoedPrefix:
+        """OpenAI-compatible servers that continue a prefill differ: some repeat it first."""
+        return EchoedPrefix(prefix)
 
     def embeddings_request(self, body: JSON, deployment: Deployment) -> UpstreamRequest:
         body["model"] = deployment.model

@@ -78,6 +78,10 @@ def build_models(side: str) -> dict[str, Any]:
     # Stream cut after output: continued on a fallback that declares prefill support.
     add("s08", "cut-after:3", fallbacks=["s08.fb"])
     models["s08.fb"] = {"deployments": [deployment("prefill", "s08.fb", capabilities=PREFILL)]}
+    add("s08-echo", "cut-after:3", fallbacks=["s08-echo.fb"])
+    models["s08-echo.fb"] = {
+        "deployments": [deployment("prefill-echo", "s08-echo.fb", capabilities=PREFILL)]
+    }
     add("s08-noprefill", "cut-after:3")
     add("s09", "stall-after:3", fallbacks=["s09.fb"])
     models["s09.fb"] = {
@@ -277,6 +281,15 @@ def test_s08_cut_stream_is_continued_on_a_prefill_capable_fallback(side: Side) -
         assert answer.continued is True
     else:
         assert answer.done is True
+
+
+def test_s08_continuation_that_repeats_the_prefill_is_not_repeated_to_the_caller(
+    side: Side,
+) -> None:
+    answer = side.chat("s08-echo", stream=True)
+    assert answer.ok, answer.error
+    assert answer.text == FULL
+    assert len(side.attempts("s08-echo.fb")) == 1
 
 
 def test_s08_cut_stream_without_a_prefill_fallback_ends_with_an_error_event(side: Side) -> None:

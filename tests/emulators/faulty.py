@@ -296,9 +296,10 @@ def stall_after(call: Call) -> Action:
     return cut(call, "stall")
 
 
-def continuing(call: Call) -> Action:
+def continuing(call: Call, echo: bool = False) -> Action:
     """A normal answer; for a final assistant message with ``continue_final_message`` (how
-    vLLM continues a prefill), only the rest of it, as such a server sends it."""
+    vLLM continues a prefill), only the rest of it, as such a server sends it (with ``echo``,
+    the whole of it, prefill included, as some servers do)."""
     messages = call.body.get("messages") or []
     last = messages[-1] if messages else None
     if not (
@@ -309,7 +310,8 @@ def continuing(call: Call) -> Action:
         return normal(call)
     answer = completion(call)
     message = answer["choices"][0]["message"]
-    message["content"] = message["content"].removeprefix(text_of(last.get("content")))
+    if not echo:
+        message["content"] = message["content"].removeprefix(text_of(last.get("content")))
     sent = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks(answer, call.include_usage)]
     return Stream([*sent, DONE]) if call.stream else Reply(200, orjson.dumps(answer))
 
@@ -365,6 +367,7 @@ SCENARIOS: dict[str, Callable[[Call], Action]] = {
     "drop-after": lambda call: Close(seconds(call)),
     "close-reused-once": lambda call: Close() if call.reused and call.nth == 1 else normal(call),
     "prefill": continuing,
+    "prefill-echo": lambda call: continuing(call, echo=True),
     "rejects-prefill": rejects_prefill,
 }
 
