@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any
 
+import httpx
 import pytest
 
 import gateway
@@ -410,6 +411,15 @@ def test_a_dropped_request_is_resent_only_as_a_counted_attempt(side: Side) -> No
     answered_by(side, answer, "dropped.fb")
     assert len(side.attempts("dropped")) == 3
     assert answer.attempts == 4
+    if isinstance(side.caller, ProxyCaller):  # and the metrics count the same three
+        metrics = httpx.get(side.caller.base_url.removesuffix("/v1") + "/metrics").text
+        dep = f"faulty/{side.upstream('dropped')}"
+        counted = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("gateway_upstream_attempts_total{") and f'deployment="{dep}"' in line
+        ]
+        assert sum(counted) == 3
 
 
 def test_no_attempt_starts_after_the_callers_deadline(side: Side) -> None:
