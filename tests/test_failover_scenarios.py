@@ -39,7 +39,7 @@ from tests.resilience_helpers import (
 )
 
 FULL = f"ok: {PROMPT}"
-T = 0.6  # stands for the methodology's 30 s timeout
+T = 1.0  # stands for the methodology's 30 s timeout
 ROUTING: dict[str, Any] = {
     "retries": {
         "attempts_per_deployment": 3,  # two retries
@@ -193,7 +193,7 @@ def test_s02_persistent_429_backs_off_then_fails_over(side: Side) -> None:
     assert len(side.attempts("s02")) == 3
     assert all(gap > 0 for gap in side.gaps("s02"))
     assert (answer.attempts, answer.fallback_used) == (4, True)
-    assert answer.seconds < 1.5
+    assert answer.seconds < 2.0
 
 
 def test_s03_500_once_is_retried_on_the_same_deployment(side: Side) -> None:
@@ -210,7 +210,7 @@ def test_s04_s16_persistent_503_fails_over_and_reports_the_fallback(side: Side) 
     [seen] = side.attempts("s04.fb")
     assert answer.usage == counts(completion(Call(seen.model, "", seen.body, 1))["usage"])
     assert (answer.attempts, answer.fallback_used) == (4, True)
-    assert answer.seconds < 1.5
+    assert answer.seconds < 2.0
 
 
 def test_s05_reset_before_headers_is_retried(side: Side) -> None:
