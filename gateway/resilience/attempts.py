@@ -4,14 +4,14 @@ Every transient failure (connection failures, timeouts, 408, 409, 429 except
 ``insufficient_quota``, 5xx) fails over; it is retried on the same deployment first only if
 its class is in ``retries.retry_on`` (by default every class but ``timeout``: a route that
 stayed silent is not waited on twice). A request sent on a pooled connection that broke at
-once is sent again at once, as an attempt of its own. Tenacity waits as long as the upstream asked
-(``retry-after-ms``, ``x-ms-retry-after-ms``, ``Retry-After``) or else exponential backoff with
-full jitter. A requested wait longer than ``max_retry_after`` or than the request has left is
-not slept: the loop fails over instead. Errors that are about the request (400, 422, content
-filter) end the request at once; ``context_length_exceeded`` jumps to the model's
-context-window fallbacks. Every attempt passes the deployment's circuit breaker and quota
-(``HealthBoard``) and reports its outcome back. Once the request's deadline (the caller's
-own, or ``timeouts.total``) has passed, no attempt starts.
+once is sent again at once, as an attempt of its own. Between retries, tenacity waits as long
+as the upstream asked (``retry-after-ms``, ``x-ms-retry-after-ms``, ``Retry-After``) or else
+exponential backoff with full jitter. A requested wait longer than ``max_retry_after`` or than
+the request has left is not slept: the loop fails over instead. Errors that are about the
+request (400, 422, content filter) end the request at once; ``context_length_exceeded`` jumps
+to the model's context-window fallbacks. Every attempt passes the deployment's circuit
+breaker and quota (``HealthBoard``) and reports its outcome back. Once the request's deadline
+(the caller's own, or ``timeouts.total``) has passed, no attempt starts.
 """
 
 from __future__ import annotations
