@@ -213,6 +213,13 @@ class UpstreamConnectionError(GatewayError):
     code = "upstream_unreachable"
 
 
+class StaleConnectionError(UpstreamConnectionError):
+    """A pooled keep-alive connection broke as it was reused, before any answer: the
+    upstream had most likely closed it while idle, so the request is sent once more at once."""
+
+    code = "stale_connection"
+
+
 class StreamInterruptedError(GatewayError):
     """The upstream stream broke after the answer had started (502)."""
 

@@ -14,6 +14,7 @@ from gateway.accounting import Accountant
 from gateway.config import GatewayConfig
 from gateway.ledger.ledger import Ledger
 from gateway.routing import HealthBoard, Router
+from providers.base import Deployment
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,16 @@ class Setup:
     def build(cls, config: GatewayConfig, health: HealthBoard, ledger: Ledger | None) -> Setup:
         """Everything ``config`` needs, sharing the process's health board and ledger."""
         accountant = Accountant(config, ledger)
-        router = Router(config, health=health, price_of=accountant.list_price)
+        prices = accountant.prices
+
+        def window_of(dep: Deployment) -> int | None:
+            own = dep.config.context_window if dep.config is not None else None
+            if own is not None:
+                return own
+            price = prices.price(dep)
+            return price.context_window if price is not None else None
+
+        router = Router(config, health=health, price_of=accountant.list_price, window_of=window_of)
         return cls(config, router, accountant)
 
     def deployment_ids(self) -> set[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.accounting import Accountant
 from gateway.call import Call
@@ -83,24 +83,37 @@ class StreamOpener:
             upstream = upstream_request(self.request, body(), dep, stream=True)
             call.dropped_params = upstream.dropped_params
             timeouts = policy.upstream_timeouts(dep, stream=True)
-            response = await open_response(self.transport, dep, upstream, timeouts, call.tries)
-            translator = dep.provider.chat_stream(dep, upstream)
-            stream = UpstreamStream(response, translator, dep, deadline)
-            first_token = policy.first_token(dep)
-            started = time.perf_counter()
+            left = deadline - time.monotonic()
+            if left < timeouts.read:  # a stall must not outlast the request's deadline
+                timeouts = replace(timeouts, read=max(left, 0.001))
+            first_token = policy.first_token(dep, last=dep is deployments[-1])
+            started: float | None = None  # once the headers are in (open_response counts before)
+            stream: UpstreamStream | None = None
             try:
+                # One limit from sending to the first output: a route silent before its
+                # headers is as slow to start as one silent after them.
                 async with asyncio.timeout(min(first_token, max(0.0, deadline - time.monotonic()))):
+                    response = await open_response(
+                        self.transport, dep, upstream, timeouts, call.tries
+                    )
+                    started = time.perf_counter()
+                    translator = dep.provider.chat_stream(dep, upstream)
+                    stream = UpstreamStream(response, translator, dep, deadline)
                     await stream.until_output()
             except TimeoutError:
-                await stream.aclose()
+                if stream is not None:
+                    await stream.aclose()
                 raise UpstreamTimeoutError(
                     f"no first token within {first_token:g}s (routing.timeouts.first_token)"
                 ) from None
             except BaseException:
-                await stream.aclose()
+                if stream is not None:
+                    await stream.aclose()
                 raise
             finally:
-                call.tries.upstream_seconds += time.perf_counter() - started
+                if started is not None:
+                    call.tries.upstream_seconds += time.perf_counter() - started
+            assert started is not None and stream is not None
             if call.ttft_seconds is None:
                 call.ttft_seconds = call.elapsed_seconds()
             return OpenedStream(stream, ticket, time.perf_counter() - started)
@@ -325,7 +338,7 @@ class ChunkStream:
             if broken.ticket.deployment in attempts
             else []
         )
-        able = [d for d in later if d.provider.capabilities.assistant_prefill]
+        able = [d for d in later if d.can_prefill]
         if not able:
             raise error
         prefix = {"role": "assistant", "content": text, "prefix": True}
@@ -336,13 +349,17 @@ class ChunkStream:
             return b
 
         served_by, upstream_model = call.served_by, call.upstream_model
+        tries = call.tries
+        last = tries.provider, tries.deployment
         try:
             opened = await self._opener.open(
                 self._plan, able, body, self._deadline, broken.ticket.tokens
             )
         except GatewayError:
-            # The broken attempt stays the one to account for.
+            # The broken attempt stays the one to account for and to name (a deployment that
+            # refused the prefill served nothing); its attempts still count.
             call.served_by, call.upstream_model = served_by, upstream_model
+            tries.provider, tries.deployment = last
             raise error from None
         self._break(broken, served_by, upstream_model)
         self._messages = [*self._messages, prefix]

@@ -9,12 +9,15 @@ bring their own ``AsyncClient``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import httpx
 
-from gateway.errors import UpstreamConnectionError, UpstreamTimeoutError
+from gateway.errors import StaleConnectionError, UpstreamConnectionError, UpstreamTimeoutError
 from gateway.wire import Timeouts, Transport, UpstreamRequest, UpstreamResponse
 
 # --- aiohttp ------------------------------------------------------------------------------
@@ -57,6 +60,21 @@ class _AiohttpResponse:
         self._resp.release()
 
 
+# A reused keep-alive connection that breaks within this many seconds, before any byte of an
+# answer, was most likely closed by the upstream while idle (its keep-alive timeout, e.g.
+# uvicorn's 5 s), not by the request: the request is worth sending once more. A break any
+# later is the upstream's answer to the request and is reported as such.
+STALE_WITHIN = 0.1
+
+
+async def _note_reuse(
+    session: aiohttp.ClientSession, context: SimpleNamespace, params: Any
+) -> None:
+    ctx = context.trace_request_ctx
+    if isinstance(ctx, dict):
+        ctx["at"] = time.monotonic()
+
+
 class AiohttpTransport:
     """Pooled keep-alive transport on aiohttp (the fastest measured; see docs/transport.md)."""
 
@@ -74,38 +92,46 @@ class AiohttpTransport:
                 ttl_dns_cache=300,
                 enable_cleanup_closed=True,
             )
+            reuse = aiohttp.TraceConfig()
+            reuse.on_connection_reuseconn.append(_note_reuse)
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+                connector=connector,
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+                trace_configs=[reuse],
             )
         return self._session
 
     async def send(self, request: UpstreamRequest, timeouts: Timeouts) -> UpstreamResponse:
+        """Send once. Nothing is resent here: a request on a pooled connection that broke at
+        once is raised as ``StaleConnectionError``, so the attempt loop resends it and counts it."""
         session = self._get_session()
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
-        for fresh in (False, True):
-            try:
-                resp = await session.request(
-                    request.method,
-                    request.url,
-                    data=request.body,
-                    headers=request.headers,
-                    timeout=timeout,
-                    allow_redirects=False,
-                )
-            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                raise UpstreamTimeoutError("upstream did not answer in time") from exc
-            except aiohttp.ServerDisconnectedError as exc:
-                # Most often a pooled keep-alive connection the upstream closed as we reused
-                # it (its idle timeout, e.g. uvicorn's 5 s): once more, on a new connection.
-                if fresh:
-                    raise UpstreamConnectionError(f"could not reach upstream: {exc}") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamConnectionError(f"could not reach upstream: {exc}") from exc
-            else:
-                return _AiohttpResponse(resp)
-        raise AssertionError("unreachable")
+        reused: dict[str, float] = {}
+        try:
+            resp = await session.request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                timeout=timeout,
+                allow_redirects=False,
+                trace_request_ctx=reused,
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeoutError("upstream did not answer in time") from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            at = reused.get("at")
+            if at is not None and time.monotonic() - at < STALE_WITHIN:
+                raise StaleConnectionError(
+                    f"a pooled connection to the upstream was closed as it was reused: {exc}"
+                ) from exc
+            raise UpstreamConnectionError(f"could not reach upstream: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectionError(f"could not reach upstream: {exc}") from exc
+        return _AiohttpResponse(resp)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal, Protocol
 
 import orjson
@@ -69,6 +69,22 @@ class Deployment:
     def provider_name(self) -> str:
         return self.provider.name
 
+    @property
+    def can_prefill(self) -> bool:
+        """Whether this deployment continues a final assistant message (its config's say,
+        else its provider's)."""
+        own = self.config.capabilities if self.config is not None else None
+        if own is not None and own.assistant_prefill is not None:
+            return own.assistant_prefill
+        return self.provider.capabilities.assistant_prefill
+
+    def lacks(self, needs: frozenset[str]) -> list[str]:
+        """The needed features its provider lacks, with this deployment's own config."""
+        missing = [n for n in self.provider.capabilities.lacks(needs) if n != "assistant_prefill"]
+        if "assistant_prefill" in needs and not self.can_prefill:
+            missing = sorted([*missing, "assistant_prefill"])
+        return missing
+
 
 class StreamTranslator(ABC):
     """Turns one upstream SSE stream into canonical chat.completion.chunk dicts."""
@@ -85,6 +101,40 @@ class EchoFilter(Protocol):
     """Edits the chunks of a continued answer in place (see ``Provider.echo_filter``)."""
 
     def strip(self, chunk: JSON) -> None: ...
+
+
+class EchoedPrefix:
+    """Removes the already-sent text when a provider repeats it at the start of a continued
+    answer (Mistral's ``prefix: true`` answers begin with the prefix, some OpenAI-compatible
+    servers do the same); passes other answers unchanged."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.seen = ""
+        self.done = False
+
+    def strip(self, chunk: JSON) -> None:
+        if self.done:
+            return
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                continue
+            content = delta.get("content")
+            if not content and not choice.get("finish_reason"):
+                continue
+            self.seen += content or ""
+            still_echoing = self.prefix.startswith(self.seen) and len(self.seen) < len(self.prefix)
+            if still_echoing and not choice.get("finish_reason"):
+                delta["content"] = ""
+                continue
+            self.done = True
+            rest = (
+                self.seen[len(self.prefix) :]
+                if self.seen.startswith(self.prefix)
+                else ("" if self.prefix.startswith(self.seen) else self.seen)
+            )
+            delta["content"] = rest
 
 
 class Provider(ABC):
@@ -116,6 +166,9 @@ class Provider(ABC):
         self.name = name
         self.settings = settings
         self.timeouts = Timeouts(connect=settings.timeouts.connect, read=settings.timeouts.read)
+        prefill = settings.capabilities.assistant_prefill
+        if prefill is not None:
+            self.capabilities = replace(self.capabilities, assistant_prefill=prefill)
 
     @property
     def region(self) -> str | None:
@@ -249,7 +302,7 @@ def openai_style_error(
         "param": param,
         "headers": retry_headers(headers),
     }
-    if code == "content_filter" or (
+    if code in ("content_filter", "content_policy_violation") or (
         isinstance(extra.get("innererror"), dict)
         and extra["innererror"].get("code") == "ResponsibleAIPolicyViolation"
     ):
@@ -320,6 +373,7 @@ __all__ = [
     "Capabilities",
     "Deployment",
     "EchoFilter",
+    "EchoedPrefix",
     "Provider",
     "ProviderSettings",
     "StreamTranslator",

@@ -33,6 +33,7 @@ from gateway.wire import JSON, SSEEvent, UpstreamRequest
 from providers.base import (
     Capabilities,
     Deployment,
+    EchoedPrefix,
     Provider,
     ProviderSettings,
     StreamTranslator,
@@ -607,39 +608,6 @@ def _tool(tool: JSON) -> JSON:
     out = {k: v for k, v in function.items() if k in FUNCTION_FIELDS and v is not None}
     out.setdefault("parameters", {"type": "object", "properties": {}})  # required by Mistral
     return {"type": "function", "function": out}
-
-
-class EchoedPrefix:
-    """Removes the already-sent text when Mistral repeats it at the start of a continued answer
-    (its ``prefix: true`` answers begin with the prefix); passes other answers unchanged."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.seen = ""
-        self.done = False
-
-    def strip(self, chunk: JSON) -> None:
-        if self.done:
-            return
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta")
-            if not isinstance(delta, dict):
-                continue
-            content = delta.get("content")
-            if not content and not choice.get("finish_reason"):
-                continue
-            self.seen += content or ""
-            still_echoing = self.prefix.startswith(self.seen) and len(self.seen) < len(self.prefix)
-            if still_echoing and not choice.get("finish_reason"):
-                delta["content"] = ""
-                continue
-            self.done = True
-            rest = (
-                self.seen[len(self.prefix) :]
-                if self.seen.startswith(self.prefix)
-                else ("" if self.prefix.startswith(self.seen) else self.seen)
-            )
-            delta["content"] = rest
 
 
 # --- error bodies -----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from gateway.wire import JSON, SSEEvent, UpstreamRequest
 from providers.base import (
     Capabilities,
     Deployment,
+    EchoedPrefix,
     Provider,
     ProviderSettings,
     StreamTranslator,
@@ -97,6 +98,19 @@ class OpenAIProvider(Provider):
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
+        messages = body.get("messages")
+        last = messages[-1] if isinstance(messages, list) and messages else None
+        if (
+            isinstance(messages, list)
+            and isinstance(last, dict)
+            and last.get("role") == "assistant"
+            and last.get("prefix")
+        ):
+            # An assistant prefill (Mistral's ``prefix: true``) in the words of vLLM and
+            # other OpenAI-compatible servers that continue a final assistant message.
+            messages[-1] = {k: v for k, v in last.items() if k != "prefix"}
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
         return body
 
     def chat_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
@@ -110,6 +124,10 @@ class OpenAIProvider(Provider):
 
     def chat_stream(self, deployment: Deployment, request: UpstreamRequest) -> StreamTranslator:
         return OpenAIStreamTranslator(self, deployment)
+
+    def echo_filter(self, prefix: str) -> EchoedPrefix:
+        """OpenAI-compatible servers that continue a prefill differ: some repeat it first."""
+        return EchoedPrefix(prefix)
 
     def embeddings_request(self, body: JSON, deployment: Deployment) -> UpstreamRequest:
         body["model"] = deployment.model

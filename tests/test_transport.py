@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import orjson
 import pytest
 
 from gateway import AsyncGateway
-from gateway.errors import UpstreamConnectionError, UpstreamTimeoutError
+from gateway.errors import StaleConnectionError, UpstreamConnectionError, UpstreamTimeoutError
 from gateway.transport import AiohttpTransport, HttpxTransport, Timeouts, Transport, UpstreamRequest
 from tests.emulators.common import Fault
 from tests.emulators.openai_api import API_KEY
@@ -122,11 +122,11 @@ async def test_stalled_stream_through_gateway_ends_with_timeout_error(openai_emu
                 pass
 
 
-async def test_aiohttp_resends_once_when_a_pooled_connection_was_closed_under_it():
-    """The upstream answers the first request of each connection and drops the connection
-    on its second (as a server does whose keep-alive timeout fires as the request arrives):
-    the second call must still be answered, over a new connection."""
-    served: list[int] = []
+def dropping_upstream(
+    served: list[int], received: list[int], pause: float
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """An upstream that answers the first request of each connection and drops the
+    connection, ``pause`` seconds after reading it, on its second."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         for n in range(2):
@@ -134,22 +134,57 @@ async def test_aiohttp_resends_once_when_a_pooled_connection_was_closed_under_it
             _, _, rest = head.partition(b"content-length: ")
             length = int(rest.split(b"\r\n", 1)[0] or b"0")
             await reader.readexactly(length)
+            received.append(1)
             if n == 1:
+                await asyncio.sleep(pause)
                 writer.close()
                 return
             served.append(1)
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
             await writer.drain()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return handle
+
+
+async def test_aiohttp_reports_a_pooled_connection_closed_as_it_was_reused_as_stale():
+    """As a server does whose keep-alive timeout fires as the request arrives: the transport
+    does not resend on its own (the attempt loop does, and counts it), but says the
+    connection was stale, and the next request goes over a new connection."""
+    served: list[int] = []
+    received: list[int] = []
+    server = await asyncio.start_server(dropping_upstream(served, received, 0), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     transport = AiohttpTransport()
     request = UpstreamRequest("POST", f"http://127.0.0.1:{port}/x", {}, b"{}")
     try:
-        for _ in range(2):
-            resp = await transport.send(request, Timeouts(connect=2, read=2))
-            assert resp.status == 200 and await resp.read() == b"{}"
+        resp = await transport.send(request, Timeouts(connect=2, read=2))
+        assert resp.status == 200 and await resp.read() == b"{}"
+        with pytest.raises(StaleConnectionError):
+            await transport.send(request, Timeouts(connect=2, read=2))
+        resp = await transport.send(request, Timeouts(connect=2, read=2))
+        assert resp.status == 200 and await resp.read() == b"{}"
     finally:
         await transport.close()
         server.close()
-    assert len(served) == 2
+    assert (len(served), len(received)) == (2, 3)
+
+
+async def test_aiohttp_does_not_resend_a_request_dropped_after_it_was_outstanding():
+    """A reused connection dropped after the request waited a while is the upstream's
+    answer to it: reported as a connection failure, and sent only once."""
+    served: list[int] = []
+    received: list[int] = []
+    server = await asyncio.start_server(dropping_upstream(served, received, 0.3), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport = AiohttpTransport()
+    request = UpstreamRequest("POST", f"http://127.0.0.1:{port}/x", {}, b"{}")
+    try:
+        resp = await transport.send(request, Timeouts(connect=2, read=2))
+        assert resp.status == 200 and await resp.read() == b"{}"
+        with pytest.raises(UpstreamConnectionError) as raised:
+            await transport.send(request, Timeouts(connect=2, read=2))
+        assert not isinstance(raised.value, StaleConnectionError)
+    finally:
+        await transport.close()
+        server.close()
+    assert len(received) == 2

@@ -34,6 +34,18 @@ class TimeoutSettings(BaseModel):
     read: float = Field(default=120.0, gt=0)
 
 
+class CapabilitySettings(BaseModel):
+    """What a provider (or one deployment) can do beyond what its adapter type assumes."""
+
+    model_config = ConfigDict(extra="forbid")
+    assistant_prefill: bool | None = Field(
+        default=None,
+        description="Continues a final assistant message (Mistral's prefix, vLLM's "
+        "continue_final_message); a cut stream may then be finished here. Default: the "
+        "adapter's own (Mistral yes, OpenAI-compatible and Azure no).",
+    )
+
+
 class ProviderSettings(BaseModel):
     """Config common to every provider entry; adapters extend it with their own fields."""
 
@@ -46,6 +58,7 @@ class ProviderSettings(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     drop_unsupported_params: bool = True
+    capabilities: CapabilitySettings = Field(default_factory=CapabilitySettings)
 
 
 class ServerConfig(_Strict):
@@ -148,6 +161,14 @@ class DeploymentConfig(_Strict):
     price: PriceConfig | None = Field(
         default=None, description="This deployment's own price, e.g. a negotiated one."
     )
+    context_window: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens this deployment's model takes in (default: the price catalog's).",
+    )
+    capabilities: CapabilitySettings | None = Field(
+        default=None, description="Over its provider's capabilities, for this deployment."
+    )
 
     @model_validator(mode="after")
     def _needs_a_name(self) -> DeploymentConfig:
@@ -162,6 +183,15 @@ class DeploymentConfig(_Strict):
 
 Strategy = Literal["weighted", "round-robin", "least-busy", "latency", "cost"]
 
+# The transient failures a deployment may be retried on (see docs/resilience.md).
+ErrorClass = Literal["rate_limit", "server_error", "connection", "timeout"]
+
+
+def _retried_by_default() -> list[ErrorClass]:
+    # Not a timeout: a route that accepted a request and said nothing is likely to do it
+    # again, and a retry there multiplies the caller's wait.
+    return ["rate_limit", "server_error", "connection"]
+
 
 class RetryConfig(_Strict):
     """How often to try again, and how long to wait in between."""
@@ -175,14 +205,27 @@ class RetryConfig(_Strict):
         ge=0,
         description="An upstream Retry-After longer than this fails over instead of waiting.",
     )
+    retry_on: list[ErrorClass] = Field(
+        default_factory=_retried_by_default,
+        description="Failures retried on the same deployment; any other transient failure "
+        "(by default a timeout: a silent route) fails over at once.",
+    )
 
 
 class TimeoutConfig(_Strict):
-    """Seconds; connect, first_token and idle default to each provider's own timeouts."""
+    """Seconds; connect and idle default to each provider's own timeouts."""
 
     connect: float | None = Field(default=None, gt=0)
-    first_token: float | None = Field(default=None, gt=0)
-    idle: float | None = Field(default=None, gt=0)
+    first_token: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stream: from sending the request to the first output, headers included "
+        "(default: 10 s while the Plan has another deployment to try, else idle). "
+        "Non-stream: the longest wait for the answer (default: the provider's timeouts.read).",
+    )
+    idle: float | None = Field(
+        default=None, gt=0, description="The longest silence inside a stream, headers included."
+    )
     total: float = Field(default=600.0, gt=0, description="All attempts of one request.")
 
 

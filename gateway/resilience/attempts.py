@@ -1,13 +1,17 @@
 """Running a Plan: retries on one deployment, then fail-over along the Plan.
 
-Per deployment, tenacity retries what is transient (connection failures, timeouts, 408, 409,
-429 except ``insufficient_quota``, 5xx), waiting as long as the upstream asked
-(``retry-after-ms``, ``x-ms-retry-after-ms``, ``Retry-After``) or else exponential backoff with
-full jitter. A requested wait longer than ``max_retry_after`` or than the request has left is
-not slept: the loop fails over instead. Errors that are about the request (400, 422, content
-filter) end the request at once; ``context_length_exceeded`` jumps to the model's
-context-window fallbacks. Every attempt passes the deployment's circuit breaker and quota
-(``HealthBoard``) and reports its outcome back.
+Every transient failure (connection failures, timeouts, 408, 409, 429 except
+``insufficient_quota``, 5xx) fails over; it is retried on the same deployment first only if
+its class is in ``retries.retry_on`` (by default every class but ``timeout``: a route that
+stayed silent is not waited on twice). A request sent on a pooled connection that broke at
+once is sent again at once, as an attempt of its own. Between retries, tenacity waits as long
+as the upstream asked (``retry-after-ms``, ``x-ms-retry-after-ms``, ``Retry-After``) or else
+exponential backoff with full jitter. A requested wait longer than ``max_retry_after`` or than
+the request has left is not slept: the loop fails over instead. Errors that are about the
+request (400, 422, content filter) end the request at once; ``context_length_exceeded`` jumps
+to the model's context-window fallbacks. Every attempt passes the deployment's circuit
+breaker and quota (``HealthBoard``) and reports its outcome back. Once the request's deadline
+(the caller's own, or ``timeouts.total``) has passed, no attempt starts.
 """
 
 from __future__ import annotations
@@ -32,12 +36,16 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from gateway.config import RetryConfig
+from gateway.config import ErrorClass, RetryConfig
 from gateway.errors import (
     ContentFilterError,
     ContextLengthExceededError,
     GatewayError,
     RequestTimeoutError,
+    StaleConnectionError,
+    StreamInterruptedError,
+    UpstreamConnectionError,
+    UpstreamTimeoutError,
     retry_after_seconds,
 )
 from gateway.routing import HealthBoard, Plan, Ticket
@@ -102,6 +110,8 @@ class wait_for_upstream(wait_base):
 
     def __call__(self, retry_state: RetryCallState) -> float:
         error = _error_of(retry_state)
+        if isinstance(error, StaleConnectionError):
+            return 0.0
         asked = retry_after_seconds(error) if error is not None else None
         wait = asked if asked is not None else self.backoff(retry_state)
         return max(0.0, min(wait, self.deadline - time.monotonic()))
@@ -138,8 +148,27 @@ class stop_when_waiting_is_futile(stop_base):
         return remaining <= 0 or self.health.unavailable(self.deployment) is not None
 
 
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, GatewayError) and exc.retryable
+def error_class(exc: GatewayError) -> ErrorClass | None:
+    """Which ``retry_on`` class a transient failure belongs to (None: not transient)."""
+    if not exc.retryable:
+        return None
+    if isinstance(exc, UpstreamTimeoutError) or exc.status == 408:
+        return "timeout"
+    if isinstance(exc, (UpstreamConnectionError, StreamInterruptedError)):
+        return "connection"
+    if exc.status == 429:
+        return "rate_limit"
+    return "server_error"
+
+
+def _retried_here(exc: BaseException, retries: RetryConfig) -> bool:
+    """Whether ``exc`` is worth another try on the same deployment."""
+    if isinstance(exc, StaleConnectionError):
+        return True
+    if not isinstance(exc, GatewayError):
+        return False
+    kind = error_class(exc)
+    return kind is not None and kind in retries.retry_on
 
 
 async def run_plan(
@@ -208,9 +237,9 @@ async def _on_deployment(
     succeeds; building tenacity's machinery costs ~35 us); only a transient failure brings
     in tenacity, seeded with that failure so its wait and stop rules apply to it."""
     try:
-        return await _one_attempt(dep, attempt, tries, health, tokens, settle_on_success)
+        return await _one_attempt(dep, attempt, tries, health, tokens, settle_on_success, deadline)
     except GatewayError as exc:
-        if not exc.retryable or retries.attempts_per_deployment == 1:
+        if not _retried_here(exc, retries) or retries.attempts_per_deployment == 1:
             raise
         failure = sys.exc_info()
     retrying = AsyncRetrying(
@@ -219,7 +248,7 @@ async def _on_deployment(
             stop_when_waiting_is_futile(retries, deadline, tries, health, dep),
         ),
         wait=wait_for_upstream(retries, deadline),
-        retry=retry_if_exception(_retryable),
+        retry=retry_if_exception(lambda exc: _retried_here(exc, retries)),
         reraise=True,
         sleep=asyncio.sleep,
     )
@@ -233,7 +262,9 @@ async def _on_deployment(
         state.prepare_for_next_attempt()
         await asyncio.sleep(action)
         try:
-            return await _one_attempt(dep, attempt, tries, health, tokens, settle_on_success)
+            return await _one_attempt(
+                dep, attempt, tries, health, tokens, settle_on_success, deadline
+            )
         except GatewayError:
             state.set_exception(sys.exc_info())  # type: ignore[arg-type]
 
@@ -245,7 +276,14 @@ async def _one_attempt(
     health: HealthBoard,
     tokens: int,
     settle_on_success: bool,
+    deadline: float,
 ) -> T:
+    if time.monotonic() >= deadline:
+        # The caller's patience is spent: another attempt could only answer nobody.
+        raise RequestTimeoutError(
+            "the request's time ran out before another attempt could start "
+            "(x-gateway-timeout / gateway_timeout, or routing.timeouts.total)"
+        )
     ticket = await health.admit(dep, tokens)
     if ticket is None:
         raise _Unavailable(dep, health.unavailable(dep, tokens) or "unavailable")
@@ -274,7 +312,9 @@ async def _one_attempt(
     return result
 
 
-_NO_HTTP_ANSWER = frozenset({"upstream_unreachable", "upstream_timeout", "stream_interrupted"})
+_NO_HTTP_ANSWER = frozenset(
+    {"upstream_unreachable", "stale_connection", "upstream_timeout", "stream_interrupted"}
+)
 
 
 def _all_unavailable(plan: Plan, skipped: list[_Unavailable], health: HealthBoard) -> GatewayError:

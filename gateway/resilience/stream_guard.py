@@ -19,6 +19,7 @@ from gateway.errors import (
     RequestTimeoutError,
     StreamInterruptedError,
     UpstreamConnectionError,
+    UpstreamTimeoutError,
 )
 from gateway.wire import JSON, SSEDecoder, SSEEvent, UpstreamResponse
 from providers.base import Deployment, StreamTranslator
@@ -123,6 +124,11 @@ class UpstreamStream:
             if batch:  # what the same read carried before the error (e.g. an error event)
                 pending, batch = batch, []
                 yield pending
+            if isinstance(exc, UpstreamTimeoutError) and time.monotonic() >= self.deadline - 0.01:
+                # The wait for the next byte is bounded by the request's deadline too.
+                raise RequestTimeoutError(
+                    "the request's total time ran out while the answer was streaming"
+                ) from exc
             raise
         finally:
             await self.response.close()

@@ -29,6 +29,11 @@ from gateway.wire import Timeouts
 from providers import provider_class
 from providers.base import Deployment, Provider
 
+# Seconds a stream may take to its first output by default while it can still fail over: a
+# route that slow is better left for the next one, and a fallback's whole answer still fits
+# in ~15 s of the caller's time.
+STREAM_FIRST_TOKEN = 10.0
+
 
 @dataclass(slots=True, frozen=True)
 class ModelPolicy:
@@ -50,9 +55,16 @@ class ModelPolicy:
         silence = (t.idle if stream else t.first_token) or own.read
         return Timeouts(connect=t.connect or own.connect, read=silence)
 
-    def first_token(self, dep: Deployment) -> float:
-        """Seconds a stream may take to produce its first output."""
-        return self.timeouts.first_token or dep.provider.timeouts.read
+    def first_token(self, dep: Deployment, *, last: bool = False) -> float:
+        """Seconds a stream may take from its request to its first output (headers included).
+
+        Unless configured, ``STREAM_FIRST_TOKEN`` while the Plan has another deployment to
+        fail over to; on the ``last`` one, where giving up early helps nobody, the idle limit.
+        """
+        if self.timeouts.first_token:
+            return self.timeouts.first_token
+        idle = self.timeouts.idle or dep.provider.timeouts.read
+        return idle if last else min(STREAM_FIRST_TOKEN, idle)
 
 
 @dataclass(slots=True)
@@ -60,7 +72,9 @@ class Plan:
     """Deployments in the order they will be tried: the model's own, then its fallbacks'.
 
     ``context_attempts`` replace the rest of the plan when a deployment answers
-    context_length_exceeded: retrying a model whose window is too small cannot succeed.
+    context_length_exceeded: retrying a model whose window is too small cannot succeed. They
+    are the model's ``context_window_fallbacks``, or else those of its fallbacks whose context
+    window is known to be larger than the model's.
     """
 
     model: str
@@ -89,9 +103,11 @@ class Router:
         health: HealthBoard | None = None,
         rng: random.Random | None = None,
         price_of: Callable[[Deployment], Decimal | None] | None = None,
+        window_of: Callable[[Deployment], int | None] | None = None,
     ) -> None:
         self.health = health or HealthBoard(config.routing.circuit)
         self.price_of = price_of or (lambda _: None)
+        self.window_of = window_of or (lambda d: d.config.context_window if d.config else None)
         self.providers: dict[str, Provider] = {
             name: provider_class(settings.type)(name, settings)
             for name, settings in config.providers.items()
@@ -195,9 +211,26 @@ class Router:
                 code="region_not_allowed",
             )
         plan.context_attempts = self._ordered(
-            self.configs[model].context_window_fallbacks, needs, {}, regions, []
+            self.configs[model].context_window_fallbacks or self._larger(model, chain),
+            needs,
+            {},
+            regions,
+            [],
         )
         return plan
+
+    def context_window(self, model: str) -> int | None:
+        """The largest context window among ``model``'s deployments (None: not known)."""
+        windows = [self.window_of(d) for d in self.deployments[model]]
+        known = [w for w in windows if w is not None]
+        return max(known) if known else None
+
+    def _larger(self, model: str, chain: list[str]) -> list[str]:
+        """The models of ``chain`` whose context window is larger than ``model``'s."""
+        window = self.context_window(model)
+        if window is None:
+            return []
+        return [fb for fb in chain if fb != model and (self.context_window(fb) or 0) > window]
 
     def _ordered(
         self,
@@ -214,7 +247,7 @@ class Router:
                 if regions is not None and dep.region not in regions:
                     outside.append(f"{dep.id} in {dep.region or 'no region'}")
                     continue  # data residency: never leave the allowed regions
-                missing = dep.provider.capabilities.lacks(needs)
+                missing = dep.lacks(needs)
                 if missing:
                     lacking[dep.id] = missing
                 else:

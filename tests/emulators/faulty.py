@@ -59,6 +59,7 @@ class Call:
     body: dict[str, Any]
     nth: int  # 1 for the first request of this model since the last reset
     down: bool = False  # for "down:<name>": whether set_down(name, True) is in force
+    reused: bool = False  # whether it came on a connection that had carried a request before
 
     @property
     def stream(self) -> bool:
@@ -101,7 +102,14 @@ class Silence:
     """Read the request and never answer."""
 
 
-Action = Reply | Stream | Drop | Silence
+@dataclass(frozen=True)
+class Close:
+    """Read the request, wait ``delay`` seconds, and close the connection (FIN) unanswered."""
+
+    delay: float = 0.0
+
+
+Action = Reply | Stream | Drop | Silence | Close
 
 
 class ScenarioError(ValueError):
@@ -288,6 +296,42 @@ def stall_after(call: Call) -> Action:
     return cut(call, "stall")
 
 
+def continuing(call: Call, echo: bool = False) -> Action:
+    """A normal answer; for a final assistant message with ``continue_final_message`` (how
+    vLLM continues a prefill), only the rest of it, as such a server sends it (with ``echo``,
+    the whole of it, prefill included, as some servers do)."""
+    messages = call.body.get("messages") or []
+    last = messages[-1] if messages else None
+    if not (
+        call.body.get("continue_final_message")
+        and isinstance(last, dict)
+        and last.get("role") == "assistant"
+    ):
+        return normal(call)
+    answer = completion(call)
+    message = answer["choices"][0]["message"]
+    if not echo:
+        message["content"] = message["content"].removeprefix(text_of(last.get("content")))
+    sent = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks(answer, call.include_usage)]
+    return Stream([*sent, DONE]) if call.stream else Reply(200, orjson.dumps(answer))
+
+
+def rejects_prefill(call: Call) -> Action:
+    """A normal answer, but a 400 for a request ending in an assistant message."""
+    messages = call.body.get("messages") or []
+    if messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+        message = "Assistant message prefill is not supported: the last message must be a user one."
+        return openai_error(400, message, "invalid_request_error", "unsupported_prefill")
+    return normal(call)
+
+
+CONTENT_POLICY = {
+    "message": "Your request was rejected as a result of our safety system.",
+    "type": "invalid_request_error",
+    "param": None,
+    "code": "content_policy_violation",
+}
+
 UNREADABLE_BODY = openai_error(
     400, "We could not parse the JSON body of your request.", "invalid_request_error", None
 )
@@ -319,6 +363,12 @@ SCENARIOS: dict[str, Callable[[Call], Action]] = {
     "context-length": lambda call: error_reply(400, CONTEXT_LENGTH),
     "content-filter": lambda call: error_reply(400, CONTENT_FILTER),
     "html-500": lambda call: Reply(500, HTML_500, content_type="text/html"),
+    "content-policy": lambda call: error_reply(400, CONTENT_POLICY),
+    "drop-after": lambda call: Close(seconds(call)),
+    "close-reused-once": lambda call: Close() if call.reused and call.nth == 1 else normal(call),
+    "prefill": continuing,
+    "prefill-echo": lambda call: continuing(call, echo=True),
+    "rejects-prefill": rejects_prefill,
 }
 
 
@@ -562,8 +612,9 @@ class FaultyUpstream:
         self._connections[task] = writer
         connection = next(self._opened)
         try:
-            while await self._answer_next(reader, writer, connection):
-                pass
+            served = 0
+            while await self._answer_next(reader, writer, connection, served > 0):
+                served += 1
         except BadRequest as exc:
             reply = openai_error(400, f"Bad HTTP request: {exc}", "invalid_request_error", None)
             with contextlib.suppress(ConnectionError):
@@ -577,7 +628,11 @@ class FaultyUpstream:
             writer.close()
 
     async def _answer_next(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, connection: int
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        connection: int,
+        reused: bool = False,
     ) -> bool:
         """Answer the next request; whether the connection can carry another."""
         request = await read_request(reader)
@@ -603,7 +658,8 @@ class FaultyUpstream:
                 headers=request.headers,
                 query=query,
                 connection=connection,
-            )
+            ),
+            reused,
         )
         action = plan(call) if readable else UNREADABLE_BODY
         if isinstance(action, Drop):
@@ -612,15 +668,18 @@ class FaultyUpstream:
         if isinstance(action, Silence):
             await until_client_leaves(reader)
             return False
+        if isinstance(action, Close):
+            await asyncio.sleep(action.delay)
+            return False  # _serve closes the connection
         await asyncio.sleep(action.delay)
         if isinstance(action, Reply):
             return await send_reply(action, reader, writer, request.keep_alive)
         return await send_stream(action, reader, writer, request.keep_alive)
 
-    def _record(self, attempt: Attempt) -> Call:
+    def _record(self, attempt: Attempt, reused: bool = False) -> Call:
         name, arg = scenario_of(attempt.model)
         with self._lock:
             self._attempts.append(attempt)
             nth = self._seen[attempt.model] = self._seen.get(attempt.model, 0) + 1
             down = name == "down" and arg in self._down
-        return Call(attempt.model, arg, attempt.body, nth, down)
+        return Call(attempt.model, arg, attempt.body, nth, down, reused)
