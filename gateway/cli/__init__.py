@@ -319,7 +319,7 @@ def _remote_spend(
             cached_tokens=item["cached_tokens"],
             completion_tokens=item["completion_tokens"],
             reasoning_tokens=item["reasoning_tokens"],
-            cost_usd=Decimal(item["cost_usd"]),
+            cost_usd=Decimal(item["cost_usd"] or 0),  # null: every cost unknown
             unknown_cost_requests=item["unknown_cost_requests"],
         )
         for item in body["data"]
