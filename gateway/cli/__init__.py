@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gateway.cli.keys import add_key_commands
+from gateway.cli.reprice import add_reprice_command
 from gateway.config import GatewayConfig, resolve_config
 from gateway.errors import ConfigError
 
@@ -325,6 +326,9 @@ def _remote_spend(
         for item in body["data"]
     ]
     return rows, datetime.fromisoformat(body["since"]), datetime.fromisoformat(body["until"])
+
+
+add_reprice_command(app, _load)
 
 
 def main() -> None:

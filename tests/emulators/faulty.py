@@ -288,6 +288,30 @@ def stall_after(call: Call) -> Action:
     return cut(call, "stall")
 
 
+def with_usage(
+    shape: Callable[[dict[str, Any]], dict[str, Any] | None],
+) -> Callable[[Call], Action]:
+    """A normal answer whose usage block is replaced by ``shape(usage)`` (None: no usage)."""
+
+    def play(call: Call) -> Action:
+        answer = completion(call)
+        usage = shape(answer["usage"])
+        if usage is None:
+            del answer["usage"]
+        else:
+            answer["usage"] = usage
+        if not call.stream:
+            return Reply(200, orjson.dumps(answer))
+        sent = chunks(answer | {"usage": usage or {}}, call.include_usage)
+        if usage is None:  # no usage chunk at all, even when asked for
+            sent = [c for c in sent if c.get("choices")]
+            for c in sent:
+                c.pop("usage", None)
+        return Stream([*(b"data: " + orjson.dumps(c) + b"\n\n" for c in sent), DONE])
+
+    return play
+
+
 UNREADABLE_BODY = openai_error(
     400, "We could not parse the JSON body of your request.", "invalid_request_error", None
 )
@@ -319,6 +343,12 @@ SCENARIOS: dict[str, Callable[[Call], Action]] = {
     "context-length": lambda call: error_reply(400, CONTEXT_LENGTH),
     "content-filter": lambda call: error_reply(400, CONTENT_FILTER),
     "html-500": lambda call: Reply(500, HTML_500, content_type="text/html"),
+    # Usage blocks the gateway cannot read as OpenAI's, and none at all.
+    "usage-input-output": with_usage(
+        lambda u: {"input_tokens": u["prompt_tokens"], "output_tokens": u["completion_tokens"]}
+    ),
+    "usage-total-only": with_usage(lambda u: {"total_tokens": u["total_tokens"]}),
+    "no-usage": with_usage(lambda u: None),
 }
 
 
