@@ -42,7 +42,7 @@ from tests.harness import ServerThread
 from tests.keys_helpers import MASTER_KEY, Admin
 
 M = Decimal(10**6)
-HELLO = [{"role": "user", "content": "hello"}]
+HELLO: list[dict[str, Any]] = [{"role": "user", "content": "hello"}]
 CHEAP = {"input": "1.00", "output": "2.00"}  # USD per 1M tokens
 CAPPED = {"input": "1.00", "output": "10.00"}
 
@@ -54,7 +54,9 @@ def deployment(model: str, price: dict[str, str] | None = None, **extra: Any) ->
     return {"deployments": [dep]}
 
 
-def gateway_config(up: str, mistral: str, openai_up: str, db: Path, **limits: Any) -> dict:
+def gateway_config(
+    up: str, mistral: str, openai_up: str, db: Path, **limits: Any
+) -> dict[str, Any]:
     return {
         "auth": {"master_key": MASTER_KEY},
         "ledger": {"url": f"sqlite+aiosqlite:///{db}", "flush_interval": 0.05},
@@ -118,7 +120,9 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def config(up, mistral, openai_upstream: OpenAIEmulator, db: Path) -> dict[str, Any]:
+def config(
+    up: FaultyUpstream, mistral: MistralEmulator, openai_upstream: OpenAIEmulator, db: Path
+) -> dict[str, Any]:
     return gateway_config(up.url, mistral.url, openai_upstream.url, db)
 
 
@@ -162,17 +166,18 @@ async def record_of(db: Path, request_id: str, kind: str = "call") -> SpendRecor
         await ledger.engine.dispose()
 
 
-def estimated(model: str, generated: list[str], messages: list[dict] = HELLO) -> dict[str, Any]:
+def estimated(
+    model: str, generated: list[str], messages: list[dict[str, Any]] = HELLO
+) -> dict[str, Any]:
     """The gateway's offline count for an OpenAI-type deployment answering as ``model``."""
     return estimate_usage(messages, generated, "openai", model)
 
 
 def at(usage: dict[str, Any], price: dict[str, str]) -> Decimal:
     """Hand computation: prompt x input + completion x output, per 1M tokens."""
-    return (
-        usage["prompt_tokens"] * Decimal(price["input"])
-        + usage["completion_tokens"] * Decimal(price["output"])
-    ) / M
+    prompt: int = usage["prompt_tokens"]
+    completion: int = usage["completion_tokens"]
+    return (prompt * Decimal(price["input"]) + completion * Decimal(price["output"])) / M
 
 
 # -- 3. unknown is never $0 -----------------------------------------------------------------
@@ -356,7 +361,10 @@ def test_estimated_stream_sends_its_flagged_usage_chunk_through_the_openai_sdk(p
     client = openai.OpenAI(base_url=proxy, api_key=MASTER_KEY, max_retries=0)
     chunks = list(
         client.chat.completions.create(
-            model="quiet", messages=HELLO, stream=True, stream_options={"include_usage": True}
+            model="quiet",
+            messages=[{"role": "user", "content": "hello"}],
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
     last = chunks[-1]
@@ -366,6 +374,7 @@ def test_estimated_stream_sends_its_flagged_usage_chunk_through_the_openai_sdk(p
         usage["prompt_tokens"],
         usage["completion_tokens"],
     )
+    assert last.usage.model_extra is not None and last.model_extra is not None
     assert Decimal(last.usage.model_extra["cost"]) == at(usage, CHEAP)
     assert last.model_extra["x_gateway"]["usage_estimated"] is True
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "ok: hello"

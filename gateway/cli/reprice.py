@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from gateway.config import GatewayConfig
+from gateway.facts import usd_str
 
 
 @dataclass(slots=True)
@@ -105,10 +106,10 @@ def add_reprice_command(app: typer.Typer, load: Callable[[Path | None], GatewayC
             raise typer.BadParameter(str(exc), param_hint=f"'--{exc.param}'") from None
         outcome = asyncio.run(reprice_ledger(cfg, start, end, model, dry_run=dry_run))
         verb = "would write" if dry_run else "wrote"
-        sign = "+" if outcome.change >= 0 else "-"
+        change = ("+" if outcome.change >= 0 else "-") + "$" + usd_str(abs(outcome.change))
         typer.echo(
             f"{outcome.examined} records from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC"
             + (f" of model {model}" if model else "")
-            + f": {verb} {outcome.adjusted} adjustments, {sign}${abs(outcome.change)} in all; "
+            + f": {verb} {outcome.adjusted} adjustments, {change} in all; "
             f"{outcome.now_known} unknown costs now known, {outcome.still_unknown} still unknown."
         )
