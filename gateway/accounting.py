@@ -21,11 +21,13 @@ from gateway.costs import (
     PriceBook,
     PriceCatalog,
     compute_cost,
+    count_tokens,
     effective_price,
     estimate_usage_async,
     price_family,
     unknown_cost,
 )
+from gateway.costs.reasoning import is_reasoning_model
 from gateway.costs.report import unpriced_deployments
 from gateway.errors import GatewayError, PermissionDeniedError
 from gateway.ledger.adjust import NewPrice
@@ -35,6 +37,9 @@ from gateway.types import CompletionRequest
 from gateway.wire import JSON
 from providers.base import Deployment
 
+# Output tokens reserved for an uncapped call to a reasoning model the catalog gives no
+# output limit: its reasoning alone often runs to tens of thousands of tokens.
+REASONING_RESERVE = 32_768
 # Attempts that reached no upstream (the connection failed) were not billed by the provider.
 _NOT_SENT = frozenset({"upstream_unreachable"})
 UNANSWERED_NOTE = (
@@ -206,10 +211,35 @@ class Accountant:
         if given is not None:
             return given
         caps = [
-            (price.max_output_tokens if price is not None else None) or default
-            for price in (self.price(dep) for dep in deployments)
+            (price.max_output_tokens if price is not None else None) or output_reserve(dep, default)
+            for dep, price in ((dep, self.price(dep)) for dep in deployments)
         ]
         return max(caps, default=default)
+
+    async def estimate_embedding(
+        self, dep: Deployment | None, upstream_model: str | None, inputs: object
+    ) -> JSON | None:
+        """Usage of an embeddings call counted offline: token arrays exactly, texts with the
+        deployment's tokenizer (a provider's usage could not be read)."""
+        if dep is None:
+            return None
+        items = inputs if isinstance(inputs, list) else [inputs]
+        tokens = 0
+        model = upstream_model or dep.base_model or dep.model
+        try:
+            for item in items:
+                if isinstance(item, int):
+                    tokens += 1
+                elif isinstance(item, list):
+                    tokens += len(item)
+                else:
+                    tokens += await count_tokens(str(item), dep.provider.tokenizer, model)
+        except Exception:  # a missing tokenizer must not lose the record
+            log.exception(
+                "could not count embedding input with the %s tokenizer", dep.provider_name
+            )
+            return None
+        return {"prompt_tokens": tokens, "total_tokens": tokens, "estimated_by": "offline"}
 
     def list_price(self, dep: Deployment) -> Decimal | None:
         """A deployment's price per 1M input + output tokens (for the ``cost`` strategy)."""
@@ -242,7 +272,7 @@ class Accountant:
                 request.max_completion_tokens
                 or request.max_tokens
                 or price.max_output_tokens
-                or default_max_output
+                or output_reserve(dep, default_max_output)
             )
             out = cap * (request.n or 1)
             rate_out = max(price.output or Decimal(0), price.reasoning_rate or Decimal(0))
@@ -313,6 +343,15 @@ def spend_record(info: Call, error: GatewayError | None) -> SpendRecord:
         price_source=price_source(price),
         price_effective=price_effective(price),
     )
+
+
+def output_reserve(dep: Deployment, default: int) -> int:
+    """Output tokens to reserve when neither the request nor the catalog caps them: a
+    reasoning model's hidden reasoning counts as output, so it gets at least
+    ``REASONING_RESERVE``."""
+    if is_reasoning_model(dep.base_model, dep.model):
+        return max(default, REASONING_RESERVE)
+    return default
 
 
 def metering_price(metering: PriceConfig, family: str, model: str) -> Price:

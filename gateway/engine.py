@@ -160,6 +160,9 @@ class Engine:
         call.usage = result.get("usage")
         if not usage_readable(call.usage, embedding=True):
             call.cost_note = unreadable_usage_note(call.usage)
+            call.usage = await setup.accountant.estimate_embedding(
+                call.served_by, call.upstream_model, request.input
+            )
         call.cost = setup.accountant.cost(
             call.served_by, call.upstream_model, call.usage, embedding=True
         )

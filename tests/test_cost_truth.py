@@ -33,6 +33,7 @@ from gateway.costs import PriceCatalog, estimate_usage
 from gateway.ledger.ledger import Ledger
 from gateway.ledger.records import SpendRecord
 from tests.conftest import GatewayFactory
+from tests.emulators.common import Fault
 from tests.emulators.faulty import FaultyUpstream
 from tests.emulators.mistral_api import API_KEY as MISTRAL_KEY
 from tests.emulators.mistral_api import MistralEmulator
@@ -96,6 +97,9 @@ def gateway_config(
                 ]
             },
             "gpt-4o": {"deployments": [{"provider": "openai", "model": "gpt-4o"}]},
+            "embed": {"deployments": [{"provider": "openai", "model": "text-embedding-3-small"}]},
+            # A reasoning model the catalog does not know: no output limit to reserve by.
+            "deep": deployment("plain#deep", CAPPED, base_model="o9-preview"),
         },
     }
 
@@ -136,14 +140,15 @@ def admin(proxy: str) -> Admin:
     return Admin(proxy)
 
 
+def post(proxy: str, path: str, body: dict[str, Any], key: str = MASTER_KEY) -> httpx.Response:
+    return httpx.post(
+        proxy + path, json=body, headers={"authorization": f"Bearer {key}"}, timeout=10
+    )
+
+
 def chat(proxy: str, model: str, key: str = MASTER_KEY, **body: Any) -> httpx.Response:
     body.setdefault("messages", HELLO)
-    return httpx.post(
-        proxy + "/chat/completions",
-        json={"model": model, **body},
-        headers={"authorization": f"Bearer {key}"},
-        timeout=10,
-    )
+    return post(proxy, "/chat/completions", {"model": model, **body}, key)
 
 
 async def record_of(db: Path, request_id: str, kind: str = "call") -> SpendRecord:
@@ -258,6 +263,28 @@ def test_report_of_an_all_unknown_group_says_null_and_sorts_first(proxy, db, con
     assert lines["TOTAL"][-2].startswith(">=")
 
 
+async def test_unreadable_embeddings_usage_is_counted_offline(proxy, db, openai_upstream):
+    """The upstream reports ``input_tokens`` only: the input is counted offline (token
+    arrays exactly) at the embedding price, not billed $0."""
+    openai_upstream.reset()
+    answer = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": [0.1]} for i in range(2)],
+        "model": "text-embedding-3-small",
+        "usage": {"input_tokens": 5},
+    }
+    openai_upstream.fail_next(Fault(status=200, body=json.dumps(answer).encode()))
+    response = post(proxy, "/embeddings", {"model": "embed", "input": [[1, 2, 3], [4, 5]]})
+    assert response.status_code == 200, response.text
+    price = PriceCatalog.shipped().lookup("openai", "text-embedding-3-small")
+    assert price is not None and price.embedding_rate is not None
+    cost = 5 * price.embedding_rate / M
+    assert Decimal(response.headers["x-gateway-cost"]) == cost
+    assert response.headers["x-gateway-usage-estimated"] == "true"
+    record = await record_of(db, response.headers["x-request-id"])
+    assert (record.cost_usd, record.prompt_tokens, record.usage_estimated) == (cost, 5, True)
+
+
 # -- 3. no unmetered calls ------------------------------------------------------------------
 
 
@@ -342,6 +369,19 @@ def test_capped_reservation_covers_the_capped_worst_case_while_in_flight(proxy, 
     assert first[0].headers["x-gateway-budget-capped-max-tokens"] == "48"
     assert second.status_code == 429
     assert "(+ $0.0005 reserved by requests in flight)" in second.json()["error"]["message"]
+
+
+def test_budget_reserves_for_reasoning_and_caps_max_completion_tokens(proxy, admin, up):
+    """An uncapped call to a reasoning model without a catalog output limit reserves 32768
+    output tokens, not the 4096 default: (21 + 32768 x 10) / 1M = $0.327701 does not fit $0.10
+    (4096 tokens would have), so its output is capped to (100000 - 21) / 10 = 9997 tokens, in
+    the field reasoning models take."""
+    key = admin.create_key(name="reasoning", budget_usd="0.10", budget_period="total")["key"]
+    response = chat(proxy, "deep", key)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-gateway-budget-capped-max-tokens"] == "9997"
+    sent = up.attempts_for("plain#deep")[-1].body
+    assert sent["max_completion_tokens"] == 9997 and "max_tokens" not in sent
 
 
 # -- 5. honest estimates --------------------------------------------------------------------
