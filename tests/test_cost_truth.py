@@ -41,6 +41,7 @@ from tests.emulators.openai_api import API_KEY as OPENAI_KEY
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.harness import ServerThread
 from tests.keys_helpers import MASTER_KEY, Admin
+from tests.ledger_helpers import scratch_postgres
 
 M = Decimal(10**6)
 HELLO: list[dict[str, Any]] = [{"role": "user", "content": "hello"}]
@@ -56,11 +57,12 @@ def deployment(model: str, price: dict[str, str] | None = None, **extra: Any) ->
 
 
 def gateway_config(
-    up: str, mistral: str, openai_up: str, db: Path, **limits: Any
+    up: str, mistral: str, openai_up: str, db: Path | str, **limits: Any
 ) -> dict[str, Any]:
+    url = db if isinstance(db, str) else f"sqlite+aiosqlite:///{db}"
     return {
         "auth": {"master_key": MASTER_KEY},
-        "ledger": {"url": f"sqlite+aiosqlite:///{db}", "flush_interval": 0.05},
+        "ledger": {"url": url, "flush_interval": 0.05},
         "limits": limits,
         "routing": {
             "retries": {"attempts_per_deployment": 1},
@@ -146,14 +148,20 @@ def post(proxy: str, path: str, body: dict[str, Any], key: str = MASTER_KEY) -> 
     )
 
 
+def post_get(proxy: str, path: str, params: dict[str, str]) -> httpx.Response:
+    auth = {"authorization": f"Bearer {MASTER_KEY}"}
+    return httpx.get(proxy + path, params=params, headers=auth, timeout=10)
+
+
 def chat(proxy: str, model: str, key: str = MASTER_KEY, **body: Any) -> httpx.Response:
     body.setdefault("messages", HELLO)
     return post(proxy, "/chat/completions", {"model": model, **body}, key)
 
 
-async def record_of(db: Path, request_id: str, kind: str = "call") -> SpendRecord:
+async def record_of(db: Path | str, request_id: str, kind: str = "call") -> SpendRecord:
     """The ledger's record of one request (waiting, boundedly, for the writer)."""
-    ledger = Ledger(LedgerConfig(url=f"sqlite+aiosqlite:///{db}", migrate=False))
+    url = db if isinstance(db, str) else f"sqlite+aiosqlite:///{db}"
+    ledger = Ledger(LedgerConfig(url=url, migrate=False))
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -473,3 +481,33 @@ async def test_unknown_record_says_why(proxy, db):
     record = await record_of(db, response.headers["x-request-id"])
     assert record.cost_usd is None and record.price_model is None
     assert "no price" in (record.cost_note or "")
+
+
+# -- the same on PostgreSQL -----------------------------------------------------------------
+
+
+async def test_postgresql_ledger_keeps_estimates_unknowns_and_provenance(
+    up, mistral, openai_upstream, start_gateway
+):
+    with scratch_postgres() as url:
+        proxy = start_gateway(gateway_config(up.url, mistral.url, openai_upstream.url, url))
+        priced = chat(proxy, "gpt-4o").headers["x-request-id"]
+        unreadable = chat(proxy, "unreadable-io").headers["x-request-id"]
+        unknown = chat(proxy, "unpriced").headers["x-request-id"]
+        entry = PriceCatalog.shipped().lookup("openai", "gpt-4o")
+        assert entry is not None
+        record = await record_of(url, priced)
+        assert (record.price_family, record.price_model, record.price_source) == (
+            "openai",
+            entry.model,
+            entry.source,
+        )
+        record = await record_of(url, unreadable)
+        assert record.cost_usd == at(estimated("usage-input-output", ["ok: hello"]), CHEAP)
+        assert record.usage_basis == "estimated"
+        record = await record_of(url, unknown)
+        assert record.cost_usd is None and "no price" in (record.cost_note or "")
+        report = post_get(proxy, "/spend", {"group_by": "model", "since": "1h"}).json()
+        groups = {row["group"]: row for row in report["data"]}
+        assert groups["unpriced"]["cost_usd"] is None
+        assert report["data"][0]["group"] == "unpriced"
