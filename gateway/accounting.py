@@ -14,15 +14,13 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from gateway.call import Call
-from gateway.config import DeploymentConfig, GatewayConfig, PriceConfig
+from gateway.config import GatewayConfig, PriceConfig
 from gateway.costs import (
     Cost,
     Price,
     PriceBook,
-    PriceCatalog,
     compute_cost,
     count_tokens,
-    effective_price,
     estimate_usage_async,
     price_family,
     unknown_cost,
@@ -30,7 +28,6 @@ from gateway.costs import (
 from gateway.costs.reasoning import is_reasoning_model
 from gateway.costs.report import unpriced_deployments
 from gateway.errors import GatewayError, PermissionDeniedError
-from gateway.ledger.adjust import NewPrice
 from gateway.ledger.ledger import Ledger
 from gateway.ledger.records import SpendRecord, token_counts
 from gateway.types import CompletionRequest
@@ -359,60 +356,6 @@ def metering_price(metering: PriceConfig, family: str, model: str) -> Price:
     return Price(family=family, model=model, source="limits.unpriced", origin="config").overridden(
         metering, "config"
     )
-
-
-class Repricer:
-    """Prices ledger records again at the current catalog and config (``llm-gateway
-    reprice``): each record by the deployment and model that answered it."""
-
-    def __init__(self, config: GatewayConfig, catalog: PriceCatalog | None = None) -> None:
-        self.config = config
-        self.catalog = (catalog or PriceCatalog.shipped()).with_entries(config.prices)
-        unpriced = config.limits.unpriced
-        self.metering = None if unpriced == "deny" else unpriced.price
-        # (public model, deployment id) -> its config entry; ids as the router makes them.
-        self.deployments: dict[tuple[str, str], DeploymentConfig] = {}
-        for name, model in config.models.items():
-            for i, d in enumerate(model.deployments):
-                twins = [
-                    x
-                    for x in model.deployments
-                    if (x.provider, x.upstream_name) == (d.provider, d.upstream_name)
-                ]
-                ident = f"{d.provider}/{d.upstream_name}" + (f"#{i}" if len(twins) > 1 else "")
-                self.deployments[(name, ident)] = d
-
-    def price(self, record: SpendRecord) -> NewPrice | None:
-        """What ``record`` costs now; None when that is still unknown (no price, or no
-        token counts to price: an unknown cost is not re-priced as 0)."""
-        settings = self.config.providers.get(record.provider or "")
-        if settings is None:
-            return None
-        counted = record.prompt_tokens + record.completion_tokens
-        if record.cost_usd is None and counted == 0:
-            return None
-        dep = self.deployments.get((record.model, record.deployment or "")) or DeploymentConfig(
-            provider=record.provider or "",
-            model=record.upstream_model or record.price_model or record.model,
-        )
-        price = effective_price(self.catalog, settings, dep, record.upstream_model)
-        if price is None and self.metering is not None:
-            family = price_family(settings)
-            price = metering_price(self.metering, family, dep.base_model or dep.upstream_name)
-        if price is None:
-            return None
-        usage = {
-            "prompt_tokens": record.prompt_tokens,
-            "completion_tokens": record.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": record.cached_tokens},
-            "completion_tokens_details": {"reasoning_tokens": record.reasoning_tokens},
-        }
-        cost = compute_cost(usage, price, embedding=record.operation == "embeddings")
-        if cost.total is None:
-            return None
-        return NewPrice(
-            cost.total, price.family, price.model, price_source(price), price_effective(price)
-        )
 
 
 def unreadable_usage_note(usage: Mapping[str, Any] | None) -> str:

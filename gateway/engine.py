@@ -241,7 +241,8 @@ class Engine:
             unpriced = accountant.unpriced(deployments, request)
             if unpriced:
                 raise accountant.unpriced_refusal(plan.model, unpriced)
-        for _ in range(1 + len(principal.limits)):  # the key's budget, then its team's
+        capped = 0
+        while True:
             worst = accountant.worst_case_cost(
                 deployments,
                 request,
@@ -254,8 +255,9 @@ class Engine:
                 )
                 return
             except BudgetShortfall as short:
-                # What the remainder pays for: a smaller output cap, if a minimal answer fits.
-                if request is None:
+                # What the remainder pays for: a smaller output cap, if a minimal answer fits
+                # (once per scope: the key's budget, then its team's).
+                if request is None or capped >= len(principal.limits):
                     raise
                 current = accountant.output_cap(
                     deployments, request, limits.default_max_output_tokens
@@ -266,7 +268,7 @@ class Engine:
                 cap_output(request, cap, deployments)
                 call.capped_max_tokens = cap
                 tokens = request.estimated_tokens()
-        raise AssertionError("unreachable: the last admission either admits or raises")
+                capped += 1
 
     def _correct_quota(self, call: Call, estimate: int) -> None:
         total = (call.usage or {}).get("total_tokens")

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from gateway.cli.reprice import reprice_ledger
+from gateway.cli.repricing import reprice_ledger
 from gateway.config import GatewayConfig
 from gateway.costs import PriceCatalog
 from gateway.ledger.db import create_ledger_engine

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated
 
@@ -15,55 +12,6 @@ import typer
 
 from gateway.config import GatewayConfig
 from gateway.facts import usd_str
-
-
-@dataclass(slots=True)
-class RepriceOutcome:
-    """What one run found and wrote."""
-
-    examined: int = 0
-    adjusted: int = 0
-    now_known: int = 0  # records whose cost was unknown and now is
-    still_unknown: int = 0
-    change: Decimal = Decimal(0)
-
-
-async def reprice_ledger(
-    cfg: GatewayConfig,
-    since: datetime,
-    until: datetime,
-    model: str | None,
-    *,
-    dry_run: bool = False,
-) -> RepriceOutcome:
-    """Re-price the call records in ``[since, until)`` (of ``model``) and write adjustments."""
-    from gateway.accounting import Repricer
-    from gateway.ledger.adjust import adjustment, records_to_reprice, write_adjustments
-    from gateway.ledger.ledger import Ledger
-
-    repricer = Repricer(cfg)
-    ledger = Ledger(cfg.ledger)
-    outcome = RepriceOutcome()
-    try:
-        rows = []
-        for priced in await records_to_reprice(ledger.engine, since, until, model):
-            outcome.examined += 1
-            new = repricer.price(priced.record)
-            if new is None:
-                outcome.still_unknown += priced.cost is None
-                continue
-            row = adjustment(priced, new)
-            if row is None:
-                continue
-            rows.append(row)
-            outcome.adjusted += 1
-            outcome.now_known += priced.cost is None
-            outcome.change += row.cost_usd or Decimal(0)
-        if not dry_run:
-            await write_adjustments(ledger.engine, rows)
-    finally:
-        await ledger.engine.dispose()
-    return outcome
 
 
 def add_reprice_command(app: typer.Typer, load: Callable[[Path | None], GatewayConfig]) -> None:
@@ -92,6 +40,7 @@ def add_reprice_command(app: typer.Typer, load: Callable[[Path | None], GatewayC
     ) -> None:
         """Price recorded calls again at the current prices (catalog, prices:, deployment
         price:) and write an adjustment row for each whose cost changes or becomes known."""
+        from gateway.cli.repricing import reprice_ledger
         from gateway.ledger.periods import PeriodError, report_period
 
         cfg = load(config)
