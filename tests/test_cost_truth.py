@@ -405,11 +405,23 @@ async def test_reasoning_model_estimate_is_a_lower_bound(proxy, db):
     assert record.cost_usd == at(usage, {"input": "2.00", "output": "8.00"})
 
 
-def test_estimated_stream_sends_its_flagged_usage_chunk_through_the_openai_sdk(proxy):
+@pytest.mark.parametrize(
+    ("model", "upstream", "price", "flag"),
+    [
+        ("quiet", "no-usage#quiet", CHEAP, True),
+        ("unreadable-io", "usage-input-output", CHEAP, True),
+        ("thinker", "no-usage#thinker", {"input": "2.00", "output": "8.00"}, "lower_bound"),
+    ],
+)
+def test_estimated_stream_sends_its_flagged_usage_chunk_through_the_openai_sdk(
+    proxy: str, model: str, upstream: str, price: dict[str, str], flag: object
+) -> None:
+    """No usage, or usage in another shape: the caller who asked for usage still gets the
+    chunk, counted offline, priced, and flagged in an extra field the SDK keeps."""
     client = openai.OpenAI(base_url=proxy, api_key=MASTER_KEY, max_retries=0)
     chunks = list(
         client.chat.completions.create(
-            model="quiet",
+            model=model,
             messages=[{"role": "user", "content": "hello"}],
             stream=True,
             stream_options={"include_usage": True},
@@ -417,14 +429,16 @@ def test_estimated_stream_sends_its_flagged_usage_chunk_through_the_openai_sdk(p
     )
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None
-    usage = estimated("no-usage#quiet", ["ok: hello"])
+    assert [c for c in chunks if c.usage is not None] == [last]  # one usage chunk
+    usage = estimated(upstream, ["ok: hello"])
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (
         usage["prompt_tokens"],
         usage["completion_tokens"],
     )
     assert last.usage.model_extra is not None and last.model_extra is not None
-    assert Decimal(last.usage.model_extra["cost"]) == at(usage, CHEAP)
-    assert last.model_extra["x_gateway"]["usage_estimated"] is True
+    assert "input_tokens" not in last.usage.model_extra
+    assert Decimal(last.usage.model_extra["cost"]) == at(usage, price)
+    assert last.model_extra["x_gateway"]["usage_estimated"] == flag
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "ok: hello"
 
 
