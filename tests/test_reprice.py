@@ -24,7 +24,8 @@ from gateway.ledger.db import create_ledger_engine
 from gateway.ledger.migrate import upgrade
 from gateway.ledger.records import SpendRecord
 from gateway.ledger.reports import spend_records, spend_report
-from gateway.ledger.store import write_batch
+from gateway.ledger.series import spend_series, traffic
+from gateway.ledger.store import rebuild_daily, write_batch
 from tests.ledger_helpers import scratch_postgres
 
 DAY = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
@@ -179,3 +180,20 @@ def test_reprice_command(tmp_path):
     assert "3 records" not in done.output and "2 records" in done.output
     assert "wrote 1 adjustments, +$0.002 in all" in done.output
     assert "1 unknown costs now known, 1 still unknown" in done.output
+
+
+async def test_adjustments_are_no_traffic_and_survive_a_rebuild_of_the_roll_ups(engine, db_url):
+    """The dashboard's series count calls, not adjustment rows, and add their costs; a
+    rebuilt roll-up gives the same report as the one kept up to date."""
+    cfg = GatewayConfig.model_validate(config(db_url, llama_price=True))
+    await reprice_ledger(cfg, DAY - timedelta(hours=1), DAY + timedelta(hours=1), None)
+    day = DAY.replace(hour=0)
+    since, until = day, day + timedelta(days=1)
+    minutes = await traffic(engine, DAY - timedelta(minutes=1), DAY + timedelta(minutes=1))
+    assert sum(m.requests for m in minutes) == 3
+    points = await spend_series(engine, "model", since, until, "hour")
+    assert sum(p.requests for p in points) == 3
+    assert sum(p.cost_usd for p in points) == gpt_4o_cost() + Decimal("0.002")
+    before = await spend_report(engine, "model", since, until)
+    await rebuild_daily(engine, day.date(), day.date())
+    assert await spend_report(engine, "model", since, until) == before
