@@ -27,6 +27,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
+from gateway import GatewayClient
 from gateway.cli import app
 from gateway.config import LedgerConfig
 from gateway.costs import PriceCatalog, estimate_usage
@@ -291,6 +292,19 @@ async def test_unreadable_embeddings_usage_is_counted_offline(proxy, db, openai_
     assert response.headers["x-gateway-usage-estimated"] == "true"
     record = await record_of(db, response.headers["x-request-id"])
     assert (record.cost_usd, record.prompt_tokens, record.usage_estimated) == (cost, 5, True)
+
+
+def test_remote_client_reads_an_all_unknown_group_as_unknown(proxy):
+    """``GatewayClient.spend.report``: a null cost is no error and no $0."""
+    assert chat(proxy, "unpriced").status_code == 200
+    assert chat(proxy, "gpt-4o").status_code == 200
+    with GatewayClient(proxy.removesuffix("/v1"), api_key=MASTER_KEY) as client:
+        report = client.spend.report(group_by="model", since="1h")
+        records = list(client.spend.records(since=report.since, until=report.until))
+    rows = {row.group: row for row in report.rows}
+    assert rows["unpriced"].cost is None and rows["unpriced"].unknown_cost_requests >= 1
+    assert rows["gpt-4o"].cost == rows["gpt-4o"].cost_usd > 0
+    assert any(r.model == "unpriced" and r.cost_usd is None for r in records)
 
 
 # -- 3. no unmetered calls ------------------------------------------------------------------
