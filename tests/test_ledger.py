@@ -257,6 +257,28 @@ async def test_upgrade_files_records_written_before_surfaces_under_openai(db_url
     assert got == {"req-000000": "openai", "req-000001": "openai", "new-000000": "mistral"}
 
 
+async def test_upgrade_to_0004_keeps_records_as_calls_and_marks_their_estimates(db_url):
+    await upgrade(db_url, "0003")
+    engine = create_ledger_engine(db_url)
+    before = make_records(2)
+    before[0].usage_estimated, before[1].usage_estimated = True, False
+    async with engine.begin() as conn:
+        for rec in before:
+            row = record_row(rec)
+            for later in COLUMNS_0004:
+                del row[later]
+            await conn.execute(records_table.insert().values(row))
+    await upgrade(db_url)
+    try:
+        got = {r.request_id: (r.kind, r.usage_basis, r.price_model) for r in await stored(engine)}
+    finally:
+        await engine.dispose()
+    assert got == {
+        "req-000000": ("call", "estimated", None),
+        "req-000001": ("call", "reported", None),
+    }
+
+
 COLUMNS_0004 = (
     "usage_basis",
     "cost_note",
