@@ -83,6 +83,7 @@ def gateway_config(
                 "no-usage#thinker", {"input": "2.00", "output": "8.00"}, base_model="o3"
             ),
             "hang": deployment("hang", CHEAP),
+            "hang-fb": {**deployment("hang#fb", CHEAP), "fallbacks": ["gpt-4o"]},
             "unpriced": deployment("plain-model#unpriced"),
             "capped": deployment("capped#capped", CAPPED),
             "slow-capped": deployment("slow-first-byte:0.6#capped", CAPPED),
@@ -235,6 +236,23 @@ async def test_timed_out_attempt_is_billed_its_estimated_input(proxy, db, up):
     assert record.usage_estimated is True and record.prompt_tokens == usage["prompt_tokens"]
     assert "no answer" in (record.cost_note or "")
     assert (record.price_model, record.price_source) == ("hang", "deployment price")
+
+
+async def test_answer_after_a_timed_out_attempt_bills_both(proxy, db, openai_upstream):
+    """The first deployment times out after accepting the request; the fallback answers.
+    The call costs the fallback's answer plus the first attempt's estimated input."""
+    openai_upstream.reset()
+    response = chat(proxy, "hang-fb")
+    assert response.status_code == 200, response.text
+    assert response.headers["x-gateway-fallback-used"] == "true"
+    entry = PriceCatalog.shipped().lookup("openai", "gpt-4o")
+    assert entry is not None and entry.input is not None and entry.output is not None
+    answered = (1 * entry.input + 2 * entry.output) / M  # the emulator: 1 prompt, 2 answer tokens
+    lost = estimated("hang#fb", [])["prompt_tokens"] * Decimal(CHEAP["input"]) / M
+    assert Decimal(response.headers["x-gateway-cost"]) == answered + lost
+    assert response.headers["x-gateway-usage-estimated"] == "true"
+    record = await record_of(db, response.headers["x-request-id"])
+    assert record.cost_usd == answered + lost and record.attempts == 2
 
 
 def test_report_of_an_all_unknown_group_says_null_and_sorts_first(proxy, db, config, tmp_path):
