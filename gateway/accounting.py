@@ -1,8 +1,13 @@
 """After a call: its usage (reported, or estimated offline), its cost, its ledger record.
 
 The engine calls ``Accountant`` once per request, whatever the outcome. Pricing is arithmetic
-on the request path (the ``x-gateway-cost`` header needs it); token estimation, when a stream
-ended without usage, runs off the event loop; the ledger write is a queue append.
+on the request path (the ``x-gateway-cost`` header needs it); token estimation, when a call
+ended without usage it could read, runs off the event loop; the ledger write is a queue append.
+An attempt that was sent and got no answer is billed its estimated input: unknown is never $0.
+
+Before a call, it tells budgets what the call may cost at most (``worst_case_cost``), which
+deployments have no price to reserve by (``unpriced``), and the largest output cap a budget's
+remainder still pays for (``budget_output_cap``).
 """
 
 from __future__ import annotations
