@@ -263,6 +263,11 @@ class Engine:
                     deployments, request, limits.default_max_output_tokens
                 )
                 cap = accountant.budget_output_cap(deployments, request, short.remaining)
+                if cap is not None and cap < limits.min_output_tokens:
+                    short.message += (
+                        f" What is left pays for {max(cap, 0)} output tokens, fewer than a "
+                        f"minimal answer (limits.min_output_tokens: {limits.min_output_tokens})."
+                    )
                 if cap is None or cap < limits.min_output_tokens or cap >= current:
                     raise
                 cap_output(request, cap, deployments)

@@ -93,7 +93,8 @@ def test_budget_refusal_says_what_was_spent_and_when_it_resets(proxy, admin, ope
     assert response.status_code == 429
     error = response.json()["error"]
     assert error["type"] == "insufficient_quota" and error["code"] == "budget_exceeded"
-    assert "daily budget $0.00, spent $0.0000" in error["message"]
+    assert "daily budget $0.0002, spent $0.0000" in error["message"]
+    assert "pays for 14 output tokens, fewer than a minimal answer" in error["message"]
     assert "may cost up to $2.0001" in error["message"] and "resets" in error["message"]
     assert openai_emu.requests == []
 

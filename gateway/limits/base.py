@@ -104,9 +104,11 @@ def budget_error(
         else ""
     )
     budget_units = to_units(limits.budget_usd or Decimal(0))
+    budget = limits.budget_usd or Decimal(0)
+    shown = f"{budget:.2f}" if budget == round(budget, 2) else f"{budget.normalize():f}"
     return BudgetShortfall(
         f"budget exceeded for {limits.scope}: {limits.budget_period} budget "
-        f"${limits.budget_usd:.2f}, spent ${to_usd(spent_units):.4f}{reserved}; this request "
+        f"${shown}, spent ${to_usd(spent_units):.4f}{reserved}; this request "
         f"may cost up to ${to_usd(ask_units):.4f}. The budget {when}.",
         remaining=to_usd(max(0, budget_units - spent_units - reserved_units)),
     )
