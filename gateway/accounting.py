@@ -1,27 +1,53 @@
 """After a call: its usage (reported, or estimated offline), its cost, its ledger record.
 
 The engine calls ``Accountant`` once per request, whatever the outcome. Pricing is arithmetic
-on the request path (the ``x-gateway-cost`` header needs it); token estimation, when a stream
-ended without usage, runs off the event loop; the ledger write is a queue append.
+on the request path (the ``x-gateway-cost`` header needs it); token estimation, when a call
+ended without usage it could read, runs off the event loop; the ledger write is a queue append.
+An attempt that was sent and got no answer is billed its estimated input: unknown is never $0.
+
+Before a call, it tells budgets what the call may cost at most (``worst_case_cost``), which
+deployments have no price to reserve by (``unpriced``), and the largest output cap a budget's
+remainder still pays for (``budget_output_cap``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
 
 from gateway.call import Call
-from gateway.config import GatewayConfig
-from gateway.costs import Cost, PriceBook, compute_cost, estimate_usage_async, unknown_cost
+from gateway.config import GatewayConfig, PriceConfig
+from gateway.costs import (
+    Cost,
+    Price,
+    PriceBook,
+    compute_cost,
+    count_tokens,
+    estimate_usage_async,
+    price_family,
+    unknown_cost,
+)
+from gateway.costs.reasoning import is_reasoning_model
 from gateway.costs.report import unpriced_deployments
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, PermissionDeniedError
 from gateway.ledger.ledger import Ledger
 from gateway.ledger.records import SpendRecord, token_counts
 from gateway.types import CompletionRequest
 from gateway.wire import JSON
 from providers.base import Deployment
+
+# Output tokens reserved for an uncapped call to a reasoning model the catalog gives no
+# output limit: its reasoning alone often runs to tens of thousands of tokens.
+REASONING_RESERVE = 32_768
+# Attempts that reached no upstream (the connection failed) were not billed by the provider.
+_NOT_SENT = frozenset({"upstream_unreachable"})
+UNANSWERED_NOTE = (
+    "input estimated for {n} attempt(s) that got no answer (timed out or abandoned after the "
+    "request was sent); the provider may bill them"
+)
 
 log = logging.getLogger("gateway.accounting")
 
@@ -32,8 +58,28 @@ class Accountant:
     def __init__(self, config: GatewayConfig, ledger: Ledger | None) -> None:
         self.prices = PriceBook(config)
         self.ledger = ledger
+        unpriced = config.limits.unpriced
+        self.metering = None if unpriced == "deny" else unpriced.price
+        self._metered: dict[tuple[str, str | None], Price] = {}
         for row in unpriced_deployments(config):
             log.warning("%s", row.message)
+
+    def price(self, dep: Deployment, upstream_model: str | None = None) -> Price | None:
+        """The price of a call served by ``dep``: the catalog's (with the config's), else the
+        metering price of ``limits.unpriced`` if the config sets one."""
+        price = self.prices.price(dep, upstream_model)
+        if price is not None or self.metering is None:
+            return price
+        key = (dep.id, upstream_model)
+        metered = self._metered.get(key)
+        if metered is None:
+            family = price_family(dep.provider.settings, type(dep.provider))
+            metered = metering_price(
+                self.metering, family, upstream_model or dep.base_model or dep.model
+            )
+            if len(self._metered) < 4096:
+                self._metered[key] = metered
+        return metered
 
     def cost(
         self,
@@ -46,7 +92,44 @@ class Accountant:
         """The cost of ``usage`` at the price of ``dep`` (answering as ``upstream_model``)."""
         if dep is None:
             return unknown_cost("no deployment answered")
-        return compute_cost(usage, self.prices.price(dep, upstream_model), embedding=embedding)
+        return compute_cost(usage, self.price(dep, upstream_model), embedding=embedding)
+
+    def unanswered(self, call: Call) -> list[Deployment]:
+        """The deployments of attempts that were sent and got no answer (a timeout, the
+        caller gone): the provider may bill their input, so they are not free."""
+        if call.unanswered_billed or call.request is None:
+            return []
+        deps = []
+        for attempt in call.attempt_log:
+            if attempt.status is None and attempt.error not in _NOT_SENT:
+                dep = call.candidates.get(attempt.deployment)
+                if dep is not None:
+                    deps.append(dep)
+        return deps
+
+    async def bill_unanswered(self, call: Call) -> None:
+        """Add the estimated input of the call's unanswered attempts to its usage and cost
+        (once): an estimate, marked so, never a known $0."""
+        deps = self.unanswered(call)
+        call.unanswered_billed = True
+        if not deps or call.request is None:
+            return
+        request = call.request
+        messages = request.prompt_messages()
+        cost = call.cost
+        usage = call.usage
+        for dep in deps:
+            estimate = await self.estimate(dep, None, messages, [], request.tools)
+            part = (
+                self.cost(dep, None, estimate)
+                if estimate is not None
+                else unknown_cost("could not count the prompt's tokens", estimated=True)
+            )
+            cost = part if cost is None else cost + part
+            usage = add_usage(usage, estimate)
+        call.cost, call.usage = cost, usage
+        note = UNANSWERED_NOTE.format(n=len(deps))
+        call.cost_note = f"{call.cost_note}; {note}" if call.cost_note else note
 
     async def estimate(
         self,
@@ -71,6 +154,95 @@ class Accountant:
             log.exception("could not estimate usage with the %s tokenizer", dep.provider_name)
             return None
 
+    def unpriced(
+        self, deployments: Iterable[Deployment], request: CompletionRequest | None
+    ) -> list[Deployment]:
+        """Deployments whose calls of this kind (chat, or embeddings when ``request`` is
+        None) have no price to reserve a budget by."""
+        out = []
+        for dep in deployments:
+            price = self.price(dep)
+            if price is None:
+                out.append(dep)
+            elif request is None:
+                if price.embedding_rate is None:
+                    out.append(dep)
+            elif price.input is None or price.output is None:
+                out.append(dep)
+        return out
+
+    def unpriced_refusal(self, model: str, deps: Sequence[Deployment]) -> PermissionDeniedError:
+        """The answer to a caller with a budget asking for a model that has no price."""
+        dep = deps[0]
+        family = price_family(dep.provider.settings, type(dep.provider))
+        name = dep.base_model or dep.model
+        return PermissionDeniedError(
+            f"model {model!r} has no price (deployment {dep.id}: no {family} price for "
+            f"{name!r}), so its calls cannot be counted against this key's or team's budget. "
+            f"Give the deployment a `price:`, add `prices.{family}.{name}` to the config, or "
+            "set `limits.unpriced: {price: {input: …, output: …}}` to meter unpriced models.",
+            param="model",
+            code="model_unpriced",
+        )
+
+    def budget_output_cap(
+        self, deployments: Iterable[Deployment], request: CompletionRequest, remaining: Decimal
+    ) -> int | None:
+        """The largest output cap (tokens per choice) whose worst case on every one of
+        ``deployments`` fits ``remaining`` USD; None if no deployment prices output."""
+        prompt = request.prompt_token_bound()
+        choices = request.n or 1
+        cap: int | None = None
+        for dep in deployments:
+            price = self.price(dep)
+            if price is None:
+                continue
+            rate_out = max(price.output or Decimal(0), price.reasoning_rate or Decimal(0))
+            if rate_out == 0:
+                continue
+            room = remaining * 10**6 - prompt * (price.input or Decimal(0))
+            fits = int((room / (rate_out * choices)).to_integral_value(rounding=ROUND_FLOOR))
+            cap = fits if cap is None else min(cap, fits)
+        return cap
+
+    def output_cap(
+        self, deployments: Iterable[Deployment], request: CompletionRequest, default: int
+    ) -> int:
+        """The largest output cap the worst case of ``request`` assumes on ``deployments``."""
+        given = request.max_completion_tokens or request.max_tokens
+        if given is not None:
+            return given
+        caps = [
+            (price.max_output_tokens if price is not None else None) or output_reserve(dep, default)
+            for dep, price in ((dep, self.price(dep)) for dep in deployments)
+        ]
+        return max(caps, default=default)
+
+    async def estimate_embedding(
+        self, dep: Deployment | None, upstream_model: str | None, inputs: object
+    ) -> JSON | None:
+        """Usage of an embeddings call counted offline: token arrays exactly, texts with the
+        deployment's tokenizer (a provider's usage could not be read)."""
+        if dep is None:
+            return None
+        items = inputs if isinstance(inputs, list) else [inputs]
+        tokens = 0
+        model = upstream_model or dep.base_model or dep.model
+        try:
+            for item in items:
+                if isinstance(item, int):
+                    tokens += 1
+                elif isinstance(item, list):
+                    tokens += len(item)
+                else:
+                    tokens += await count_tokens(str(item), dep.provider.tokenizer, model)
+        except Exception:  # a missing tokenizer must not lose the record
+            log.exception(
+                "could not count embedding input with the %s tokenizer", dep.provider_name
+            )
+            return None
+        return {"prompt_tokens": tokens, "total_tokens": tokens, "estimated_by": "offline"}
+
     def list_price(self, dep: Deployment) -> Decimal | None:
         """A deployment's price per 1M input + output tokens (for the ``cost`` strategy)."""
         price = self.prices.price(dep)
@@ -91,9 +263,9 @@ class Accountant:
         worst = Decimal(0)
         prompt = request.prompt_token_bound() if request is not None else 0
         for dep in deployments:
-            price = self.prices.price(dep)
+            price = self.price(dep)
             if price is None:
-                continue  # an unpriced model cannot be budgeted: its calls count as unknown
+                continue  # refused beforehand for callers with a budget (``unpriced``)
             if request is None:
                 rate = price.embedding_rate or Decimal(0)
                 worst = max(worst, embedding_tokens * rate / 10**6)
@@ -102,7 +274,7 @@ class Accountant:
                 request.max_completion_tokens
                 or request.max_tokens
                 or price.max_output_tokens
-                or default_max_output
+                or output_reserve(dep, default_max_output)
             )
             out = cap * (request.n or 1)
             rate_out = max(price.output or Decimal(0), price.reasoning_rate or Decimal(0))
@@ -129,8 +301,13 @@ def spend_record(info: Call, error: GatewayError | None) -> SpendRecord:
     counts = token_counts(usage)
     dep = info.served_by
     cost = info.cost
-    # A call that failed before any answer was billed nothing (zero, known).
+    # A call that failed before any attempt was sent (or whose attempts were refused by the
+    # upstream) was billed nothing (zero, known); an unanswered attempt has a cost already.
     total = cost.total if cost is not None else (Decimal(0) if error is not None else None)
+    price = cost.price if cost is not None else None
+    note = info.cost_note
+    if cost is not None and cost.reason and cost.total is None:
+        note = f"{cost.reason}; {note}" if note else cost.reason
     return SpendRecord(
         request_id=info.request_id,
         started_at=started,
@@ -161,4 +338,71 @@ def spend_record(info: Call, error: GatewayError | None) -> SpendRecord:
         usage_estimated=bool(cost is not None and cost.estimated),
         stream=info.stream,
         surface=info.surface,
+        usage_basis=info.usage_basis,
+        cost_note=note,
+        price_family=price.family if price is not None else None,
+        price_model=price.model if price is not None else None,
+        price_source=price_source(price),
+        price_effective=price_effective(price),
     )
+
+
+def output_reserve(dep: Deployment, default: int) -> int:
+    """Output tokens to reserve when neither the request nor the catalog caps them: a
+    reasoning model's hidden reasoning counts as output, so it gets at least
+    ``REASONING_RESERVE``."""
+    if is_reasoning_model(dep.base_model, dep.model):
+        return max(default, REASONING_RESERVE)
+    return default
+
+
+def metering_price(metering: PriceConfig, family: str, model: str) -> Price:
+    """The price ``limits.unpriced`` meters an unpriced model at (its source says so)."""
+    return Price(family=family, model=model, source="limits.unpriced", origin="config").overridden(
+        metering, "config"
+    )
+
+
+def unreadable_usage_note(usage: Mapping[str, Any] | None) -> str:
+    """Why a call's usage was counted offline."""
+    if not usage:
+        return "the provider sent no usage; tokens counted offline"
+    fields = ", ".join(sorted(map(str, usage)))[:200]
+    return f"the provider's usage could not be read (fields: {fields}); tokens counted offline"
+
+
+def price_source(price: Price | None) -> str | None:
+    """Where a price comes from, for the ledger: its published source, else its origin."""
+    return None if price is None else (price.source or price.origin)
+
+
+def price_effective(price: Price | None) -> str | None:
+    """Since when a price applies (or, for older catalog entries, when it was checked)."""
+    if price is None:
+        return None
+    effective = getattr(price, "effective", None) or price.checked
+    return None if effective is None else str(effective)
+
+
+def add_usage(first: Mapping[str, Any] | None, second: Mapping[str, Any] | None) -> JSON | None:
+    """Two usages of one call (its parts, or attempts) as one: every count added up."""
+    if not first:
+        return dict(second) if second else None
+    if not second:
+        return dict(first)
+    out: JSON = {}
+    for key in {*first, *second}:
+        a, b = first.get(key), second.get(key)
+        if isinstance(a, Mapping) or isinstance(b, Mapping):
+            out[key] = add_usage(
+                a if isinstance(a, Mapping) else None, b if isinstance(b, Mapping) else None
+            )
+        elif isinstance(a, int) and isinstance(b, int) and _counts(a) and _counts(b):
+            out[key] = a + b
+        else:
+            out[key] = a if a is not None else b
+    return out
+
+
+def _counts(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

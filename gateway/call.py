@@ -15,11 +15,13 @@ from typing import Any
 
 from gateway.auth import Principal
 from gateway.costs import Cost
+from gateway.costs.reasoning import is_reasoning_model
 from gateway.errors import GatewayError
 from gateway.facts import GatewayFacts
-from gateway.ledger.records import Operation, Surface
+from gateway.ledger.records import Operation, Surface, UsageBasis
 from gateway.limits import Admission
 from gateway.resilience import AttemptRecord, Attempts
+from gateway.types import CompletionRequest
 from gateway.wire import JSON
 from providers.base import Deployment
 
@@ -53,6 +55,13 @@ class Call:
     # The prompt and the answer, kept only for callers whose key or team has the metadata
     # ``log_content: true`` (for the access log); never otherwise.
     content: JSON | None = None
+    # Billing: why the cost is estimated (or unknown), the output cap a budget imposed, the
+    # request and the deployments of its Plan (to bill attempts that got no answer).
+    cost_note: str | None = None
+    capped_max_tokens: int | None = None
+    request: CompletionRequest | None = None
+    candidates: dict[str, Deployment] = field(default_factory=dict)
+    unanswered_billed: bool = False
     observed: bool = False  # the observers have been told the call ended
     ended: bool = False  # recorded and settled (``gateway.calls``): it happens once
 
@@ -90,6 +99,18 @@ class Call:
     @property
     def upstream_seconds(self) -> float:
         return self.tries.upstream_seconds
+
+    @property
+    def usage_basis(self) -> UsageBasis:
+        """Where the billed token counts come from: reported, estimated, or estimated for a
+        reasoning model (a lower bound: its hidden reasoning cannot be counted offline)."""
+        if self.cost is None or not self.cost.estimated:
+            return "reported"
+        dep = self.served_by
+        names: tuple[str | None, ...] = (self.upstream_model, self.model)
+        if dep is not None:
+            names += (dep.base_model, dep.model)
+        return "lower_bound" if is_reasoning_model(*names) else "estimated"
 
     # -- the caller ----------------------------------------------------------------------
     @property
@@ -132,7 +153,12 @@ class Call:
         if self.cost is not None:
             headers["x-gateway-cost"] = self.cost.usd_str()
             if self.cost.estimated:
-                headers["x-gateway-usage-estimated"] = "true"
+                basis = self.usage_basis
+                headers["x-gateway-usage-estimated"] = (
+                    "lower_bound" if basis == "lower_bound" else "true"
+                )
+        if self.capped_max_tokens is not None:
+            headers["x-gateway-budget-capped-max-tokens"] = str(self.capped_max_tokens)
         return headers
 
     def facts(self) -> GatewayFacts:

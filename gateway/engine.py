@@ -12,20 +12,23 @@ import logging
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from gateway.accounting import unreadable_usage_note
 from gateway.auth import Authenticator
 from gateway.call import Call, Observer
 from gateway.calls import Calls
 from gateway.config import GatewayConfig
+from gateway.costs import usage_readable
+from gateway.costs.reasoning import is_reasoning_model
 from gateway.errors import GatewayError
 from gateway.keys.store import KeyStore
 from gateway.ledger.ledger import Ledger
-from gateway.limits import Limits, limits_for, period_start
+from gateway.limits import BudgetShortfall, Limits, limits_for, period_start
 from gateway.resilience import read_answer, run_plan, within
 from gateway.routing import HealthBoard, Plan, Router, Ticket
 from gateway.setup import Setup
 from gateway.streams import ChunkStream, StreamOpener, upstream_request
 from gateway.transport import AiohttpTransport
-from gateway.types import CompletionRequest, EmbeddingRequest
+from gateway.types import CompletionRequest, EmbeddingRequest, FimCompletionRequest
 from gateway.wire import JSON, Transport
 from providers.base import Deployment
 
@@ -87,7 +90,8 @@ class Engine:
         result = await self.calls.run(call, self._complete(setup, request, call))
         call.upstream_model = result.get("model")
         usage = result.get("usage")
-        if not usage:  # some OpenAI-compatible servers send none
+        if not usage_readable(usage):  # some servers send none, or in another shape
+            call.cost_note = unreadable_usage_note(usage)
             texts = [
                 str((c.get("message") or {}).get("content") or "")
                 for c in result.get("choices") or ()
@@ -97,6 +101,7 @@ class Engine:
             )
         call.usage = usage
         call.cost = setup.accountant.cost(call.served_by, call.upstream_model, usage)
+        await setup.accountant.bill_unanswered(call)
         self._correct_quota(call, request.estimated_tokens())
         if call.keeps_content:
             call.content = {"messages": request.prompt_messages(), "choices": result.get("choices")}
@@ -153,6 +158,11 @@ class Engine:
         result = await self.calls.run(call, self._embed(setup, request, call))
         call.upstream_model = result.get("model")
         call.usage = result.get("usage")
+        if not usage_readable(call.usage, embedding=True):
+            call.cost_note = unreadable_usage_note(call.usage)
+            call.usage = await setup.accountant.estimate_embedding(
+                call.served_by, call.upstream_model, request.input
+            )
         call.cost = setup.accountant.cost(
             call.served_by, call.upstream_model, call.usage, embedding=True
         )
@@ -219,18 +229,51 @@ class Engine:
     ) -> None:
         """Reserve rate-limit room and, at the dearest price of the Plan, budget for the
         caller's key and team, or refuse."""
+        deployments = plan.attempts + plan.context_attempts
+        call.request = request
+        call.candidates = {dep.id: dep for dep in deployments}
         principal = call.principal
         if principal is None or not principal.limits:
             return
-        worst = setup.accountant.worst_case_cost(
-            plan.attempts + plan.context_attempts,
-            request,
-            default_max_output=setup.config.limits.default_max_output_tokens,
-            embedding_tokens=tokens if request is None else 0,
-        )
-        call.admission = await self.limits.admit(
-            call.request_id, principal.limits, tokens=tokens, cost=worst
-        )
+        accountant = setup.accountant
+        limits = setup.config.limits
+        if any(s.budget_usd is not None for s in principal.limits):
+            unpriced = accountant.unpriced(deployments, request)
+            if unpriced:
+                raise accountant.unpriced_refusal(plan.model, unpriced)
+        capped = 0
+        while True:
+            worst = accountant.worst_case_cost(
+                deployments,
+                request,
+                default_max_output=limits.default_max_output_tokens,
+                embedding_tokens=tokens if request is None else 0,
+            )
+            try:
+                call.admission = await self.limits.admit(
+                    call.request_id, principal.limits, tokens=tokens, cost=worst
+                )
+                return
+            except BudgetShortfall as short:
+                # What the remainder pays for: a smaller output cap, if a minimal answer fits
+                # (once per scope: the key's budget, then its team's).
+                if request is None or capped >= len(principal.limits):
+                    raise
+                current = accountant.output_cap(
+                    deployments, request, limits.default_max_output_tokens
+                )
+                cap = accountant.budget_output_cap(deployments, request, short.remaining)
+                if cap is not None and cap < limits.min_output_tokens:
+                    short.message += (
+                        f" What is left pays for {max(cap, 0)} output tokens, fewer than a "
+                        f"minimal answer (limits.min_output_tokens: {limits.min_output_tokens})."
+                    )
+                if cap is None or cap < limits.min_output_tokens or cap >= current:
+                    raise
+                cap_output(request, cap, deployments)
+                call.capped_max_tokens = cap
+                tokens = request.estimated_tokens()
+                capped += 1
 
     def _correct_quota(self, call: Call, estimate: int) -> None:
         total = (call.usage or {}).get("total_tokens")
@@ -239,11 +282,23 @@ class Engine:
 
     def _ended(self, call: Call, error: GatewayError | None) -> None:
         """A call has ended (``Calls.end``, once): record it, settle its limits, tell the
-        observers."""
+        observers. Attempts that got no answer are billed first (an offline estimate)."""
+        if self.accountant.unanswered(call):
+            self.calls.spawn(self._book_unanswered(call, error))
+        else:
+            self._book(call, error)
+        self.observe(call, error)
+
+    def _book(self, call: Call, error: GatewayError | None) -> None:
         self.accountant.record(call, error)
         if call.admission is not None and not call.admission.done:
             self.calls.spawn(self._settle(call, error))
-        self.observe(call, error)
+
+    async def _book_unanswered(self, call: Call, error: GatewayError | None) -> None:
+        try:
+            await self.accountant.bill_unanswered(call)
+        finally:
+            self._book(call, error)
 
     async def _settle(self, call: Call, error: GatewayError | None) -> None:
         admission = call.admission
@@ -314,6 +369,24 @@ class Engine:
         for provider in self.router.providers.values():
             if provider.transport is not None:
                 await provider.transport.close()
+
+
+def cap_output(request: CompletionRequest, cap: int, deployments: list[Deployment]) -> None:
+    """Lower ``request``'s output cap to ``cap``, in the field the caller used; else
+    ``max_completion_tokens`` for reasoning models (which refuse ``max_tokens``) and
+    ``max_tokens`` for others (every OpenAI-compatible server knows it)."""
+    if isinstance(request, FimCompletionRequest):
+        request.max_tokens = cap
+    elif request.max_completion_tokens is None and request.max_tokens is None:
+        if any(is_reasoning_model(d.base_model, d.model) for d in deployments):
+            request.max_completion_tokens = cap
+        else:
+            request.max_tokens = cap
+    else:
+        if request.max_completion_tokens is not None:
+            request.max_completion_tokens = cap
+        if request.max_tokens is not None:
+            request.max_tokens = cap
 
 
 __all__ = ["Call", "ChunkStream", "Engine"]

@@ -17,11 +17,12 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
-from gateway.accounting import Accountant
+from gateway.accounting import Accountant, add_usage, unreadable_usage_note
 from gateway.call import Call
 from gateway.calls import Calls
 from gateway.config import RoutingConfig
-from gateway.costs import Cost
+from gateway.costs import Cost, usage_readable
+from gateway.costs.reasoning import is_reasoning_model
 from gateway.errors import ClientDisconnectedError, GatewayError, UpstreamTimeoutError
 from gateway.resilience import UpstreamStream, has_output, open_response, run_plan, within
 from gateway.routing import HealthBoard, Plan, Ticket
@@ -193,6 +194,7 @@ class ChunkStream:
         text = ""  # what choice 0 has said so far, for a continuation
         other_output = False  # tool calls or other choices: cannot be continued
         stream_id: str | None = None
+        created: object = None
         echo: EchoFilter | None = None
         continued = False
         while self._current is not None:
@@ -208,6 +210,7 @@ class ChunkStream:
                             _continue_chunk(chunk, echo)
                             chunk["id"] = stream_id or chunk.get("id")
                         stream_id = stream_id or chunk.get("id")
+                        created = created or chunk.get("created")
                         call.upstream_model = call.upstream_model or chunk.get("model")
                         for choice in chunk.get("choices") or ():
                             index = choice.get("index", 0)
@@ -225,12 +228,15 @@ class ChunkStream:
                                 )
                             generated[index] = generated.get(index, "") + content
                         usage = chunk.get("usage")
-                        if usage:
+                        readable = usage_readable(usage)
+                        if readable and usage is not None:
                             self._usage = usage
                             if include_usage:
                                 cost = await self._cost_with_usage(opened, usage)
                                 chunk["usage"] = {**usage, "cost": cost.usd_str()}
-                        if "usage" in chunk and not include_usage:
+                        elif usage:  # another shape: the gateway's estimate replaces it
+                            call.cost_note = unreadable_usage_note(usage)
+                        if "usage" in chunk and (not include_usage or (usage and not readable)):
                             if not chunk.get("choices"):
                                 continue
                             del chunk["usage"]
@@ -260,7 +266,38 @@ class ChunkStream:
                 health.add_tokens(
                     opened.ticket.deployment.id, usage["total_tokens"] - opened.ticket.tokens
                 )
+        if include_usage and self._usage is None and not self._accounted:
+            yield [await self._estimated_usage_chunk(stream_id, created)]
         self._account_later(None)
+
+    async def _estimated_usage_chunk(self, stream_id: str | None, created: object) -> JSON:
+        """The usage chunk the caller asked for, when the provider sent none it could read:
+        counted offline, priced, and flagged in ``x_gateway`` (an extra field, which the
+        OpenAI SDKs keep) — a lower bound for a reasoning model's hidden tokens."""
+        call = self._call
+        dep = call.served_by
+        texts = [self._generated[i] for i in sorted(self._generated)]
+        usage = await self._accountant.estimate(
+            dep, call.upstream_model, self._messages, texts, self._request.tools
+        )
+        self._usage = usage
+        cost = self._accountant.cost(dep, call.upstream_model, usage)
+        for part in await self._broken_costs():
+            cost = part + cost
+        names = (call.upstream_model, dep.base_model, dep.model) if dep else ()
+        shown = {k: v for k, v in (usage or {}).items() if k != "estimated_by"}
+        return {
+            "id": stream_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": call.upstream_model or self._request.model,
+            "choices": [],
+            "usage": {**shown, "cost": cost.usd_str()} if usage else None,
+            "x_gateway": {
+                "usage_estimated": "lower_bound" if is_reasoning_model(*names) else True,
+                "estimated_by": (usage or {}).get("estimated_by"),
+            },
+        }
 
     def _break(
         self, opened: OpenedStream, served_by: Deployment | None, upstream_model: str | None
@@ -280,14 +317,18 @@ class ChunkStream:
         return cost
 
     async def _broken_costs(self) -> list[Cost]:
+        return [cost for _, cost in await self._broken_parts()]
+
+    async def _broken_parts(self) -> list[tuple[JSON | None, Cost]]:
+        """The estimated usage and cost of each broken attempt that another continued."""
         accountant = self._accountant
-        costs = []
+        parts = []
         for b in self._broken:
             estimate = await accountant.estimate(
                 b.deployment, b.upstream_model, b.messages, b.texts, self._request.tools
             )
-            costs.append(accountant.cost(b.deployment, b.upstream_model, estimate))
-        return costs
+            parts.append((estimate, accountant.cost(b.deployment, b.upstream_model, estimate)))
+        return parts
 
     def _account_later(self, error: GatewayError | None) -> None:
         """Account for the stream once; estimation (if needed) runs in the background."""
@@ -304,18 +345,22 @@ class ChunkStream:
         usage = self._usage
         call = self._call
         if usage is None and self._generated:
+            call.cost_note = call.cost_note or unreadable_usage_note(None)
             texts = [self._generated[i] for i in sorted(self._generated)]
             usage = await self._accountant.estimate(
                 call.served_by, call.upstream_model, self._messages, texts, self._request.tools
             )
-        self._settle(usage, await self._broken_costs(), error)
+        self._settle(usage, await self._broken_parts(), error)
 
-    def _settle(self, usage: JSON | None, broken: list[Cost], error: GatewayError | None) -> None:
+    def _settle(
+        self, usage: JSON | None, broken: list[tuple[JSON | None, Cost]], error: GatewayError | None
+    ) -> None:
         call = self._call
-        call.usage = usage
         cost = self._accountant.cost(call.served_by, call.upstream_model, usage)
-        for part in broken:
+        for part_usage, part in broken:  # a continued answer: every part's tokens count
             cost = part + cost
+            usage = add_usage(part_usage, usage)
+        call.usage = usage
         call.cost = cost
         if call.keeps_content:
             call.content = {

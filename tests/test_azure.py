@@ -275,9 +275,12 @@ def test_old_api_version_reports_dropped_stream_options(client, azure):
         stream=True,
         stream_options={"include_usage": True},
     )
-    chunks = list(raw.parse())
+    *answer, last = list(raw.parse())
     assert raw.headers["x-gateway-dropped-params"] == "stream_options"
-    assert all(c.choices for c in chunks)
+    assert all(c.choices for c in answer)
+    # The caller asked for usage that Azure cannot send: the gateway counts it, flagged.
+    assert last.choices == [] and last.usage is not None and last.model_extra is not None
+    assert last.model_extra["x_gateway"]["usage_estimated"] is True
     assert "stream_options" not in azure.requests[-1].body
 
 

@@ -86,12 +86,15 @@ async def test_concurrent_requests_never_spend_past_the_budget(proxy, admin, db,
 
 
 def test_budget_refusal_says_what_was_spent_and_when_it_resets(proxy, admin, openai_emu):
-    key = admin.create_key(name="small", budget_usd="1", budget_period="daily")["key"]
+    """$0.0002 pays for the prompt's bound ((5 + 16) x $2.50/1M) and 14 output tokens: less
+    than a minimal answer (16), so the request is refused rather than capped."""
+    key = admin.create_key(name="small", budget_usd="0.0002", budget_period="daily")["key"]
     response = chat(proxy, key, max_tokens=200_000)  # may cost up to $2.0000525
     assert response.status_code == 429
     error = response.json()["error"]
     assert error["type"] == "insufficient_quota" and error["code"] == "budget_exceeded"
-    assert "daily budget $1.00, spent $0.0000" in error["message"]
+    assert "daily budget $0.0002, spent $0.0000" in error["message"]
+    assert "pays for 14 output tokens, fewer than a minimal answer" in error["message"]
     assert "may cost up to $2.0001" in error["message"] and "resets" in error["message"]
     assert openai_emu.requests == []
 

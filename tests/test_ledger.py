@@ -217,6 +217,7 @@ async def test_upgrade_from_empty_creates_every_table_and_index(db_url):
         "ix_spend_records_started_at_request_id": ["started_at", "request_id"],
         "ix_spend_records_key_id_started_at_request_id": ["key_id", "started_at", "request_id"],
         "ix_spend_records_model_started_at": ["model", "started_at"],
+        "ix_spend_records_adjusts": ["adjusts"],
     }
     assert indexes["spend_daily"] == {"ix_spend_daily_key_id_day": ["key_id", "day"]}
     assert indexes["spend_daily_users"] == {"ix_spend_daily_users_key_id_day": ["key_id", "day"]}
@@ -242,7 +243,8 @@ async def test_upgrade_files_records_written_before_surfaces_under_openai(db_url
     async with engine.begin() as conn:
         for rec in before:
             row = record_row(rec)
-            del row["surface"]  # the column 0003 adds
+            for later in ("surface", *COLUMNS_0004):  # the columns 0003 and 0004 add
+                del row[later]
             await conn.execute(records_table.insert().values(row))
     await upgrade(db_url)
     after = make_records(1, prefix="new")
@@ -253,6 +255,41 @@ async def test_upgrade_files_records_written_before_surfaces_under_openai(db_url
     finally:
         await engine.dispose()
     assert got == {"req-000000": "openai", "req-000001": "openai", "new-000000": "mistral"}
+
+
+async def test_upgrade_to_0004_keeps_records_as_calls_and_marks_their_estimates(db_url):
+    await upgrade(db_url, "0003")
+    engine = create_ledger_engine(db_url)
+    before = make_records(2)
+    before[0].usage_estimated, before[1].usage_estimated = True, False
+    async with engine.begin() as conn:
+        for rec in before:
+            row = record_row(rec)
+            for later in COLUMNS_0004:
+                del row[later]
+            await conn.execute(records_table.insert().values(row))
+    await upgrade(db_url)
+    try:
+        got = {r.request_id: (r.kind, r.usage_basis, r.price_model) for r in await stored(engine)}
+    finally:
+        await engine.dispose()
+    assert got == {
+        "req-000000": ("call", "estimated", None),
+        "req-000001": ("call", "reported", None),
+    }
+
+
+COLUMNS_0004 = (
+    "usage_basis",
+    "cost_note",
+    "price_family",
+    "price_model",
+    "price_source",
+    "price_effective",
+    "kind",
+    "adjusts",
+    "adjusted_cost_usd",
+)
 
 
 def test_head_known_without_alembic_is_the_newest_shipped_migration():

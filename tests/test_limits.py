@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from gateway.errors import RateLimitError
 from gateway.limits import BudgetExceededError, Limits, MemoryLimits, ScopeLimits
+from gateway.limits.base import BudgetShortfall
 from gateway.limits.redis import RedisLimits
 
 CENT = Decimal("0.01")
@@ -199,3 +200,15 @@ async def test_replicas_sharing_redis_enforce_one_limit(redis_url):
         await client.aclose()
         await a.aclose()
         await b.aclose()
+
+
+async def test_budget_refusal_says_what_the_scope_has_left(make_limits):
+    """What a smaller request could still reserve: budget - spent - reserved, exactly."""
+    limits = make_limits()
+    key = ScopeLimits("key:left", budget_usd=Decimal("1.00"), budget_period="total")
+    spent = await limits.admit(rid(), (key,), tokens=1, cost=Decimal("0.30"))
+    await limits.settle(spent, tokens=1, cost=Decimal("0.2500000001"))
+    await limits.admit(rid(), (key,), tokens=1, cost=Decimal("0.50"))  # in flight
+    with pytest.raises(BudgetShortfall) as caught:
+        await limits.admit(rid(), (key,), tokens=1, cost=Decimal("0.30"))
+    assert caught.value.remaining == Decimal("0.2499999999")

@@ -170,8 +170,11 @@ def as_record(item: dict[str, Any]) -> SpendRecord:
 
 def as_row(item: dict[str, Any]) -> SpendRow:
     cost = item["cost_usd"]
-    assert isinstance(cost, str), "money must never be a JSON number"
-    return SpendRow(item.get("group"), **{**{k: item[k] for k in SUMS}, "cost_usd": Decimal(cost)})
+    assert cost is None or isinstance(cost, str), "money must never be a JSON number"
+    if cost is None:  # every request of the group has an unknown cost
+        assert item["requests"] and item["unknown_cost_requests"] == item["requests"]
+    sums = {k: item[k] for k in SUMS}
+    return SpendRow(item.get("group"), **{**sums, "cost_usd": Decimal(cost or 0)})
 
 
 # -- the report --------------------------------------------------------------------------
@@ -282,7 +285,7 @@ def test_report_csv_parses_back_to_the_json_report(traffic, group_by):
         row[group_by] or None: SpendRow(
             row[group_by] or None,
             **{k: int(row[k]) for k in SUMS if k != "cost_usd"},
-            cost_usd=Decimal(row["cost_usd"]),
+            cost_usd=Decimal(row["cost_usd"] or 0),  # empty: every cost unknown
         )
         for row in rows
     }
@@ -423,6 +426,17 @@ def config_file(traffic: Traffic, tmp_path_factory: pytest.TempPathFactory) -> P
     return path
 
 
+def cli_cells(sums: dict[str, Any]) -> list[str]:
+    """The CLI's cells for a report row's JSON sums: a cost that leaves out unknown costs is
+    a lower bound (">="), a wholly unknown one reads "unknown"."""
+    cells = [str(sums[k]) for k in SUMS]
+    cost = sums["cost_usd"]
+    cells[SUMS.index("cost_usd")] = (
+        "unknown" if cost is None else (">=" if sums["unknown_cost_requests"] else "") + cost
+    )
+    return cells
+
+
 def total_line(output: str) -> list[str]:
     (line,) = [line for line in output.splitlines() if line.startswith("TOTAL")]
     return line.split()
@@ -434,7 +448,7 @@ def test_cli_prints_the_report_with_its_total(traffic, config_file):
     assert done.returncode == 0, done.stderr
     total = report["total"]
     # The columns: the group, the sums in the JSON's order (cost, then unknown-cost requests).
-    assert total_line(done.stdout) == ["TOTAL", *(str(total[k]) for k in SUMS)]
+    assert total_line(done.stdout) == ["TOTAL", *cli_cells(total)]
     for row in report["data"]:
         assert any(line.split()[0] == row["group"] for line in done.stdout.splitlines() if line)
     assert "1 of" in done.stdout and "unknown cost" in done.stdout
@@ -454,7 +468,7 @@ def test_cli_asks_a_running_gateway_with_url(traffic):
     assert done.returncode == 0, done.stderr
     total = get(traffic.url, "/spend", group_by="day").json()["total"]
     assert total_line(done.stdout)[1] == str(total["requests"])
-    assert total_line(done.stdout)[-2] == total["cost_usd"]
+    assert total_line(done.stdout)[-2] == ">=" + total["cost_usd"]  # one cost unknown
     refused = run_cli("spend", "--url", base, "--api-key", "sk-wrong")
     assert refused.returncode == 1 and "401" in refused.stderr
 
@@ -498,4 +512,4 @@ def test_cli_reads_a_postgresql_ledger(postgres_traffic, tmp_path):
     total = get(postgres_traffic.url, "/spend", group_by="provider").json()["total"]
     done = run_cli("spend", "--config", str(path), "--by", "provider")
     assert done.returncode == 0, done.stderr
-    assert total_line(done.stdout) == ["TOTAL", *(str(total[k]) for k in SUMS)]
+    assert total_line(done.stdout) == ["TOTAL", *cli_cells(total)]

@@ -332,3 +332,25 @@ def test_repeated_failed_logins_are_refused_for_a_while(
         refused = client.post("/ui/login", data={"key": MASTER_KEY})
         assert refused.status_code == 429 and "too many failed logins" in refused.text
         assert "gw_ui_session" not in client.cookies
+
+
+def test_spend_page_shows_unknown_costs_as_unknown_not_zero(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path, page: Any
+) -> None:
+    """A model without a price: its row says "unknown" (not $0) and comes first; the total,
+    which leaves it out, is marked as a lower bound."""
+    config = gateway_config(openai_emu.url, tmp_path / "ledger.db")
+    provider = config["models"]["gpt-4o"]["deployments"][0]["provider"]
+    config["models"]["llama"] = {"deployments": [{"provider": provider, "model": "my-own-llama"}]}
+    root = server_root(start_gateway(config))
+    assert chat(root + "/v1", MASTER_KEY, model="llama").status_code == 200
+    assert chat(root + "/v1", MASTER_KEY, model="gpt-4o").status_code == 200
+    spend_json(root, group_by="model", since="1d")  # the writer has caught up
+    log_in(page, root, MASTER_KEY)
+    page.goto(root + "/ui/spend?period=today&by=model")
+    row = page.locator("#spend-groups tr[data-group='llama']")
+    assert row.locator("td[data-cost]").get_attribute("data-cost") == "unknown"
+    assert row.locator("td[data-cost]").inner_text() == "unknown"
+    first = page.locator("#spend-groups tr[data-group]").first
+    assert first.get_attribute("data-group") == "llama"
+    assert page.inner_text("#total-cost").startswith("≥")

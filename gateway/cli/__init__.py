@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gateway.cli.keys import add_key_commands
+from gateway.cli.reprice import add_reprice_command
 from gateway.config import GatewayConfig, resolve_config
 from gateway.errors import ConfigError
 
@@ -319,12 +320,15 @@ def _remote_spend(
             cached_tokens=item["cached_tokens"],
             completion_tokens=item["completion_tokens"],
             reasoning_tokens=item["reasoning_tokens"],
-            cost_usd=Decimal(item["cost_usd"]),
+            cost_usd=Decimal(item["cost_usd"] or 0),  # null: every cost unknown
             unknown_cost_requests=item["unknown_cost_requests"],
         )
         for item in body["data"]
     ]
     return rows, datetime.fromisoformat(body["since"]), datetime.fromisoformat(body["until"])
+
+
+add_reprice_command(app, _load)
 
 
 def main() -> None:

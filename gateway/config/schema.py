@@ -108,6 +108,17 @@ class LimitsConfig(_Strict):
         ge=1,
         description="Output tokens reserved when neither the request nor the catalog caps them.",
     )
+    min_output_tokens: int = Field(
+        default=16,
+        ge=1,
+        description="When a request's worst case does not fit a budget's remainder, its output "
+        "cap is lowered to what the remainder pays for; below this many tokens it is refused.",
+    )
+    unpriced: Literal["deny"] | UnpricedMeteringConfig = Field(
+        default="deny",
+        description="Calls by a key or team with a budget to a model without a price: deny "
+        "(403), or `{price: {input, output}}` to meter them at that price.",
+    )
 
 
 PRICE_FIELDS = frozenset({"input", "cached_input", "output", "reasoning", "embedding"})
@@ -129,6 +140,19 @@ class PriceConfig(_Strict):
     def _sets_a_price(self) -> PriceConfig:
         if all(getattr(self, name) is None for name in PRICE_FIELDS):
             raise ValueError(f"set at least one of {', '.join(sorted(PRICE_FIELDS))}")
+        return self
+
+
+class UnpricedMeteringConfig(_Strict):
+    """How to meter calls to models without a price (``limits.unpriced``): budgets reserve
+    and the ledger records them at ``price``."""
+
+    price: PriceConfig
+
+    @model_validator(mode="after")
+    def _prices_input_and_output(self) -> UnpricedMeteringConfig:
+        if self.price.input is None or self.price.output is None:
+            raise ValueError("limits.unpriced.price needs both input and output")
         return self
 
 

@@ -8,7 +8,7 @@
 """
 
 from gateway.costs.catalog import Price, PriceCatalog
-from gateway.costs.compute import Cost, compute_cost, total_usd, unknown_cost
+from gateway.costs.compute import Cost, compute_cost, total_usd, unknown_cost, usage_readable
 from gateway.costs.pricing import PriceBook, effective_price, price_family
 from gateway.costs.report import DeploymentPrice, deployment_prices, unpriced_deployments
 from gateway.costs.tokens import (
@@ -40,5 +40,6 @@ __all__ = [
     "total_usd",
     "unknown_cost",
     "unpriced_deployments",
+    "usage_readable",
     "usd_str",
 ]

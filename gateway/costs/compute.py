@@ -147,6 +147,23 @@ def compute_cost(
     )
 
 
+def usage_readable(usage: Mapping[str, Any] | None, *, embedding: bool = False) -> bool:
+    """Whether ``usage`` is in OpenAI's shape, so its cost can be computed: integer
+    ``prompt_tokens`` and (for chat) ``completion_tokens``. A usage block in another shape
+    (``input_tokens``/``output_tokens``, only ``total_tokens``) is not: its cost would read as 0.
+    """
+    if not usage:
+        return False
+
+    def counted(name: str) -> bool:
+        value = usage.get(name)
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if embedding:
+        return counted("prompt_tokens") or counted("total_tokens")
+    return counted("prompt_tokens") and counted("completion_tokens")
+
+
 def _part(tokens: int, rate: Decimal | None) -> Decimal | None:
     """``tokens`` at ``rate`` USD per 1M; no tokens cost nothing even without a rate."""
     if tokens == 0:

@@ -12,6 +12,12 @@ Operation = Literal["chat", "fim", "embeddings"]
 # The API a request came through: the OpenAI-compatible routes, Azure OpenAI's or Mistral's
 # own (gateway/server/native.py), or an in-process library call.
 Surface = Literal["openai", "azure", "mistral", "library"]
+# Where a record's token counts come from: the provider's usage, the gateway's offline count,
+# or an offline count known to be short (a reasoning model's hidden tokens are not counted).
+UsageBasis = Literal["reported", "estimated", "lower_bound"]
+# A record of a call, or an adjustment of an earlier record's cost (``llm-gateway reprice``):
+# history is never edited, a corrected price is a new row that says what it adjusts.
+RecordKind = Literal["call", "adjustment"]
 
 # Costs are kept to 1e-10 USD, the precision of the ``cost_usd`` column (and of the budget
 # counters in gateway.limits), rounded the same way (half-even) wherever they are summed.
@@ -39,7 +45,13 @@ class SpendRecord:
 
     ``cost_usd`` is exact (Decimal) or None when the price is unknown — never 0 for unknown.
     ``status`` is the HTTP status returned to the caller; ``usage_estimated`` says the token
-    counts were estimated because the provider sent none.
+    counts were estimated because the provider sent none (or none the gateway could read),
+    ``usage_basis`` whether such an estimate is a lower bound.
+
+    Provenance: ``price_family``/``price_model``/``price_source``/``price_effective`` name the
+    catalog entry that priced the record; ``cost_note`` says why its cost is unknown or
+    estimated. An ``adjustment`` record (``kind``) re-prices the record ``adjusts``: its
+    ``cost_usd`` is the difference, ``adjusted_cost_usd`` the cost it replaces (None: unknown).
     """
 
     request_id: str
@@ -69,10 +81,23 @@ class SpendRecord:
     usage_estimated: bool = False
     stream: bool = False
     surface: Surface = "openai"
+    usage_basis: UsageBasis = "reported"
+    cost_note: str | None = None
+    price_family: str | None = None
+    price_model: str | None = None
+    price_source: str | None = None
+    price_effective: str | None = None
+    kind: RecordKind = "call"
+    adjusts: str | None = None
+    adjusted_cost_usd: Decimal | None = None
 
     @property
     def is_error(self) -> bool:
         return self.status >= ERROR_STATUS
+
+    @property
+    def is_adjustment(self) -> bool:
+        return self.kind == "adjustment"
 
     @property
     def day(self) -> date:

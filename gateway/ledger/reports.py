@@ -21,13 +21,14 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal, TextIO, get_args
 
-from sqlalchemy import ColumnElement, Select, String, case, func, literal, select, tuple_
+from sqlalchemy import ColumnElement, Select, String, func, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.facts import usd_str
-from gateway.ledger.records import ERROR_STATUS, SpendRecord, as_utc
+from gateway.ledger.records import SpendRecord, as_utc
 from gateway.ledger.schema import UTCDateTime, spend_daily, spend_daily_users
 from gateway.ledger.schema import spend_records as records_table
+from gateway.ledger.store import record_sums
 
 GroupBy = Literal["key", "team", "user", "model", "provider", "day"]
 GROUPS: tuple[str, ...] = get_args(GroupBy)
@@ -56,6 +57,24 @@ class SpendRow:
     reasoning_tokens: int = 0
     cost_usd: Decimal = Decimal(0)
     unknown_cost_requests: int = 0
+
+    @property
+    def cost_known(self) -> bool:
+        """Whether any of the group's cost is known (False: every request's is unknown)."""
+        return not (self.requests and self.unknown_cost_requests >= self.requests)
+
+    @property
+    def cost(self) -> Decimal | None:
+        """The group's cost as reported: None when all of it is unknown, else the sum of the
+        known costs (a lower bound when ``unknown_cost_requests`` is not 0)."""
+        return self.cost_usd if self.cost_known else None
+
+    @property
+    def cost_text(self) -> str:
+        """``cost`` for people: "unknown", "≥ 0.12" for a lower bound, else the amount."""
+        if not self.cost_known:
+            return "unknown"
+        return (">=" if self.unknown_cost_requests else "") + usd_str(self.cost_usd)
 
     @classmethod
     def total(cls, rows: Iterable[SpendRow]) -> SpendRow:
@@ -115,25 +134,18 @@ def plan_range(since: datetime, until: datetime) -> RangePlan:
 
 def _sums(table: Any, raw: bool) -> list[ColumnElement[Any]]:
     c = table.c
-    if raw:
-        requests: ColumnElement[Any] = func.count()
-        errors: ColumnElement[Any] = func.sum(case((c.status >= ERROR_STATUS, 1), else_=0))
-        unknown: ColumnElement[Any] = func.sum(case((c.cost_usd.is_(None), 1), else_=0))
-    else:
-        requests, errors, unknown = (
-            func.sum(c.requests),
-            func.sum(c.errors),
-            func.sum(c.unknown_cost_requests),
-        )
+    if raw:  # the roll-up's sums, from the records (adjustments included)
+        requests, errors, prompt, cached, completion, reasoning, unknown, cost = record_sums()
+        return [requests, errors, prompt, cached, completion, reasoning, cost, unknown]
     return [
-        requests,
-        errors,
+        func.sum(c.requests),
+        func.sum(c.errors),
         func.sum(c.prompt_tokens),
         func.sum(c.cached_tokens),
         func.sum(c.completion_tokens),
         func.sum(c.reasoning_tokens),
         func.sum(c.cost_usd),
-        unknown,
+        func.sum(c.unknown_cost_requests),
     ]
 
 
@@ -192,12 +204,19 @@ async def spend_report(
             if team is not None:
                 raw = raw.where(r.team == team)
             for group, *values in await conn.execute(raw):
-                if values[0]:  # an aggregate without GROUP BY answers one row even for none
+                # An aggregate without GROUP BY answers one row even for no records (its
+                # token sums are then NULL); a group of adjustments only has no requests.
+                if values[2] is not None:
                     merge(group, values)
 
     if group_by == "day":
         return sorted(rows.values(), key=lambda row: row.group or "")
-    return sorted(rows.values(), key=lambda row: (-row.cost_usd, -row.requests, row.group or ""))
+    # A group whose cost is wholly unknown may be the dearest: it comes first (as NULLs do
+    # in a descending SQL sort), never last as if it were free.
+    return sorted(
+        rows.values(),
+        key=lambda row: (row.cost_known, -row.cost_usd, -row.requests, row.group or ""),
+    )
 
 
 async def scope_spend(
@@ -280,7 +299,9 @@ def report_csv(rows: Iterable[SpendRow], group_by: GroupBy) -> str:
     writer = csv.writer(out)
     writer.writerow([group_by, *names[1:]])
     for row in rows:
-        writer.writerow([_cell(getattr(row, name)) for name in names])
+        writer.writerow(
+            [_cell(row.cost if name == "cost_usd" else getattr(row, name)) for name in names]
+        )
     return out.getvalue()
 
 
@@ -327,7 +348,7 @@ def render_report(rows: Sequence[SpendRow], group_by: GroupBy) -> str:
     total = SpendRow.total(rows)
     lines = [[row.group or "(none)", *_counts(row)] for row in [*rows, total]]
     lines[-1][0] = "TOTAL"
-    costs = _on_decimal_point([usd_str(row.cost_usd) for row in [*rows, total]])
+    costs = _on_decimal_point([row.cost_text for row in [*rows, total]])
     table = [[group_by.upper(), *_COUNTS, "COST USD", "UNKNOWN COST"]] + [
         [*line, cost, str(row.unknown_cost_requests)]
         for line, cost, row in zip(lines, costs, [*rows, total], strict=True)
@@ -344,7 +365,7 @@ def render_report(rows: Sequence[SpendRow], group_by: GroupBy) -> str:
     if total.unknown_cost_requests:
         text.append(
             f"\n{total.unknown_cost_requests} of {total.requests} requests have an unknown cost "
-            "(no price for their model), so the costs are lower bounds;\n"
+            "(no price for their model), so the costs marked >= are lower bounds;\n"
             "`llm-gateway prices` lists the deployments without a price."
         )
     return "\n".join(text)

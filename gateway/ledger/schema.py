@@ -129,11 +129,23 @@ spend_records = Table(
     Column("stream", Boolean, nullable=False),
     Column("operation", String(16), nullable=False),
     Column("surface", String(16), nullable=False, server_default="openai"),
+    Column("usage_basis", String(16), nullable=False, server_default="reported"),
+    Column("cost_note", String, nullable=True),  # why unknown or estimated
+    # Provenance: the catalog entry that priced the record.
+    Column("price_family", String, nullable=True),
+    Column("price_model", String, nullable=True),
+    Column("price_source", String, nullable=True),
+    Column("price_effective", String(32), nullable=True),
+    # Adjustments (re-pricing) are rows of their own, never edits of the record they adjust.
+    Column("kind", String(16), nullable=False, server_default="call"),
+    Column("adjusts", String, nullable=True),
+    Column("adjusted_cost_usd", Money(20), nullable=True),
 )
 # Time-range reads and keyset pagination walk (started_at, request_id), optionally per key.
 Index(None, spend_records.c.started_at, spend_records.c.request_id)
 Index(None, spend_records.c.key_id, spend_records.c.started_at, spend_records.c.request_id)
 Index(None, spend_records.c.model, spend_records.c.started_at)
+Index(None, spend_records.c.adjusts)
 
 COUNTERS = (
     "requests",

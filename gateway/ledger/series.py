@@ -178,7 +178,7 @@ async def spend_series(
                     add(day.isoformat(), group, requests, cost)
         for start, end, bucket in ranges:
             raw = (
-                select(bucket, r[column], func.count(), func.sum(r.cost_usd))
+                select(bucket, r[column], calls_counted(), func.sum(r.cost_usd))
                 .where(r.started_at >= start, r.started_at < end)
                 .group_by(bucket, r[column])
             )
@@ -194,11 +194,17 @@ async def spend_series(
     ]
 
 
+def calls_counted() -> Any:
+    """How many calls a group of records holds (an adjustment row is no call)."""
+    return func.sum(case((records_table.c.kind == "call", 1), else_=0))
+
+
 async def traffic(engine: AsyncEngine, since: datetime, until: datetime) -> list[TrafficMinute]:
     """Every minute of ``[since, until)``, oldest first, quiet minutes included."""
     r = records_table.c
     minute = _truncated(engine, r.started_at, "minute")
-    window = (r.started_at >= as_utc(since), r.started_at < as_utc(until))
+    # Adjustments (re-pricing) are no traffic.
+    window = (r.started_at >= as_utc(since), r.started_at < as_utc(until), r.kind == "call")
     minutes = {m: TrafficMinute(m) for m in buckets(since, until, "minute")}
 
     def at(name: Any) -> TrafficMinute:
@@ -267,7 +273,7 @@ async def deployment_errors(
             func.sum(case((r.status >= ERROR_STATUS, 1), else_=0)),
         )
         .where(r.started_at >= as_utc(since), r.started_at < as_utc(until))
-        .where(r.deployment.is_not(None))
+        .where(r.deployment.is_not(None), r.kind == "call")
         .group_by(r.deployment, r.error_type)
     )
     out: dict[str, DeploymentErrors] = {}

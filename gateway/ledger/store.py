@@ -38,6 +38,10 @@ class DailyTotals:
     cost_usd: Decimal = Decimal(0)
 
     def add(self, record: SpendRecord) -> None:
+        if record.is_adjustment:  # a cost correction: no request, no tokens
+            self.cost_usd += quantize_cost(record.cost_usd) or Decimal(0)
+            self.unknown_cost_requests -= record.adjusted_cost_usd is None
+            return
         self.requests += 1
         self.errors += record.is_error
         self.prompt_tokens += record.prompt_tokens
@@ -115,6 +119,30 @@ async def add_to_daily(conn: AsyncConnection, records: Iterable[SpendRecord]) ->
         await conn.execute(stmt, rows)
 
 
+def record_sums() -> list[ColumnElement[Any]]:
+    """SQL sums of raw records in the order of ``COUNTERS`` then ``cost_usd``. An adjustment
+    adds its cost difference and, when it priced a record whose cost was unknown, takes that
+    record out of ``unknown_cost_requests``; it is no request and has no tokens."""
+    r = spend_records.c
+    call = r.kind != "adjustment"
+    return [
+        func.sum(case((call, 1), else_=0)),
+        func.sum(case((call & (r.status >= ERROR_STATUS), 1), else_=0)),
+        func.sum(r.prompt_tokens),
+        func.sum(r.cached_tokens),
+        func.sum(r.completion_tokens),
+        func.sum(r.reasoning_tokens),
+        func.sum(
+            case(
+                (call & r.cost_usd.is_(None), 1),
+                (~call & r.adjusted_cost_usd.is_(None), -1),
+                else_=0,
+            )
+        ),
+        func.coalesce(func.sum(r.cost_usd), 0),
+    ]
+
+
 def utc_day_expression(conn: AsyncConnection) -> ColumnElement[date]:
     """SQL for the UTC day of ``spend_records.started_at`` on this connection's database."""
     started = spend_records.c.started_at
@@ -148,14 +176,7 @@ async def rebuild_daily(engine: AsyncEngine, first_day: date, last_day: date) ->
                     select(
                         day,
                         *dims,
-                        func.count(),
-                        func.sum(case((r.status >= ERROR_STATUS, 1), else_=0)),
-                        func.sum(r.prompt_tokens),
-                        func.sum(r.cached_tokens),
-                        func.sum(r.completion_tokens),
-                        func.sum(r.reasoning_tokens),
-                        func.sum(case((r.cost_usd.is_(None), 1), else_=0)),
-                        func.coalesce(func.sum(r.cost_usd), 0),
+                        *record_sums(),
                     )
                     .where(r.started_at >= since, r.started_at < until)
                     .group_by(day, *dims)

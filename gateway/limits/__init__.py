@@ -11,6 +11,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import BudgetExceededError
 from gateway.limits.base import (
     Admission,
+    BudgetShortfall,
     Limits,
     ScopeLimits,
     SeedSpend,
@@ -22,6 +23,7 @@ from gateway.limits.memory import MemoryLimits
 __all__ = [
     "Admission",
     "BudgetExceededError",
+    "BudgetShortfall",
     "Limits",
     "MemoryLimits",
     "ScopeLimits",

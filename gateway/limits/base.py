@@ -84,9 +84,18 @@ class Admission:
     done: bool = False
 
 
+class BudgetShortfall(BudgetExceededError):
+    """A budget refusal that says how much the scope has left (``remaining``, USD): what a
+    smaller request could still reserve."""
+
+    def __init__(self, message: str, *, remaining: Decimal) -> None:
+        super().__init__(message)
+        self.remaining = remaining
+
+
 def budget_error(
     limits: ScopeLimits, spent_units: int, reserved_units: int, ask_units: int, now: datetime
-) -> BudgetExceededError:
+) -> BudgetShortfall:
     _, resets = budget_period(limits.budget_period, now)
     when = f"resets {resets:%Y-%m-%d %H:%M} UTC" if resets else "does not reset (total budget)"
     reserved = (
@@ -94,10 +103,14 @@ def budget_error(
         if reserved_units
         else ""
     )
-    return BudgetExceededError(
+    budget_units = to_units(limits.budget_usd or Decimal(0))
+    budget = limits.budget_usd or Decimal(0)
+    shown = f"{budget:.2f}" if budget == round(budget, 2) else f"{budget.normalize():f}"
+    return BudgetShortfall(
         f"budget exceeded for {limits.scope}: {limits.budget_period} budget "
-        f"${limits.budget_usd:.2f}, spent ${to_usd(spent_units):.4f}{reserved}; this request "
-        f"may cost up to ${to_usd(ask_units):.4f}. The budget {when}."
+        f"${shown}, spent ${to_usd(spent_units):.4f}{reserved}; this request "
+        f"may cost up to ${to_usd(ask_units):.4f}. The budget {when}.",
+        remaining=to_usd(max(0, budget_units - spent_units - reserved_units)),
     )
 
 

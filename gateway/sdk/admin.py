@@ -79,9 +79,18 @@ class SpendReportRow:
             cached_tokens=int(data["cached_tokens"]),
             completion_tokens=int(data["completion_tokens"]),
             reasoning_tokens=int(data["reasoning_tokens"]),
-            cost_usd=Decimal(str(data["cost_usd"])),
+            # null: every request's cost is unknown (none of it is known, not $0)
+            cost_usd=Decimal(str(data["cost_usd"] or 0)),
             unknown_cost_requests=int(data["unknown_cost_requests"]),
         )
+
+    @property
+    def cost(self) -> Decimal | None:
+        """None when every request's cost is unknown; else ``cost_usd`` (a lower bound when
+        ``unknown_cost_requests`` is not 0)."""
+        if self.requests and self.unknown_cost_requests >= self.requests:
+            return None
+        return self.cost_usd
 
     @classmethod
     def from_sums(cls, row: object) -> SpendReportRow:
@@ -140,6 +149,7 @@ def record_from_json(data: dict[str, Any]) -> SpendRecord:
     values["started_at"] = _moment(values["started_at"])
     values["finished_at"] = _moment(values["finished_at"])
     values["cost_usd"] = _decimal(values.get("cost_usd"))
+    values["adjusted_cost_usd"] = _decimal(values.get("adjusted_cost_usd"))
     return SpendRecord(**values)
 
 

@@ -250,7 +250,9 @@ def sums_json(row: SpendRow) -> dict[str, Any]:
         "cached_tokens": row.cached_tokens,
         "completion_tokens": row.completion_tokens,
         "reasoning_tokens": row.reasoning_tokens,
-        "cost_usd": usd_str(row.cost_usd),
+        # null when every request's cost is unknown; else the known costs' sum, a lower bound
+        # when unknown_cost_requests is not 0.
+        "cost_usd": None if row.cost is None else usd_str(row.cost),
         "unknown_cost_requests": row.unknown_cost_requests,
     }
 
@@ -263,6 +265,8 @@ def record_json(record: SpendRecord) -> dict[str, Any]:
     string or null (unknown)."""
     out = {name: getattr(record, name) for name in _RECORD_FIELDS}
     out["cost_usd"] = None if record.cost_usd is None else usd_str(record.cost_usd)
+    if record.adjusted_cost_usd is not None:
+        out["adjusted_cost_usd"] = usd_str(record.adjusted_cost_usd)
     return out
 
 

@@ -89,14 +89,19 @@ class Names:
 
 def row_view(row: SpendRow, label: str, total: Decimal) -> dict[str, Any]:
     share = float(row.cost_usd / total * 100) if total else 0.0
+    if not row.cost_known:  # every request's cost unknown: not $0
+        cost, text = "unknown", "unknown"
+    else:
+        cost = usd_str(row.cost_usd)
+        text = ("≥ " if row.unknown_cost_requests else "") + money(row.cost_usd)
     return {
         "group": row.group,
         "label": label,
         "requests": row.requests,
         "errors": row.errors,
         "tokens": row.prompt_tokens + row.completion_tokens,
-        "cost": usd_str(row.cost_usd),
-        "cost_text": money(row.cost_usd),
+        "cost": cost,
+        "cost_text": text,
         "share": round(share, 1),
         "unknown": row.unknown_cost_requests,
     }

@@ -332,6 +332,31 @@ CONTENT_POLICY = {
     "code": "content_policy_violation",
 }
 
+
+def with_usage(
+    shape: Callable[[dict[str, Any]], dict[str, Any] | None],
+) -> Callable[[Call], Action]:
+    """A normal answer whose usage block is replaced by ``shape(usage)`` (None: no usage)."""
+
+    def play(call: Call) -> Action:
+        answer = completion(call)
+        usage = shape(answer["usage"])
+        if usage is None:
+            del answer["usage"]
+        else:
+            answer["usage"] = usage
+        if not call.stream:
+            return Reply(200, orjson.dumps(answer))
+        sent = chunks(answer | {"usage": usage or {}}, call.include_usage)
+        if usage is None:  # no usage chunk at all, even when asked for
+            sent = [c for c in sent if c.get("choices")]
+            for c in sent:
+                c.pop("usage", None)
+        return Stream([*(b"data: " + orjson.dumps(c) + b"\n\n" for c in sent), DONE])
+
+    return play
+
+
 UNREADABLE_BODY = openai_error(
     400, "We could not parse the JSON body of your request.", "invalid_request_error", None
 )
@@ -369,6 +394,12 @@ SCENARIOS: dict[str, Callable[[Call], Action]] = {
     "prefill": continuing,
     "prefill-echo": lambda call: continuing(call, echo=True),
     "rejects-prefill": rejects_prefill,
+    # Usage blocks the gateway cannot read as OpenAI's, and none at all.
+    "usage-input-output": with_usage(
+        lambda u: {"input_tokens": u["prompt_tokens"], "output_tokens": u["completion_tokens"]}
+    ),
+    "usage-total-only": with_usage(lambda u: {"total_tokens": u["total_tokens"]}),
+    "no-usage": with_usage(lambda u: None),
 }
 
 
