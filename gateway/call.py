@@ -53,6 +53,9 @@ class Call:
     # The prompt and the answer, kept only for callers whose key or team has the metadata
     # ``log_content: true`` (for the access log); never otherwise.
     content: JSON | None = None
+    # What a cancellation of this call means, as the face that runs it knows: the caller
+    # left (499) or the server is stopping (503). None: the caller cancelled it (499).
+    cancelled_by: Callable[[], GatewayError] | None = None
     observed: bool = False  # the observers have been told the call ended
     ended: bool = False  # recorded and settled (``gateway.calls``): it happens once
 

@@ -229,6 +229,38 @@ class ClientDisconnectedError(GatewayError):
     code = "client_disconnected"
 
 
+class InternalError(GatewayError):
+    """A fault of the gateway's own (500): logged with its traceback, answered with the
+    request id so the log entry can be found."""
+
+    code = "internal_error"
+
+    def __init__(self, request_id: str | None = None, where: str = "") -> None:
+        ref = f" (request id {request_id})" if request_id else ""
+        super().__init__(
+            f"the gateway hit an internal error{where}{ref}; it has been logged — retry, and "
+            "report it with the request id if it persists"
+        )
+        self.request_id = request_id
+
+
+class ShuttingDownError(GatewayError):
+    """The gateway stopped before it could answer (503): the request may be sent again, to
+    another replica or once this one is back."""
+
+    status = 503
+    type = "api_error"
+    code = "shutting_down"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        headers = {"retry-after": "1", **(kwargs.pop("headers", None) or {})}
+        super().__init__(
+            message or "the gateway shut down before the answer was ready; send the request again",
+            headers=headers,
+            **kwargs,
+        )
+
+
 class MalformedEventError(Exception):
     """One stream event could not be decoded; the stream guard skips and counts it."""
 
@@ -281,3 +313,24 @@ def validated(model: type[M], data: object, what: str = "request body") -> M:
     except ValidationError as exc:
         message, param = validation_message(exc, what)
         raise InvalidRequestError(message, param=param) from exc
+
+
+def check_json_depth(data: object, limit: int, what: str = "request body") -> None:
+    """The 400 for JSON nested deeper than ``limit`` (objects and arrays; the outermost is 1):
+    such a body could be decoded but not sent on (orjson writes at most 254 levels) nor
+    stored, so it is refused before anything else sees it."""
+    level: list[dict[Any, Any] | list[Any]] = [data] if isinstance(data, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise InvalidRequestError(
+                f"{what} is nested more than {limit} levels deep (objects and arrays); "
+                "send a flatter structure",
+                code="nesting_too_deep",
+            )
+        inner: list[dict[Any, Any] | list[Any]] = []
+        for value in level:
+            children = value.values() if isinstance(value, dict) else value
+            inner += [c for c in children if isinstance(c, dict | list)]
+        level = inner
