@@ -6,7 +6,9 @@ and the HTTP status; those two things are the contract, so each error class fixe
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterable
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -15,8 +17,41 @@ from pydantic import BaseModel, ValidationError
 M = TypeVar("M", bound=BaseModel)
 
 
+# Secrets this process knows (``register_secrets``: the keys in every config it loaded), and
+# the shapes of credentials it does not know: neither ever appears in an error's text, since
+# upstreams have been seen quoting a request's Authorization header back in their errors.
+_secrets: set[str] = set()
+_known: re.Pattern[str] | None = None
+_CREDENTIAL = re.compile(
+    r"(?i)\b(?:bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"  # an Authorization header's value
+    r"|\bsk-[A-Za-z0-9_-]{12,}"  # OpenAI-style and the gateway's own keys
+)
+REDACTED = "[redacted]"
+MIN_SECRET_LENGTH = 6  # shorter values would blank out ordinary words
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Add ``values`` to the secrets no error message may contain (never removed: a reload
+    does not make an old key safe to show)."""
+    global _known
+    new = {v for v in values if len(v) >= MIN_SECRET_LENGTH} - _secrets
+    if not new:
+        return
+    _secrets.update(new)
+    ordered = sorted(_secrets, key=len, reverse=True)  # the longest match first
+    _known = re.compile("|".join(re.escape(v) for v in ordered))
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret and every credential-shaped token replaced."""
+    if _known is not None:
+        text = _known.sub(REDACTED, text)
+    return _CREDENTIAL.sub(REDACTED, text)
+
+
 class GatewayError(Exception):
-    """Base of all errors the gateway turns into an answer."""
+    """Base of all errors the gateway turns into an answer. Its message and ``param`` are
+    redacted (``redact``) as it is made: much of their text comes from upstream answers."""
 
     status: int = 500
     type: str = "api_error"
@@ -37,6 +72,7 @@ class GatewayError(Exception):
         headers: dict[str, str] | None = None,
         retryable: bool | None = None,
     ) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
         if status is not None:
@@ -45,7 +81,7 @@ class GatewayError(Exception):
             self.type = type
         if code is not None:
             self.code = code
-        self.param = param
+        self.param = param if param is None else redact(param)
         self.provider = provider
         self.deployment = deployment
         self.headers: dict[str, str] = headers or {}
