@@ -22,14 +22,15 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway import AsyncGateway
 from gateway.engine import Engine
 from gateway.errors import GatewayError, InvalidRequestError
 from gateway.server import create_app
-from tests.emulators.openai_api import completion
+from tests.emulators.common import sse
+from tests.emulators.openai_api import chunks, completion
 from tests.harness import ServerThread
 from tests.keys_helpers import Admin, gateway_config, key_records
 from tests.lifecycle_helpers import ledger_records
@@ -50,6 +51,10 @@ async def chat(request: Request) -> Response:
     answer = completion(body, body["model"])
     if body["model"] == UNREADABLE_USAGE:
         answer["usage"] = "lots"
+    if body.get("stream"):  # a first chunk, then one whose "choices" is not a list
+        start = [sse(c) for c in chunks(answer, False)[:2]]  # the role, then some text
+        broken = sse({"id": "x", "object": "chat.completion.chunk", "choices": "oops"})
+        return StreamingResponse(iter([*start, broken]), media_type="text/event-stream")
     return JSONResponse(answer)
 
 
@@ -174,6 +179,29 @@ def test_an_unexpected_error_answers_500_with_its_request_id_and_is_recorded_and
     assert all(r.status == 500 and r.error_type == "internal_error" for r in records)
     # The key's one parallel slot was released each time.
     assert post(served, key["key"]).status_code == 200
+    assert holds_nothing(served.engine)
+
+
+def test_an_unexpected_error_mid_stream_ends_the_stream_and_records_it_as_500(
+    served: Served,
+) -> None:
+    key = served.admin.create_key(name="stream-fault", max_parallel=1)
+    with httpx.stream(
+        "POST",
+        served.url + "/chat/completions",
+        json={"model": "gpt-4o", "messages": HELLO, "stream": True},
+        headers={"authorization": f"Bearer {key['key']}"},
+        timeout=10,
+    ) as answer:
+        text = answer.read().decode()
+        request_id = answer.headers["x-request-id"]
+
+    assert answer.status_code == 200  # the answer had started: the error comes as an event
+    assert text.startswith("data: ") and "echo" in text
+    assert '"code":"internal_error"' in text and request_id in text
+    assert "[DONE]" not in text
+    records = asyncio.run(key_records(served.db, key["id"]))
+    assert [(r.status, r.error_type) for r in records] == [(500, "internal_error")]
     assert holds_nothing(served.engine)
 
 
