@@ -70,8 +70,13 @@ async def records_of(db: Path, client_id: str, wait: float = 5.0) -> list[Any]:
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/chat/completions", "/openai/v1/chat/completions"],
+    ids=["hot-route", "framework-route"],  # served without and through FastAPI's router
+)
 async def test_a_caller_leaving_before_the_first_byte_stops_the_upstream_request(
-    upstream: FaultyUpstream, tmp_path: Path, stream: bool
+    upstream: FaultyUpstream, tmp_path: Path, stream: bool, path: str
 ) -> None:
     upstream.reset()
     db = tmp_path / "ledger.db"
@@ -82,7 +87,7 @@ async def test_a_caller_leaving_before_the_first_byte_stops_the_upstream_request
         async with httpx.AsyncClient(timeout=GIVE_UP) as client:
             with pytest.raises(httpx.ReadTimeout):
                 await client.post(
-                    server.url + "/v1/chat/completions",
+                    server.url + path,
                     json=body,
                     headers={"x-client-request-id": client_id},
                 )
