@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,8 +53,13 @@ async def chat(request: Request) -> Response:
         answer["usage"] = "lots"
     if body.get("stream"):  # a first chunk, then one whose "choices" is not a list
         start = [sse(c) for c in chunks(answer, False)[:2]]  # the role, then some text
-        broken = sse({"id": "x", "object": "chat.completion.chunk", "choices": "oops"})
-        return StreamingResponse(iter([*start, broken]), media_type="text/event-stream")
+
+        async def events() -> AsyncIterator[bytes]:
+            yield b"".join(start)
+            await asyncio.sleep(0.2)  # the answer has started by then
+            yield sse({"id": "x", "object": "chat.completion.chunk", "choices": "oops"})
+
+        return StreamingResponse(events(), media_type="text/event-stream")
     return JSONResponse(answer)
 
 
