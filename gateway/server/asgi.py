@@ -103,7 +103,7 @@ class GatewayApp(FastAPI):
             raise
         caller.answered = True
         if isinstance(response, StreamingResponse):
-            await send_stream(response, receive, send)
+            await send_stream(response, caller, send)
         else:
             await send_response(response, send)
 
@@ -128,6 +128,8 @@ class Caller:
         self.gone = False  # the caller disconnected
         self.started = False  # the answer's head has been sent
         self.answered = False  # the handler has returned its answer (a hot route)
+        # Told of the disconnect instead, once set (a stream relayed by ``send_stream``).
+        self.leaving: Callable[[], None] | None = None
 
     async def receive(self) -> Message:
         if self._watch is not None:  # the body has been read: only the disconnect is left
@@ -159,7 +161,9 @@ class Caller:
                 break
         self.gone = True
         self._left.set_result(message)
-        if not (self.started or self.answered) and self._task is not None:
+        if self.leaving is not None:
+            self.leaving()
+        elif not (self.started or self.answered) and self._task is not None:
             self._task.cancel()
 
     def close(self) -> None:
@@ -258,27 +262,28 @@ async def send_response(response: Response, send: Send) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-async def send_stream(response: StreamingResponse, receive: Receive, send: Send) -> None:
+async def send_stream(response: StreamingResponse, caller: Caller, send: Send) -> None:
     """Relay a streaming body; if the caller disconnects meanwhile, stop at once.
 
     The body iterator is cancelled where it waits (e.g. on a stalled upstream), so its own
-    clean-up runs — the gateway's closes the upstream and bills what was generated. One plain
-    task watches for the disconnect (Starlette's version uses an anyio task group per stream).
+    clean-up runs — the gateway's closes the upstream and bills what was generated. The
+    caller's watch (``Caller``), one plain task, tells of the disconnect (Starlette's version
+    uses an anyio task group per stream).
     """
     task = asyncio.current_task()
     assert task is not None
     gone = done = False
 
-    def on_message(watch: asyncio.Task[Message]) -> None:
+    def on_leave() -> None:
         nonlocal gone
-        if done:  # scheduled as the response ended: nothing left to stop
+        if done:  # the response has ended: nothing left to stop
             return
-        if not watch.cancelled() and watch.exception() is None:
-            gone = True  # _next_disconnect returns only on http.disconnect
-            task.cancel()
+        gone = True
+        task.cancel()
 
-    watch = asyncio.ensure_future(_next_disconnect(receive))
-    watch.add_done_callback(on_message)
+    caller.leaving = on_leave
+    if caller.gone:  # left before the answer started: stop where the body first waits
+        on_leave()
     try:
         await send(
             {
@@ -298,12 +303,3 @@ async def send_stream(response: StreamingResponse, receive: Receive, send: Send)
         task.uncancel()
     finally:
         done = True
-        watch.cancel()
-
-
-async def _next_disconnect(receive: Receive) -> Message:
-    """The first ``http.disconnect`` (the request body has been read by then)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return message
