@@ -287,7 +287,15 @@ class Accountant:
         if self.ledger is None:
             return
         try:
-            self.ledger.submit(spend_record(info, error))
+            try:
+                record = spend_record(info, error)
+            except Exception:
+                # Usage the upstream sent in a shape nothing could read: the call is still
+                # on the bill, recorded without it.
+                log.exception("request %s: recorded without its unreadable usage", info.request_id)
+                info.usage = None
+                record = spend_record(info, error)
+            self.ledger.submit(record)
         except Exception:
             log.exception("could not record request %s in the ledger", info.request_id)
 

@@ -62,6 +62,9 @@ class Call:
     request: CompletionRequest | None = None
     candidates: dict[str, Deployment] = field(default_factory=dict)
     unanswered_billed: bool = False
+    # What a cancellation of this call means, as the face that runs it knows: the caller
+    # left (499) or the server is stopping (503). None: the caller cancelled it (499).
+    cancelled_by: Callable[[], GatewayError] | None = None
     observed: bool = False  # the observers have been told the call ended
     ended: bool = False  # recorded and settled (``gateway.calls``): it happens once
 

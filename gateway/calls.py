@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
 from gateway.call import Call
-from gateway.errors import ClientDisconnectedError, GatewayError
+from gateway.errors import ClientDisconnectedError, GatewayError, InternalError
 
 T = TypeVar("T")
 log = logging.getLogger("gateway.calls")
@@ -47,7 +47,12 @@ class Calls:
 
     async def run(self, call: Call, work: Awaitable[T]) -> T:
         """Run one call's work; if it fails or is cancelled, the call ends with that error.
-        On success the caller ends it, once it knows the usage."""
+        On success the work ends it, once it knows the usage.
+
+        Whatever is raised ends the call: a ``GatewayError`` as itself, a cancellation as
+        ``call.cancelled_by()`` says (the caller left: 499, the server stopped: 503), and any
+        other exception — a fault of the gateway's own — is logged and becomes the 500
+        ``InternalError`` that the caller then gets in its place."""
         self._open.add(call.request_id)
         self._all_ended.clear()
         try:
@@ -56,8 +61,18 @@ class Calls:
             self.end(call, exc)
             raise
         except asyncio.CancelledError:
-            self.end(call, cancelled())
+            self.end(call, call.cancelled_by() if call.cancelled_by else cancelled())
             raise
+        except Exception as exc:
+            log.exception("unexpected error in request %s", call.request_id)
+            error = InternalError(call.request_id)
+            self.end(call, error)
+            raise error from exc
+
+    @property
+    def open(self) -> frozenset[str]:
+        """The request ids of the calls started and not yet ended."""
+        return frozenset(self._open)
 
     def end(self, call: Call, error: GatewayError | None = None) -> None:
         """The call is over: record and settle it (the first time only)."""
@@ -67,7 +82,10 @@ class Calls:
         if call.ended:
             return
         call.ended = True
-        self._on_end(call, error)
+        try:
+            self._on_end(call, error)
+        except Exception:  # the call has ended; a failing step must not fail the answer
+            log.exception("ending request %s failed", call.request_id)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run bookkeeping after the answer has gone out; ``drain`` waits for it."""

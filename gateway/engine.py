@@ -26,7 +26,7 @@ from gateway.limits import BudgetShortfall, Limits, limits_for, period_start
 from gateway.resilience import read_answer, run_plan, within
 from gateway.routing import HealthBoard, Plan, Router, Ticket
 from gateway.setup import Setup
-from gateway.streams import ChunkStream, StreamOpener, upstream_request
+from gateway.streams import ChunkStream, StreamOpener, unencodable, upstream_request
 from gateway.transport import AiohttpTransport
 from gateway.types import CompletionRequest, EmbeddingRequest, FimCompletionRequest
 from gateway.wire import JSON, Transport
@@ -87,7 +87,10 @@ class Engine:
     async def chat(self, request: CompletionRequest, call: Call) -> JSON:
         """A complete (non-streaming) chat completion; a FIM request is answered the same way."""
         setup = self._begin(request, call)
-        result = await self.calls.run(call, self._complete(setup, request, call))
+        return await self.calls.run(call, self._chat(setup, request, call))
+
+    async def _chat(self, setup: Setup, request: CompletionRequest, call: Call) -> JSON:
+        result = await self._complete(setup, request, call)
         call.upstream_model = result.get("model")
         usage = result.get("usage")
         if not usage_readable(usage):  # some servers send none, or in another shape
@@ -155,7 +158,10 @@ class Engine:
     async def embeddings(self, request: EmbeddingRequest, call: Call) -> JSON:
         """Embeddings for one or more inputs."""
         setup = self._begin(request, call)
-        result = await self.calls.run(call, self._embed(setup, request, call))
+        return await self.calls.run(call, self._embeddings(setup, request, call))
+
+    async def _embeddings(self, setup: Setup, request: EmbeddingRequest, call: Call) -> JSON:
+        result = await self._embed(setup, request, call)
         call.upstream_model = result.get("model")
         call.usage = result.get("usage")
         if not usage_readable(call.usage, embedding=True):
@@ -177,7 +183,10 @@ class Engine:
         await self._admit(setup, call, plan, len(str(request.input).encode()), None)
 
         async def attempt(dep: Deployment, ticket: Ticket) -> JSON:
-            upstream = dep.provider.embeddings_request(request.upstream_body(), dep)
+            try:
+                upstream = dep.provider.embeddings_request(request.upstream_body(), dep)
+            except TypeError as exc:  # orjson's encode error
+                raise unencodable(exc) from exc
             call.dropped_params = upstream.dropped_params
             timeouts = plan.policy.upstream_timeouts(dep, stream=False)
             raw = await read_answer(self.transport, dep, upstream, timeouts, call.tries)
@@ -290,20 +299,27 @@ class Engine:
         self.observe(call, error)
 
     def _book(self, call: Call, error: GatewayError | None) -> None:
-        self.accountant.record(call, error)
+        try:
+            self.accountant.record(call, error)
+        except Exception:  # its limits are still settled and its observers told
+            log.exception("request %s could not be recorded", call.request_id)
         if call.admission is not None and not call.admission.done:
             self.calls.spawn(self._settle(call, error))
 
     async def _book_unanswered(self, call: Call, error: GatewayError | None) -> None:
         try:
             await self.accountant.bill_unanswered(call)
-        finally:
-            self._book(call, error)
+        except Exception:  # the record is written all the same, with what is known
+            log.exception(
+                "request %s: its unanswered attempts could not be billed", call.request_id
+            )
+        self._book(call, error)
 
     async def _settle(self, call: Call, error: GatewayError | None) -> None:
         admission = call.admission
         assert admission is not None
-        tokens = (call.usage or {}).get("total_tokens")
+        usage = call.usage if isinstance(call.usage, dict) else {}  # unreadable: none
+        tokens = usage.get("total_tokens")
         if error is not None and call.cost is None:
             await self.limits.release(admission)
         else:

@@ -6,7 +6,9 @@ and the HTTP status; those two things are the contract, so each error class fixe
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterable
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
@@ -15,8 +17,41 @@ from pydantic import BaseModel, ValidationError
 M = TypeVar("M", bound=BaseModel)
 
 
+# Secrets this process knows (``register_secrets``: the keys in every config it loaded), and
+# the shapes of credentials it does not know: neither ever appears in an error's text, since
+# upstreams have been seen quoting a request's Authorization header back in their errors.
+_secrets: set[str] = set()
+_known: re.Pattern[str] | None = None
+_CREDENTIAL = re.compile(
+    r"(?i)\b(?:bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"  # an Authorization header's value
+    r"|\bsk-[A-Za-z0-9_-]{12,}"  # OpenAI-style and the gateway's own keys
+)
+REDACTED = "[redacted]"
+MIN_SECRET_LENGTH = 6  # shorter values would blank out ordinary words
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Add ``values`` to the secrets no error message may contain (never removed: a reload
+    does not make an old key safe to show)."""
+    global _known
+    new = {v for v in values if len(v) >= MIN_SECRET_LENGTH} - _secrets
+    if not new:
+        return
+    _secrets.update(new)
+    ordered = sorted(_secrets, key=len, reverse=True)  # the longest match first
+    _known = re.compile("|".join(re.escape(v) for v in ordered))
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered secret and every credential-shaped token replaced."""
+    if _known is not None:
+        text = _known.sub(REDACTED, text)
+    return _CREDENTIAL.sub(REDACTED, text)
+
+
 class GatewayError(Exception):
-    """Base of all errors the gateway turns into an answer."""
+    """Base of all errors the gateway turns into an answer. Its message and ``param`` are
+    redacted (``redact``) as it is made: much of their text comes from upstream answers."""
 
     status: int = 500
     type: str = "api_error"
@@ -37,6 +72,7 @@ class GatewayError(Exception):
         headers: dict[str, str] | None = None,
         retryable: bool | None = None,
     ) -> None:
+        message = redact(message)
         super().__init__(message)
         self.message = message
         if status is not None:
@@ -45,7 +81,7 @@ class GatewayError(Exception):
             self.type = type
         if code is not None:
             self.code = code
-        self.param = param
+        self.param = param if param is None else redact(param)
         self.provider = provider
         self.deployment = deployment
         self.headers: dict[str, str] = headers or {}
@@ -236,6 +272,38 @@ class ClientDisconnectedError(GatewayError):
     code = "client_disconnected"
 
 
+class InternalError(GatewayError):
+    """A fault of the gateway's own (500): logged with its traceback, answered with the
+    request id so the log entry can be found."""
+
+    code = "internal_error"
+
+    def __init__(self, request_id: str | None = None, where: str = "") -> None:
+        ref = f" (request id {request_id})" if request_id else ""
+        super().__init__(
+            f"the gateway hit an internal error{where}{ref}; it has been logged — retry, and "
+            "report it with the request id if it persists"
+        )
+        self.request_id = request_id
+
+
+class ShuttingDownError(GatewayError):
+    """The gateway stopped before it could answer (503): the request may be sent again, to
+    another replica or once this one is back."""
+
+    status = 503
+    type = "api_error"
+    code = "shutting_down"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        headers = {"retry-after": "1", **(kwargs.pop("headers", None) or {})}
+        super().__init__(
+            message or "the gateway shut down before the answer was ready; send the request again",
+            headers=headers,
+            **kwargs,
+        )
+
+
 class MalformedEventError(Exception):
     """One stream event could not be decoded; the stream guard skips and counts it."""
 
@@ -288,3 +356,24 @@ def validated(model: type[M], data: object, what: str = "request body") -> M:
     except ValidationError as exc:
         message, param = validation_message(exc, what)
         raise InvalidRequestError(message, param=param) from exc
+
+
+def check_json_depth(data: object, limit: int, what: str = "request body") -> None:
+    """The 400 for JSON nested deeper than ``limit`` (objects and arrays; the outermost is 1):
+    such a body could be decoded but not sent on (orjson writes at most 254 levels) nor
+    stored, so it is refused before anything else sees it."""
+    level: list[dict[Any, Any] | list[Any]] = [data] if isinstance(data, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise InvalidRequestError(
+                f"{what} is nested more than {limit} levels deep (objects and arrays); "
+                "send a flatter structure",
+                code="nesting_too_deep",
+            )
+        inner: list[dict[Any, Any] | list[Any]] = []
+        for value in level:
+            children = value.values() if isinstance(value, dict) else value
+            inner += [c for c in children if isinstance(c, dict | list)]
+        level = inner

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.accounting import Accountant
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, secrets_of
+from gateway.errors import register_secrets
 from gateway.ledger.ledger import Ledger
 from gateway.routing import HealthBoard, Router
 from providers.base import Deployment
@@ -28,6 +29,7 @@ class Setup:
     @classmethod
     def build(cls, config: GatewayConfig, health: HealthBoard, ledger: Ledger | None) -> Setup:
         """Everything ``config`` needs, sharing the process's health board and ledger."""
+        register_secrets(secrets_of(config))  # never in an error message from now on
         accountant = Accountant(config, ledger)
         prices = accountant.prices
 

@@ -13,6 +13,7 @@ generated is billed (estimated offline when the provider sent no usage).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -23,7 +24,13 @@ from gateway.calls import Calls
 from gateway.config import RoutingConfig
 from gateway.costs import Cost, usage_readable
 from gateway.costs.reasoning import is_reasoning_model
-from gateway.errors import ClientDisconnectedError, GatewayError, UpstreamTimeoutError
+from gateway.errors import (
+    ClientDisconnectedError,
+    GatewayError,
+    InternalError,
+    InvalidRequestError,
+    UpstreamTimeoutError,
+)
 from gateway.resilience import UpstreamStream, has_output, open_response, run_plan, within
 from gateway.routing import HealthBoard, Plan, Ticket
 from gateway.types import CompletionRequest
@@ -31,6 +38,7 @@ from gateway.wire import JSON, Transport, UpstreamRequest
 from providers.base import Deployment, EchoFilter
 
 BodyFactory = Callable[[], JSON]
+log = logging.getLogger("gateway.streams")
 
 
 @dataclass(slots=True)
@@ -48,7 +56,20 @@ def upstream_request(
     """The request's upstream request, built by the adapter method for its operation."""
     provider = dep.provider
     build = provider.fim_request if request.operation == "fim" else provider.chat_request
-    return build(body, dep, stream=stream)
+    try:
+        return build(body, dep, stream=stream)
+    except TypeError as exc:  # orjson's encode error: over 254 levels, a lone surrogate
+        raise unencodable(exc) from exc
+
+
+def unencodable(exc: TypeError) -> InvalidRequestError:
+    """The 400 for a request that cannot be written as JSON for the upstream."""
+    return InvalidRequestError(
+        f"the request cannot be sent upstream as JSON ({exc}); send text as valid UTF-8 "
+        "(no lone surrogates) and nest objects and arrays less deeply",
+        code="unencodable_request",
+        retryable=False,
+    )
 
 
 class StreamOpener:
@@ -257,6 +278,14 @@ class ChunkStream:
                 continued = True
                 echo = self._current.ticket.deployment.provider.echo_filter(text)
                 continue
+            except Exception as exc:  # a fault of the gateway's own: the stream ends as 500
+                health.finish(opened.ticket)
+                await opened.stream.aclose()
+                self._current = None
+                error = InternalError(call.request_id, " mid-stream")
+                log.exception("unexpected error in stream %s", call.request_id)
+                self._account_later(error)
+                raise error from exc
             finally:
                 call.malformed_events += opened.stream.malformed_events
             health.finish(opened.ticket, latency=opened.first_output_seconds)
@@ -411,15 +440,16 @@ class ChunkStream:
         call.continued = True
         return opened
 
-    async def aclose(self) -> None:
-        """Stop reading (the caller went away): cancel the upstream request and bill what
-        was generated so far."""
+    async def aclose(self, error: GatewayError | None = None) -> None:
+        """Stop reading (the caller went away, or ``error`` stopped the answer): cancel the
+        upstream request and bill what was generated so far."""
         if self._current is not None:
             self._opener.health.finish(self._current.ticket)
             await self._current.stream.aclose()
             self._current = None
             self._account_later(
-                ClientDisconnectedError(
+                error
+                or ClientDisconnectedError(
                     "the caller closed the connection before the answer was complete"
                 )
             )

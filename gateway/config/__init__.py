@@ -7,6 +7,7 @@ from gateway.config.load import (
     load_config,
     load_config_file,
     resolve_config,
+    secrets_of,
 )
 from gateway.config.schema import (
     PRICE_FIELDS,
@@ -71,4 +72,5 @@ __all__ = [
     "load_config_file",
     "overridden",
     "resolve_config",
+    "secrets_of",
 ]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from gateway.config.registry import adapter_type, price_families, provider_types
 from gateway.config.schema import GatewayConfig, ProviderSettings
@@ -239,3 +239,35 @@ def resolve_config(source: str | Path | dict[str, Any] | GatewayConfig | None) -
     if env_path:
         return load_config_file(env_path)
     return load_config(DEFAULT_CONFIG)
+
+
+def secrets_of(config: BaseModel) -> set[str]:
+    """Every secret value in ``config``: each ``SecretStr`` field, at any depth, and each
+    provider's extra ``headers`` whose name says it carries a credential."""
+    found: set[str] = set()
+
+    def walk(value: object) -> None:
+        if isinstance(value, SecretStr):
+            found.add(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+            walk(value.model_extra or {})
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(config)
+    for settings in getattr(config, "providers", {}).values():
+        found.update(
+            value
+            for name, value in settings.headers.items()
+            if any(word in name.lower() for word in CREDENTIAL_HEADER_WORDS)
+        )
+    return found
+
+
+CREDENTIAL_HEADER_WORDS = ("auth", "key", "token", "secret")

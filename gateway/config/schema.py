@@ -66,11 +66,19 @@ class ServerConfig(_Strict):
     port: int = Field(default=4000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_json_depth: int = Field(
+        default=128,
+        ge=8,
+        le=200,
+        description="Request bodies nested deeper (objects and arrays) get 400: what the "
+        "gateway decodes it must also be able to send upstream and store (at most 254 levels).",
+    )
     shutdown_timeout: int = Field(
         default=25,
         ge=1,
         description="On SIGTERM, seconds requests in flight may take to finish; those still "
-        "running then are cut and recorded as errors (499).",
+        "running then are cut: answered 503 (shutting_down) if nothing was sent yet, and "
+        "recorded as such; a stream already under way is recorded as cut (499).",
     )
     drain_delay: float = Field(
         default=0.0,

@@ -3,10 +3,10 @@
 What may be created or changed is checked here, the same way whichever door a change comes
 through: the admin API (``/admin/keys``, ``/admin/teams``), the dashboard's forms, the library's
 ``client.keys`` in-process, and the ``llm-gateway keys|teams`` commands. The pydantic models are
-the rules (a name of 1 to 200 characters once trimmed, limits of at least 1, a finite budget of
-at least 0, a known budget period, an expiry in the future when a key is created and at most
-36,500 days away, a team that exists); ``KeyAdmin`` applies them to the store and tells the
-gateway's key cache.
+the rules (a name of 1 to 200 characters once trimmed, without control characters; metadata
+without NUL; limits of at least 1, a finite budget of at least 0, a known budget period, an
+expiry in the future when a key is created and at most 36,500 days away, a team that exists);
+``KeyAdmin`` applies them to the store and tells the gateway's key cache.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.facts import usd_str
@@ -25,7 +25,34 @@ from gateway.ledger.ledger import Ledger
 from gateway.limits import Limits, budget_period, period_start
 
 MAX_EXPIRY_DAYS = 36_500
-Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+def _no_control_characters(value: str) -> str:
+    # A NUL is refused by PostgreSQL and the rest make a name hard to show or type.
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters (such as NUL or a line break)")
+    return value
+
+
+def _no_nul(value: Any) -> Any:
+    """``value`` (metadata), if no text in it contains NUL (PostgreSQL cannot store one)."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _no_nul(k)
+            _no_nul(v)
+    elif isinstance(value, list):
+        for item in value:
+            _no_nul(item)
+    return value
+
+
+Label = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_no_control_characters),
+]
 BudgetPeriod = Literal["daily", "weekly", "monthly", "total"]
 
 
@@ -43,7 +70,7 @@ class TeamChange(BaseModel):
     max_parallel: int | None = Field(default=None, ge=1)
     budget_usd: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
     budget_period: BudgetPeriod = "monthly"
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Annotated[dict[str, Any], AfterValidator(_no_nul)] = Field(default_factory=dict)
 
 
 class TeamSpec(TeamChange):

@@ -10,6 +10,7 @@ secrets this random) and a 12-character prefix for listings.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import sys
 import uuid
@@ -28,19 +29,22 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Select,
     String,
     Table,
     UniqueConstraint,
     select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.errors import InvalidRequestError, NotFoundError
 from gateway.ledger.db import SQLITE_IMMEDIATE
 from gateway.ledger.schema import metadata
 from gateway.limits.base import Period, ScopeLimits
+
+log = logging.getLogger("gateway.keys")
 
 KEY_PREFIX = "sk-gw-"
 _JSON = JSON().with_variant(JSONB(), "postgresql")
@@ -219,11 +223,37 @@ class KeyStore:
         return None if row is None else _key(row._mapping)
 
     async def list_keys(self, team_id: str | None = None) -> list[VirtualKey]:
+        """The keys (of one team), oldest first. A row that cannot be read is left out and
+        logged, so one damaged row never hides every other key."""
         query = select(keys_table).order_by(keys_table.c.created_at)
         if team_id is not None:
             query = query.where(keys_table.c.team_id == team_id)
+        try:
+            async with self.engine.connect() as conn:
+                return [_key(r._mapping) for r in await conn.execute(query)]
+        except (OperationalError, InterfaceError, OSError):
+            raise  # the database, not a row
+        except Exception:
+            return await self._readable_keys(query)
+
+    async def _readable_keys(self, query: Select[Any]) -> list[VirtualKey]:
+        """The keys ``query`` selects, read one by one, leaving out (and logging) those whose
+        row cannot be read."""
         async with self.engine.connect() as conn:
-            return [_key(r._mapping) for r in await conn.execute(query)]
+            ids = [r[0] for r in await conn.execute(query.with_only_columns(keys_table.c.id))]
+        keys = []
+        for key_id in ids:
+            try:
+                keys.append(await self.get_key(key_id))
+            except (OperationalError, InterfaceError, OSError):
+                raise
+            except Exception as exc:
+                log.error(
+                    "key %s: its stored row cannot be read (%s); left out of the listing",
+                    key_id,
+                    type(exc).__name__,
+                )
+        return keys
 
     async def update_key(self, key_id: str, **attrs: Any) -> VirtualKey:
         self._check(attrs, KEY_FIELDS)

@@ -23,7 +23,7 @@ from pydantic import PrivateAttr
 from gateway.call import Call
 from gateway.config import GatewayConfig, resolve_config
 from gateway.engine import Engine
-from gateway.errors import InvalidRequestError, validated
+from gateway.errors import InvalidRequestError, check_json_depth, validated
 from gateway.facts import GatewayFacts
 from gateway.keys.admin import KeyAdmin, KeySpec, key_store_disabled
 from gateway.ledger.ledger import Ledger, ledger_disabled
@@ -130,6 +130,7 @@ class LocalBackend:
         proxy puts them: ``regions`` narrows routing, ``metadata`` tags the ledger record,
         ``timeout`` is the whole call's deadline in seconds."""
         body = dict(request.body)
+        check_json_depth(body, self.engine.config.server.max_json_depth, "request")
         if request.timeout is not None:
             body.setdefault("gateway_timeout", request.timeout)
         call = Call(request_id=uuid.uuid4().hex, surface="library")

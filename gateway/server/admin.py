@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+import orjson
 from fastapi import FastAPI, Request
 from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
@@ -122,14 +123,14 @@ class AdminRoutes:
     # -- keys ----------------------------------------------------------------------------
     async def create_key(self, request: Request, admin: KeyAdmin) -> Response:
         key, plaintext = await admin.new_key(await self.gate.model(request, KeySpec, empty=b"{}"))
-        return json_body({**key_json(key), "key": plaintext}, status=201)
+        return with_plaintext(key, plaintext, status=201)
 
     async def list_keys(self, request: Request, admin: KeyAdmin) -> Response:
         _only_params(request, "team")
         team = request.query_params.get("team")
         team_id = (await admin.team(team)).id if team else None
         keys = await admin.store.list_keys(team_id)
-        return json_body({"object": "list", "data": [key_json(k) for k in keys]})
+        return json_body({"object": "list", "data": [listed_key(k) for k in keys]})
 
     async def show_key(self, request: Request, admin: KeyAdmin) -> Response:
         key = await admin.store.get_key(request.path_params["key_id"])
@@ -145,7 +146,7 @@ class AdminRoutes:
 
     async def rotate_key(self, request: Request, admin: KeyAdmin) -> Response:
         key, plaintext = await admin.rotate(request.path_params["key_id"])
-        return json_body({**key_json(key), "key": plaintext})
+        return with_plaintext(key, plaintext)
 
     # -- teams ---------------------------------------------------------------------------
     async def create_team(self, request: Request, admin: KeyAdmin) -> Response:
@@ -170,6 +171,38 @@ class AdminRoutes:
 def key_json(key: VirtualKey) -> dict[str, Any]:
     """A key's public view: its prefix, never its hash or plaintext."""
     return {"object": "key", **key.public()}
+
+
+def with_plaintext(key: VirtualKey, plaintext: str, status: int = 200) -> Response:
+    """A key just made (or rotated) with its plaintext, the only time it is shown: should
+    its full view fail to render, the plaintext is still returned with the key's id."""
+    try:
+        return json_body({**key_json(key), "key": plaintext}, status=status)
+    except Exception:
+        log.exception("admin: key %s: its view cannot be rendered", key.id)
+        return json_body({**_key_stub(key), "key": plaintext}, status=status)
+
+
+def listed_key(key: VirtualKey) -> dict[str, Any]:
+    """A key in a listing: its public view, or, if that cannot be rendered, its id, name and
+    prefix flagged ``unreadable`` (one damaged key must not fail the listing)."""
+    view = key_json(key)
+    try:
+        orjson.dumps(view)
+    except TypeError:  # e.g. metadata nested past what JSON output allows
+        log.error("admin: key %s cannot be shown in full; listed as unreadable", key.id)
+        return _key_stub(key)
+    return view
+
+
+def _key_stub(key: VirtualKey) -> dict[str, Any]:
+    return {
+        "object": "key",
+        "id": key.id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "unreadable": True,
+    }
 
 
 def team_json(team: Team) -> dict[str, Any]:

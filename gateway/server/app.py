@@ -25,8 +25,8 @@ from gateway.errors import GatewayError, InvalidRequestError
 from gateway.observability import instrument
 from gateway.reload import ConfigReloader
 from gateway.server.admin import add_admin_routes
-from gateway.server.asgi import GatewayApp
-from gateway.server.http import Gatekeeper, error_response, internal_error
+from gateway.server.asgi import CALLER, Caller, GatewayApp
+from gateway.server.http import Gatekeeper, cut_response, error_response, internal_error
 from gateway.server.lifecycle import Lifecycle
 from gateway.server.native import add_native_routes
 from gateway.server.openai import add_openai_routes
@@ -105,6 +105,7 @@ def create_app(
     app.state.observability = observability
     app.closing = lambda: readiness.draining  # answers ask clients to close once draining
     app.internal_error = internal_error
+    app.cut_response = cut_response
     if observability.middleware is not None:
         app.add_middleware(observability.middleware)
 
@@ -143,6 +144,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return internal_error()
+        caller = request.scope.get(CALLER)
+        return internal_error(caller.call if isinstance(caller, Caller) else None)
 
     return app

@@ -22,12 +22,16 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from gateway.call import Call
+from gateway.errors import ClientDisconnectedError, GatewayError, ShuttingDownError
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Endpoint = Callable[[Request], Awaitable[Response]]
-ErrorResponse = Callable[[], Response]
+ErrorResponse = Callable[[Call | None], Response]
+CALLER = "gateway.caller"  # the scope key of a request's ``Caller``
 
 log = logging.getLogger("gateway.server")
 
@@ -39,6 +43,9 @@ class GatewayApp(FastAPI):
         super().__init__(*args, **kwargs)
         self.hot_routes: dict[str, Endpoint] = {}
         self.internal_error: ErrorResponse | None = None
+        # The answer to a request the server cancelled (a shutdown's grace ran out) before
+        # its answer started.
+        self.cut_response: ErrorResponse | None = None
         # While this says so (the process is draining), every answer carries
         # ``Connection: close``, so keep-alive connections end cleanly after an answer instead
         # of being cut when the listener closes, where a request already on its way would fail.
@@ -53,9 +60,27 @@ class GatewayApp(FastAPI):
         self.add_route(path, endpoint, methods=["POST"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.closing():
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        if self.closing():
             send = closing_connection(send)
-        if scope["type"] == "http" and scope["method"] == "POST" and not self.user_middleware:
+        caller = scope[CALLER] = Caller(receive, send)
+        try:
+            await self._dispatch(scope, caller.receive, caller.send)
+        except asyncio.CancelledError:
+            if caller.gone:  # the caller left: its call is recorded (499), nobody to answer
+                return
+            if caller.started or self.cut_response is None:
+                raise
+            # Cancelled by the server (a shutdown's grace ran out) before any answer: say so
+            # in the OpenAI shape, with the request id the ledger has it under.
+            await send_response(self.cut_response(caller.call), send)
+        finally:
+            caller.close()
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "POST" and not self.user_middleware:
             endpoint = self.hot_routes.get(scope["path"])
             if (
                 endpoint is not None
@@ -67,18 +92,83 @@ class GatewayApp(FastAPI):
         await super().__call__(scope, receive, send)
 
     async def _serve(self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send) -> None:
+        caller: Caller = scope[CALLER]
         try:
             response = await endpoint(HotRequest(scope, receive))
         except Exception:
             # As Starlette's ServerErrorMiddleware does: answer 500, then let the server see it.
             log.exception("unexpected error on %s %s", scope["method"], scope["path"])
             if self.internal_error is not None:
-                await send_response(self.internal_error(), send)
+                await send_response(self.internal_error(caller.call), send)
             raise
+        caller.answered = True
         if isinstance(response, StreamingResponse):
-            await send_stream(response, receive, send)
+            await send_stream(response, caller, send)
         else:
             await send_response(response, send)
+
+
+class Caller:
+    """One HTTP request's caller, watched: once its body has been read, a task waits for
+    ``http.disconnect``, and if the caller leaves before the answer has started, the
+    request's task is cancelled — the call stops where it waits (an upstream request, a
+    retry's pause), closing its upstream connection, and is recorded as 499. The app's own
+    later ``receive()`` calls get that same disconnect.
+
+    ``receive`` and ``send`` stand in for the server's. The route kit tells it the request's
+    ``call``, so a cancellation is recorded, and answered, under the call's request id."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self._task = asyncio.current_task()
+        self._left: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._watch: asyncio.Task[None] | None = None
+        self.call: Call | None = None
+        self.gone = False  # the caller disconnected
+        self.started = False  # the answer's head has been sent
+        self.answered = False  # the handler has returned its answer (a hot route)
+        # Told of the disconnect instead, once set (a stream relayed by ``send_stream``).
+        self.leaving: Callable[[], None] | None = None
+
+    async def receive(self) -> Message:
+        if self._watch is not None:  # the body has been read: only the disconnect is left
+            return await asyncio.shield(self._left)
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.gone = True
+        elif not message.get("more_body", False):
+            self._watch = asyncio.ensure_future(self._until_gone())
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+    def cancellation(self) -> GatewayError:
+        """What a cancellation of the request's call means."""
+        if self.gone:
+            return ClientDisconnectedError(
+                "the caller closed the connection before the answer started"
+            )
+        return ShuttingDownError()
+
+    async def _until_gone(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                break
+        self.gone = True
+        self._left.set_result(message)
+        if self.leaving is not None:
+            self.leaving()
+        elif not (self.started or self.answered) and self._task is not None:
+            self._task.cancel()
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
 
 
 def closing_connection(send: Send) -> Send:
@@ -172,27 +262,28 @@ async def send_response(response: Response, send: Send) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
-async def send_stream(response: StreamingResponse, receive: Receive, send: Send) -> None:
+async def send_stream(response: StreamingResponse, caller: Caller, send: Send) -> None:
     """Relay a streaming body; if the caller disconnects meanwhile, stop at once.
 
     The body iterator is cancelled where it waits (e.g. on a stalled upstream), so its own
-    clean-up runs — the gateway's closes the upstream and bills what was generated. One plain
-    task watches for the disconnect (Starlette's version uses an anyio task group per stream).
+    clean-up runs — the gateway's closes the upstream and bills what was generated. The
+    caller's watch (``Caller``), one plain task, tells of the disconnect (Starlette's version
+    uses an anyio task group per stream).
     """
     task = asyncio.current_task()
     assert task is not None
     gone = done = False
 
-    def on_message(watch: asyncio.Task[Message]) -> None:
+    def on_leave() -> None:
         nonlocal gone
-        if done:  # scheduled as the response ended: nothing left to stop
+        if done:  # the response has ended: nothing left to stop
             return
-        if not watch.cancelled() and watch.exception() is None:
-            gone = True  # _next_disconnect returns only on http.disconnect
-            task.cancel()
+        gone = True
+        task.cancel()
 
-    watch = asyncio.ensure_future(_next_disconnect(receive))
-    watch.add_done_callback(on_message)
+    caller.leaving = on_leave
+    if caller.gone:  # left before the answer started: stop where the body first waits
+        on_leave()
     try:
         await send(
             {
@@ -212,12 +303,3 @@ async def send_stream(response: StreamingResponse, receive: Receive, send: Send)
         task.uncancel()
     finally:
         done = True
-        watch.cancel()
-
-
-async def _next_disconnect(receive: Receive) -> Message:
-    """The first ``http.disconnect`` (the request body has been read by then)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return message

@@ -22,11 +22,14 @@ from gateway.call import Call
 from gateway.config import GatewayConfig
 from gateway.errors import (
     GatewayError,
+    InternalError,
     InvalidRequestError,
     PayloadTooLargeError,
+    ShuttingDownError,
+    check_json_depth,
     validated,
 )
-from gateway.server.asgi import JSONResponse, RequestIds
+from gateway.server.asgi import CALLER, Caller, JSONResponse, RequestIds
 from gateway.streams import ChunkStream
 from gateway.types import CompletionRequest, EmbeddingRequest
 from gateway.wire import DONE, JSON, encode_event
@@ -35,6 +38,7 @@ log = logging.getLogger("gateway.server")
 M = TypeVar("M", bound=BaseModel)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 JSON_TYPE = "application/json"
+MAX_JSON_DEPTH = 128  # server.max_json_depth's default
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
@@ -51,17 +55,17 @@ def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> 
     )
 
 
-def internal_error() -> Response:
-    """The answer to an unexpected exception (which has been logged)."""
-    return error_response(
-        GatewayError(
-            "the gateway hit an internal error; it has been logged — retry, and report it if "
-            "it persists",
-            status=500,
-            type="api_error",
-            code="internal_error",
-        )
-    )
+def internal_error(call: Call | None = None) -> Response:
+    """The answer to an unexpected exception (which has been logged), with the request id
+    of the call it broke, if one had started."""
+    call = call or Call(request_id=_request_ids.next())
+    return error_response(InternalError(call.request_id), call.headers())
+
+
+def cut_response(call: Call | None) -> Response:
+    """The answer to a request the server stopped before it was answered (shutdown)."""
+    call = call or Call(request_id=_request_ids.next())
+    return error_response(ShuttingDownError(), call.headers())
 
 
 def json_body(body: object, status: int = 200) -> Response:
@@ -80,19 +84,20 @@ def stream_response(
     """A stream as server-sent events with the call's headers (``chunks``: the stream reshaped
     for a provider-native surface)."""
     return StreamingResponse(
-        sse_body(stream, chunks),
+        sse_body(stream, chunks, call.request_id),
         media_type="text/event-stream",
         headers={**call.headers(), **SSE_HEADERS},
     )
 
 
 async def sse_body(
-    stream: ChunkStream, chunks: AsyncIterator[JSON] | None = None
+    stream: ChunkStream, chunks: AsyncIterator[JSON] | None = None, request_id: str | None = None
 ) -> AsyncIterator[bytes]:
     """Chunks as SSE events, then ``[DONE]``; a failure mid-stream becomes an error event
     and the stream ends without ``[DONE]``, so no client mistakes it for a complete answer.
     ``chunks`` is the stream reshaped for a provider-native surface, if any. The events of
     one upstream read go out in one write."""
+    error: GatewayError | None = None
     try:
         if chunks is not None:
             async for chunk in chunks:
@@ -106,13 +111,10 @@ async def sse_body(
         yield encode_event(exc.to_body())
     except Exception:
         log.exception("unexpected error while streaming")
-        yield encode_event(
-            GatewayError(
-                "the gateway hit an internal error mid-stream", code="internal_error"
-            ).to_body()
-        )
+        error = InternalError(request_id, " mid-stream")
+        yield encode_event(error.to_body())
     finally:
-        await stream.aclose()
+        await stream.aclose(error)
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -122,17 +124,26 @@ _request_ids = RequestIds()
 
 def new_call(request: Request) -> Call:
     """A call's facts, with an id of the gateway's own (the ledger's key, so a caller cannot
-    make two calls share one); a sane id the caller sent is kept alongside and echoed."""
+    make two calls share one); a sane id the caller sent is kept alongside and echoed.
+    The connection's watch (``gateway.server.asgi.Caller``) learns of the call, so a
+    cancellation is recorded for what it is: the caller left (499) or the server stopped
+    (503)."""
     call = Call(request_id=_request_ids.next())
     given = request.headers.get("x-client-request-id") or request.headers.get("x-request-id")
     if given and _REQUEST_ID.match(given):
         call.client_request_id = given
+    caller = request.scope.get(CALLER)
+    if isinstance(caller, Caller):
+        caller.call = call
+        call.cancelled_by = caller.cancellation
     return call
 
 
-def read_json_object(raw: bytes, *, empty: bytes | None = None) -> dict[str, Any]:
+def read_json_object(
+    raw: bytes, *, empty: bytes | None = None, max_depth: int = MAX_JSON_DEPTH
+) -> dict[str, Any]:
     """A request body decoded as a JSON object, or the 400 that says what is wrong with it
-    (``empty``: what an empty body stands for)."""
+    (``empty``: what an empty body stands for; ``max_depth``: how deep it may nest)."""
     try:
         data = orjson.loads(raw if raw or empty is None else empty)
     except orjson.JSONDecodeError as exc:
@@ -142,7 +153,29 @@ def read_json_object(raw: bytes, *, empty: bytes | None = None) -> dict[str, Any
         ) from exc
     if not isinstance(data, dict):
         raise InvalidRequestError("request body must be a JSON object")
+    # Fewer brackets than levels allowed cannot nest too deep: most bodies skip the walk.
+    if raw.count(b"[") + raw.count(b"{") > max_depth:
+        check_json_depth(data, max_depth)
     return data
+
+
+def check_json_type(request: Request) -> None:
+    """The 415 for a body declared as something other than JSON. No Content-Type at all is
+    taken as JSON (some clients send none); ``application/json`` may carry parameters
+    (``; charset=utf-8``) and ``application/<x>+json`` is JSON too."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media = declared.partition(";")[0].strip().lower()
+    if media == JSON_TYPE or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise GatewayError(
+        f"this route takes a JSON body, and the request declares Content-Type "
+        f"'{declared[:100]}'; send the body with Content-Type: application/json",
+        status=415,
+        type="invalid_request_error",
+        code="unsupported_media_type",
+    )
 
 
 class Gatekeeper:
@@ -150,6 +183,7 @@ class Gatekeeper:
 
     def __init__(self, config: GatewayConfig, auth: Authenticator) -> None:
         self.max_body = config.server.max_body_bytes
+        self.max_depth = config.server.max_json_depth
         self.auth = auth
 
     async def authenticate(self, request: Request, call: Call | None = None) -> Principal:
@@ -195,7 +229,14 @@ class Gatekeeper:
 
     async def model(self, request: Request, model: type[M], *, empty: bytes | None = None) -> M:
         """Read the body (size-limited) and validate it against ``model``."""
-        return validated(model, read_json_object(await self.body(request), empty=empty))
+        return validated(model, await self.json(request, empty=empty))
+
+    async def json(self, request: Request, *, empty: bytes | None = None) -> dict[str, Any]:
+        """The body as a JSON object: declared as JSON (415), within the size (413) and
+        depth (400) limits."""
+        check_json_type(request)
+        raw = await self.body(request)
+        return read_json_object(raw, empty=empty, max_depth=self.max_depth)
 
     async def parse(
         self,
@@ -207,7 +248,7 @@ class Gatekeeper:
         """Authenticate, read and validate; ``adjust`` may rewrite the decoded body first
         (provider-native surfaces put it in the canonical shape)."""
         await self.authenticate(request, call)
-        data = read_json_object(await self.body(request))
+        data = await self.json(request)
         if adjust is not None:
             adjust(data)
         return validated(model, data)

@@ -78,9 +78,18 @@ def add_operations_routes(
                     code="master_key_required",
                 )
             if not presents_master_key(request, engine.auth):
-                raise AuthenticationError(
-                    "POST /admin/reload needs the master key: send 'Authorization: Bearer "
-                    "<master key>'",
+                # A caller with no valid key is not authenticated (401); a valid key that is
+                # not the master key is authenticated but not allowed (403).
+                try:
+                    await gate.authenticate(request)
+                except AuthenticationError:
+                    raise AuthenticationError(
+                        "POST /admin/reload needs the master key: send 'Authorization: Bearer "
+                        "<master key>'",
+                        code="master_key_required",
+                    ) from None
+                raise PermissionDeniedError(
+                    "POST /admin/reload needs the master key; this key is not the master key",
                     code="master_key_required",
                 )
         except GatewayError as exc:

@@ -558,6 +558,7 @@ class FaultyUpstream:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._opened = itertools.count(1)
+        self._closed: dict[int, float] = {}  # connection serial → time.monotonic() it closed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -570,6 +571,11 @@ class FaultyUpstream:
         """A snapshot of every chat-completions request received since the last reset."""
         with self._lock:
             return list(self._attempts)
+
+    def closed_at(self, connection: int) -> float | None:
+        """When (``time.monotonic()``) connection ``connection`` ended, if it has."""
+        with self._lock:
+            return self._closed.get(connection)
 
     def attempts_for(self, model: str) -> list[Attempt]:
         return [a for a in self.attempts if a.model == model]
@@ -657,6 +663,8 @@ class FaultyUpstream:
         finally:
             self._connections.pop(task, None)
             writer.close()
+            with self._lock:
+                self._closed[connection] = time.monotonic()
 
     async def _answer_next(
         self,
