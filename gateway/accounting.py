@@ -42,11 +42,14 @@ class Accountant:
         usage: JSON | None,
         *,
         embedding: bool = False,
+        service_tier: str | None = None,
     ) -> Cost:
-        """The cost of ``usage`` at the price of ``dep`` (answering as ``upstream_model``)."""
+        """The cost of ``usage`` at the price of ``dep`` (answering as ``upstream_model``), on
+        today's prices for ``service_tier``."""
         if dep is None:
             return unknown_cost("no deployment answered")
-        return compute_cost(usage, self.prices.price(dep, upstream_model), embedding=embedding)
+        price = self.prices.price(dep, upstream_model)
+        return compute_cost(usage, price, embedding=embedding, service_tier=service_tier)
 
     async def estimate(
         self,

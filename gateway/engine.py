@@ -16,6 +16,7 @@ from gateway.auth import Authenticator
 from gateway.call import Call, Observer
 from gateway.calls import Calls
 from gateway.config import GatewayConfig
+from gateway.costs import served_tier
 from gateway.errors import GatewayError
 from gateway.keys.store import KeyStore
 from gateway.ledger.ledger import Ledger
@@ -86,6 +87,7 @@ class Engine:
         setup = self._begin(request, call)
         result = await self.calls.run(call, self._complete(setup, request, call))
         call.upstream_model = result.get("model")
+        call.service_tier = served_tier(result, request)
         usage = result.get("usage")
         if not usage:  # some OpenAI-compatible servers send none
             texts = [
@@ -96,7 +98,9 @@ class Engine:
                 call.served_by, call.upstream_model, request.prompt_messages(), texts, request.tools
             )
         call.usage = usage
-        call.cost = setup.accountant.cost(call.served_by, call.upstream_model, usage)
+        call.cost = setup.accountant.cost(
+            call.served_by, call.upstream_model, usage, service_tier=call.service_tier
+        )
         self._correct_quota(call, request.estimated_tokens())
         if call.keeps_content:
             call.content = {"messages": request.prompt_messages(), "choices": result.get("choices")}
@@ -133,6 +137,7 @@ class Engine:
         first output, so a failure before anything reached the caller is retried or failed over."""
         setup = self._begin(request, call)
         call.stream = True
+        call.service_tier = served_tier({}, request)
         opener = StreamOpener(self.transport, self.health, setup.config.routing, request, call)
 
         async def open_first() -> ChunkStream:

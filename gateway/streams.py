@@ -196,6 +196,9 @@ class ChunkStream:
                             chunk["id"] = stream_id or chunk.get("id")
                         stream_id = stream_id or chunk.get("id")
                         call.upstream_model = call.upstream_model or chunk.get("model")
+                        tier = chunk.get("service_tier")
+                        if isinstance(tier, str) and tier:
+                            call.service_tier = tier
                         for choice in chunk.get("choices") or ():
                             index = choice.get("index", 0)
                             delta = choice.get("delta") or {}
@@ -261,7 +264,12 @@ class ChunkStream:
         self._call.upstream_model = None
 
     async def _cost_with_usage(self, opened: OpenedStream, usage: JSON) -> Cost:
-        cost = self._accountant.cost(opened.ticket.deployment, self._call.upstream_model, usage)
+        cost = self._accountant.cost(
+            opened.ticket.deployment,
+            self._call.upstream_model,
+            usage,
+            service_tier=self._call.service_tier,
+        )
         for part in await self._broken_costs():
             cost = part + cost
         return cost
@@ -300,7 +308,9 @@ class ChunkStream:
     def _settle(self, usage: JSON | None, broken: list[Cost], error: GatewayError | None) -> None:
         call = self._call
         call.usage = usage
-        cost = self._accountant.cost(call.served_by, call.upstream_model, usage)
+        cost = self._accountant.cost(
+            call.served_by, call.upstream_model, usage, service_tier=call.service_tier
+        )
         for part in broken:
             cost = part + cost
         call.cost = cost

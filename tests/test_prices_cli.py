@@ -22,6 +22,8 @@ models:
       - {provider: openai, model: gpt-4o, price: {input: "2.25", output: 9}}
   large:
     deployments: [{provider: mistral, model: mistral-large-latest}]
+  medium:
+    deployments: [{provider: mistral, model: mistral-medium-latest}]
   llama:
     deployments: [{provider: vllm, model: llama-3.1-8b}, {provider: vllm, model: qwen-7b}]
   echo:
@@ -63,18 +65,24 @@ def test_prices_lists_each_deployment_with_its_effective_price(config_file: Path
         "REASONING",
         "EMBED",
         "SOURCE",
-        "CHECKED",
+        "EFFECTIVE",
         "NOTE",
     ]
     azure = row(out, "gpt-4o", "prod-1")
     assert azure.split()[4:9] == ["gpt-4o", "2.5", "1.25", "10", "10"]
-    assert "https://azure.microsoft.com/" in azure
-    assert "2025-08" in azure
+    assert "https://developers.openai.com/api/docs/pricing" in azure  # OpenAI's list price
     override = row(out, "gpt-4o", "openai")
-    assert override.split()[4:9] == ["gpt-4o", "2.25", "1.25", "9", "9"]
+    # the input override keeps gpt-4o's cache discount (half): 2.25 -> 1.125
+    assert override.split()[4:9] == ["gpt-4o", "2.25", "1.125", "9", "9"]
     assert override.split()[-1] == "override"
     mistral = row(out, "large", "mistral-large-latest")
-    assert mistral.split()[4:9] == ["mistral-large-2411", "2", "0.2", "6", "6"]
+    assert mistral.split()[4:9] == ["mistral-large", "2", "0.2", "6", "6"]
+    medium = row(out, "medium", "mistral-medium-latest")
+    # the alias's dated price: Mistral Medium 3.5's since 2026-06-16
+    assert medium.split()[4:9] == ["mistral-medium-latest", "1.5", "0.15", "7.5", "7.5"]
+    assert medium.split()[-2:] == ["2026-06-16", "-"]
+    assert "https://mistral.ai/pricing/api" in medium
+    assert "from genai-prices 0.2.3 (prices dated up to 2026-10-29)" in out
     assert row(out, "llama", "qwen-7b").split()[-1] == "config"
     assert "our GPU bill" in row(out, "llama", "qwen-7b")
     assert "free" not in out
@@ -109,12 +117,18 @@ def test_prices_all_prints_the_whole_catalog_with_sources(config_file: Path) -> 
     out = result.stdout
     for heading in ("[openai]", "[azure]", "[mistral]", "[azure-ai]", "[mock]"):
         assert heading in out
-    openai_page = "https://platform.openai.com/docs/pricing"
-    assert row(out, "gpt-4.1-nano", openai_page).split()[2:5] == ["0.1", "0.025", "0.4"]
-    assert row(out, "text-embedding-3-large", openai_page).split()[6] == "0.13"
-    assert "https://mistral.ai/pricing#api-pricing" in out
+    openai_page = "https://developers.openai.com/api/docs/pricing"
+    openai = out.split("[openai]")[1].split("\n\n[")[0]
+    nano = row(openai, "gpt-4.1-nano", openai_page)
+    assert nano.split()[2:5] == ["0.1", "0.025", "0.4"]
+    assert row(openai, "text-embedding-3-large", openai_page).split()[6] == "0.13"
+    long_context = row(openai, "gpt-5.4", openai_page)
+    assert "tiers>272000" in long_context
+    assert "service:flex/priority/fast" in long_context
+    assert "https://mistral.ai/pricing/api" in out
+    assert "basis" not in out.lower() and "knowledge" not in out
     assert "qwen-7b (config)" in out
-    assert "Data Zone and Regional" in out  # the Azure note on pricier deployment types
+    assert "provisioned (PTU)" in out  # the Azure note on deployment types priced otherwise
 
 
 def test_prices_reports_a_broken_config_like_every_command(tmp_path: Path) -> None:
