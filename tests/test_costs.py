@@ -6,6 +6,7 @@ and written out as a literal, so a wrong price or a wrong formula cannot agree w
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -553,3 +554,46 @@ def test_unpriced_deployments_names_each_deployment_without_a_price() -> None:
         "'llama-3.1-8b'; give the deployment a `price:` or add `prices.openai.<model>`"
     )
     assert "set base_model" in found[1].message
+
+
+# --- prices at the time of the call -------------------------------------------------------------
+
+
+def test_a_call_is_priced_at_the_price_in_effect_on_its_date() -> None:
+    medium = CATALOG.lookup("mistral", "mistral-medium-latest")
+    assert medium is not None
+    # genai-prices: 0.4 / 2 until 2026-06-15, 1.5 / 7.5 from 2026-06-16
+    before = compute_cost(usage(1000, 1000), medium, at=date(2026, 6, 15))
+    after = compute_cost(usage(1000, 1000), medium, at=datetime(2026, 6, 16, 0, 1, tzinfo=UTC))
+    assert (before.total, after.total) == (Decimal("0.0024"), Decimal("0.009"))
+    assert (before.price and before.price.effective, after.price and after.price.effective) == (
+        None,
+        "2026-06-16",
+    )
+
+
+def test_o3_is_priced_at_its_launch_price_before_the_june_2025_cut() -> None:
+    o3 = CATALOG.lookup("openai", "o3")
+    assert o3 is not None
+    assert compute_cost(usage(1000, 1000), o3, at=date(2025, 6, 9)).total == Decimal("0.05")
+    assert compute_cost(usage(1000, 1000), o3, at=date(2025, 6, 10)).total == Decimal("0.01")
+
+
+def test_a_service_tier_price_applies_only_from_its_own_date() -> None:
+    gpt54 = CATALOG.lookup("openai", "gpt-5.4")
+    assert gpt54 is not None
+    # the dataset dates its flex price 2026-10-12; before that, OpenAI's documented half
+    early = compute_cost(
+        usage(1000, 0, cached=1000), gpt54, at=date(2026, 10, 1), service_tier="flex"
+    )
+    late = compute_cost(
+        usage(1000, 0, cached=1000), gpt54, at=date(2026, 10, 12), service_tier="flex"
+    )
+    assert (early.total, late.total) == (Decimal("0.000125"), Decimal("0.00013"))
+
+
+def test_the_shipped_catalog_is_what_the_pinned_genai_prices_generates() -> None:
+    from gateway.costs.build_catalog import OUTPUT, build, generated_on, render
+
+    shipped = OUTPUT.read_text(encoding="utf-8")
+    assert shipped == render(build(generated_on(shipped)))

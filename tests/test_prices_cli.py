@@ -143,3 +143,57 @@ def test_prices_reports_a_broken_config_like_every_command(tmp_path: Path) -> No
     assert "models.x.deployments[0].price.input: Input should be greater than or equal to 0" in (
         result.stderr
     )
+
+
+def test_prices_diff_finds_nothing_when_the_installed_dataset_made_the_shipped_file() -> None:
+    result = run_cli("prices", "diff")
+
+    assert result.returncode == 0, result.stderr
+    assert "shipped: genai-prices 0.2.3; installed: genai-prices 0.2.3" in result.stdout
+    assert "no price differs" in result.stdout
+
+
+def test_prices_diff_lists_changed_added_and_removed_prices(tmp_path: Path) -> None:
+    from gateway.costs.catalog import generated_text
+
+    older = generated_text().replace("version: 0.2.3", "version: 0.2.2", 1)
+    # An older dataset: gpt-4.1-nano cost more, gpt-5.4 did not exist, and it listed a model
+    # the installed one no longer has.
+    start = older.index("      gpt-4.1-nano:\n")
+    older = older[:start] + older[start:].replace("input: 0.1\n", "input: 0.2\n", 1)
+    start = older.index("      gpt-5.4:\n")
+    end = older.index("      gpt-5.4-image-2:\n")
+    older = older[:start] + older[end:]
+    older = older.replace(
+        "    models:\n", "    models:\n      gpt-retired:\n        input: 1.0\n", 1
+    )
+    path = tmp_path / "older.yaml"
+    path.write_text(older)
+
+    result = run_cli("prices", "diff", "--shipped", str(path))
+
+    assert result.returncode == 1, result.stderr
+    out = result.stdout
+    assert "shipped: genai-prices 0.2.2; installed: genai-prices 0.2.3" in out
+    assert "changed  openai/gpt-4.1-nano  input: 0.2 -> 0.1" in out
+    assert "added    openai/gpt-5.4  input=2.5 cached_input=0.25 output=15.0" in out
+    assert any(line.startswith("removed  ") and "/gpt-retired" in line for line in out.splitlines())
+
+
+def test_prices_shows_the_uplift_of_a_data_zone_deployment(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        "providers:\n"
+        "  az: {type: azure, endpoint: https://c.openai.azure.com, api_key: k,"
+        " api_version: '2024-10-21'}\n"
+        "models:\n"
+        "  dz: {deployments: [{provider: az, deployment: d, base_model: gpt-4o,"
+        " residency: data_zone}]}\n"
+        "  odd: {deployments: [{provider: az, deployment: e, base_model: gpt-4o,"
+        " residency: eu}]}\n"
+    )
+    result = run_cli("prices", "--config", str(path))
+
+    assert result.returncode == 0, result.stderr
+    assert "x1.1" in row(result.stdout, "dz", "d")
+    assert "residency 'eu' has no documented uplift in price family 'azure'" in result.stdout

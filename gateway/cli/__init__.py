@@ -182,13 +182,23 @@ def prices(
 
 
 @prices_app.command("diff")
-def prices_diff() -> None:
+def prices_diff(
+    shipped: Annotated[
+        Path | None,
+        typer.Option(
+            "--shipped",
+            help="A generated price file to compare instead of the shipped prices-genai.yaml.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
     """Compare the shipped prices with the installed genai-prices package (e.g. a newer
     one): list each changed, added and removed price. Exits 1 when any differs."""
     from gateway.costs.catalog_diff import diff_installed, render_diff
 
     try:
-        result = diff_installed()
+        result = diff_installed(shipped.read_text(encoding="utf-8") if shipped else None)
     except ImportError:
         typer.echo(
             "genai-prices is not installed: pip install 'llm-gateway[prices]' "

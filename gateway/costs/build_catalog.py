@@ -86,7 +86,9 @@ def build(today: date | None = None) -> dict[str, Any]:
         "dataset": {
             "name": "genai-prices",
             "version": dataset_version(),
+            # the newest price change it lists that had taken effect when this was generated
             "data_date": newest.isoformat() if newest != date.min else None,
+            "generated": today.isoformat(),
             "url": "https://github.com/pydantic/genai-prices",
             "license": "MIT",
         },
@@ -106,16 +108,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--check", action="store_true", help="fail if the file is out of date")
     args = parser.parse_args(argv)
-    text = render(build())
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-        if current != text:
+        if current != render(build(generated_on(current))):
             print(f"{args.output} is not what genai-prices {dataset_version()} generates")
             return 1
         return 0
-    args.output.write_text(text, encoding="utf-8")
+    args.output.write_text(render(build()), encoding="utf-8")
     print(f"wrote {args.output} from genai-prices {dataset_version()}")
     return 0
+
+
+def generated_on(text: str) -> date | None:
+    """The generation date stamped in a generated catalog's text."""
+    for line in text.splitlines():
+        if line.strip().startswith("generated:"):
+            return date.fromisoformat(line.split(":", 1)[1].strip().strip("'\""))
+    return None
 
 
 # -- reading genai-prices ----------------------------------------------------------------------

@@ -307,6 +307,7 @@ class CatalogDataset(BaseModel):
     name: str
     version: str
     data_date: str | None = None
+    generated: str | None = None
     url: str | None = None
     license: str | None = None
 

@@ -53,14 +53,19 @@ def effective_price(
     """A deployment's price: its own ``price:`` over the catalog entry for its model.
 
     Names are tried exactly (name or alias) first, in trust order, and only then without a
-    trailing snapshot date: an answered ``gpt-4o-2024-11-20`` the catalog lists is priced as
-    that, while an unlisted new snapshot falls back to the configured model's entry.
+    trailing snapshot date (configured names first): an answered ``gpt-4o-2024-11-20`` the
+    catalog lists is priced as that, while an unlisted new snapshot falls back to the
+    configured model's entry.
     """
     adapter = adapter or provider_class(settings.type)
     family = adapter.price_family(settings)
     names = model_names_for(adapter, deployment, answered_model)
+    # Undated fallbacks try the configured names before the answered one: an unlisted new
+    # snapshot (mistral-medium-2612) is priced as the configured alias, not as whatever
+    # older model its undated name (mistral-medium) happens to denote.
+    fallback = names[1:] + names[:1] if names[:1] == [answered_model] else names
     found = _first(catalog, family, names, exact=True) or _first(
-        catalog, family, names, exact=False
+        catalog, family, fallback, exact=False
     )
     if deployment.price is not None:
         if found is None:
