@@ -93,6 +93,7 @@ class Price:
     # Long-context tiers: above N prompt tokens, every token of that kind costs the tier price.
     tiers: Tiers = ()
     history: tuple[PriceSet, ...] = ()  # every dated price set, oldest first
+    applied: PriceSet | None = None  # the one of ``history`` the flat fields hold
     service_tiers: tuple[tuple[str, PriceSet], ...] = ()  # the dataset's tier prices
     tier_multipliers: tuple[tuple[str, Decimal], ...] = ()  # the family's, for the rest
     service_tier: str | None = None  # the tier this price was resolved for
@@ -149,6 +150,8 @@ class Price:
         prices replaces the fields it sets (and their tiers); another tier the family has a
         documented multiplier for scales every price; ``default``/``auto`` change nothing.
         """
+        if not self.history and not service_tier:
+            return self  # the common case, on every call: nothing to resolve
         day = (when or datetime.now(UTC).date()).isoformat()
         price = self
         if self.history:
@@ -156,7 +159,8 @@ class Price:
             for change in self.history:
                 if change.effective is None or change.effective <= day:
                     current = change
-            price = price._with_set(current, replace_all=True)
+            if current is not self.applied:  # usually it is: the catalog resolved it today
+                price = price._with_set(current, replace_all=True)
         tier = (service_tier or "").strip().lower()
         if not tier or tier in STANDARD_TIERS:
             return price
@@ -180,6 +184,8 @@ class Price:
             kept = tuple(t for t in self.tiers if t[0] not in rates)
             tiers = kept + prices.tiers
             effective = prices.effective or self.effective
+        if replace_all:
+            changes["applied"] = prices
         return replace(self, tiers=tiers, effective=effective, **changes)
 
     def _scaled(self, factor: Decimal) -> Price:
@@ -219,6 +225,7 @@ class Price:
             origin=origin,
             tiers=(),
             history=(),
+            applied=None,
             service_tiers=(),
             effective=None,
             **changes,

@@ -159,10 +159,7 @@ def compute_cost(
         "output_audio": audio_out,
     }
     # Rates are looked up only for kinds of token the call used: none cost nothing.
-    parts = {
-        kind: _part(n, price.rate(kind, prompt) if n else None, factor)
-        for kind, n in counts.items()
-    }
+    parts = {kind: _part(n, price.rate(kind, prompt), factor) for kind, n in counts.items() if n}
     missing = [kind for kind, amount in parts.items() if amount is None]
     if missing:
         return unknown_cost(
@@ -170,10 +167,10 @@ def compute_cost(
             estimated=estimated,
             price=price,
         )
-    amounts = {kind: amount or _ZERO for kind, amount in parts.items()}
+    amounts = {kind: parts.get(kind) or _ZERO for kind in counts}
     total = _ZERO
-    for amount in amounts.values():
-        total = _EXACT.add(total, amount)
+    for amount in parts.values():
+        total = _EXACT.add(total, amount or _ZERO)
     return Cost(
         total=total,
         input=amounts["input"],
