@@ -597,3 +597,12 @@ def test_the_shipped_catalog_is_what_the_pinned_genai_prices_generates() -> None
 
     shipped = OUTPUT.read_text(encoding="utf-8")
     assert shipped == render(build(generated_on(shipped)))
+
+
+def test_the_highest_rate_covers_long_context_priority_and_the_uplift() -> None:
+    cfg = one({"provider": "openai", "model": "gpt-5.4", "residency": "eu"})
+    price = price_of(cfg)
+    assert price is not None
+    # output: 15 standard, 22.5 above 272k, 30 on priority; x 1.1 for EU residency
+    assert price.highest_rate("output") == Decimal("30") * Decimal("1.1")
+    assert price.highest_rate("input") == Decimal("5") * Decimal("1.1")
