@@ -278,3 +278,33 @@ def test_a_partial_override_of_a_mistral_snapshot_keeps_its_ten_percent_cache(bi
     # input 1 (the deal), cached 1 x 0.15 / 1.5 = 0.1, output the catalog's 7.5
     expected = usd((500, "1"), (500, "0.1"), (100, "7.5"))
     assert Decimal(cost(gateway, "medium-deal")) == expected
+
+
+# --- the library prices the same way ------------------------------------------------------------
+
+
+def test_the_library_prices_the_answered_snapshot_on_its_tier(billed):
+    from gateway import Gateway
+
+    url = billed.url
+    config = {
+        "routing": SINGLE_ATTEMPT,
+        "providers": {
+            "openai": {"type": "openai", "api_key": "sk-test", "base_url": url + "/v1"},
+            "mistral": {"type": "mistral", "api_key": "k", "base_url": url + "/v1"},
+        },
+        "models": {
+            "gpt-5.4": {"deployments": [{"provider": "openai", "model": "gpt-5.4"}]},
+            "medium": {"deployments": [{"provider": "mistral", "model": "mistral-medium-latest"}]},
+        },
+        "ledger": {"enabled": False},
+    }
+    messages = [{"role": "user", "content": "hi"}]
+    with Gateway(config) as gw:
+        billed.answer("gpt-5.4", usage(300_000, 1000), service_tier="priority")
+        priority = gw.chat.completions.create(model="gpt-5.4", messages=messages).facts
+        billed.answer("mistral-medium-2505", usage(1000, 1000))
+        snapshot = gw.chat.completions.create(model="medium", messages=messages).facts
+    # priority has no long-context tier of its own: every token at 5 / 30
+    assert priority.cost == usd((300_000, "5"), (1000, "30")) == Decimal("1.53")
+    assert snapshot.cost == Decimal("0.0024")
