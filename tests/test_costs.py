@@ -606,3 +606,14 @@ def test_the_highest_rate_covers_long_context_priority_and_the_uplift() -> None:
     # output: 15 standard, 22.5 above 272k, 30 on priority; x 1.1 for EU residency
     assert price.highest_rate("output") == Decimal("30") * Decimal("1.1")
     assert price.highest_rate("input") == Decimal("5") * Decimal("1.1")
+
+
+def test_a_deployments_own_price_already_includes_its_residency() -> None:
+    deal = {"provider": "azure-eu", "deployment": "d", "base_model": "gpt-4o"}
+    deal |= {"residency": "data_zone", "price": {"input": "2.75", "output": 11}}
+    own = price_of(one(deal))
+    assert own is not None and own.multiplier == 1
+    # 1,000 x 2.75 + 1,000 x 11, not x 1.1 again
+    assert compute_cost(usage(1000, 1000), own).total == Decimal("0.01375")
+    stated = price_of(one({**deal, "price_uplift": "0.1"}))
+    assert stated is not None and stated.multiplier == Decimal("1.1")

@@ -87,8 +87,9 @@ def with_uplift(
 ) -> Price:
     """``price`` scaled by the deployment's ``price_uplift``, else its residency's multiplier.
 
-    A residency the family documents no multiplier for leaves the price as it is (the
-    ``prices`` report flags it).
+    A deployment's own ``price:`` is what it costs, residency included, so only an explicit
+    ``price_uplift`` scales it. A residency the family documents no multiplier for leaves the
+    price as it is (the ``prices`` report flags it).
     """
     if deployment.price_uplift is not None:
         return replace(
@@ -96,7 +97,7 @@ def with_uplift(
             multiplier=Decimal(1) + deployment.price_uplift,
             uplift_source="deployment price_uplift",
         )
-    if deployment.residency is None:
+    if deployment.residency is None or deployment.price is not None:
         return price
     uplift = catalog.residency_uplift(family, deployment.residency)
     if uplift is None:

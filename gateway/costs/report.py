@@ -56,6 +56,7 @@ def deployment_prices(
                 problem is None
                 and dep.residency
                 and dep.price_uplift is None
+                and dep.price is None
                 and book.residency_uplift(family, dep.residency) is None
             ):
                 problem = (
