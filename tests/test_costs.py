@@ -609,7 +609,7 @@ def test_the_highest_rate_covers_long_context_priority_and_the_uplift() -> None:
 
 
 def test_a_deployments_own_price_already_includes_its_residency() -> None:
-    deal = {"provider": "azure-eu", "deployment": "d", "base_model": "gpt-4o"}
+    deal: dict[str, Any] = {"provider": "azure-eu", "deployment": "d", "base_model": "gpt-4o"}
     deal |= {"residency": "data_zone", "price": {"input": "2.75", "output": 11}}
     own = price_of(one(deal))
     assert own is not None and own.multiplier == 1
