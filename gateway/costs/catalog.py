@@ -20,37 +20,34 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from gateway.config import PriceConfig, PriceEntryConfig
+from gateway.costs.catalog_file import (
+    DATASET_FIELDS,
+    CatalogDataset,
+    CatalogEntry,
+    CatalogFamily,
+    CatalogPriceSet,
+    RateFields,
+    Rates,
+    Tiers,
+    merge_family,
+    parse,
+    tiers_of,
+)
 from gateway.errors import ConfigError
 
 Origin = Literal["catalog", "config", "deployment"]
 WILDCARD = "*"
 # A trailing snapshot date: OpenAI's -2024-08-06, Mistral's -2411 (YYMM).
 _DATED = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{4})$")
-# Price fields the dataset manages: a dated change replaces all of them at once.
-DATASET_FIELDS = (
-    "input",
-    "cached_input",
-    "cache_write",
-    "output",
-    "embedding",
-    "input_audio",
-    "output_audio",
-)
 RATE_FIELDS = (*DATASET_FIELDS, "reasoning")
 STANDARD_TIERS = frozenset({"default", "auto", "standard"})
-
-Rates = tuple[tuple[str, Decimal], ...]  # (field, USD per 1M tokens)
-Tiers = tuple[tuple[str, int, Decimal], ...]  # (field, above this many prompt tokens, price)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,101 +241,6 @@ class Price:
         )
 
 
-class _Rates(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
-    cached_input: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
-    cache_write: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
-    output: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
-    embedding: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
-    input_audio: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
-    output_audio: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
-
-    def rates(self) -> Rates:
-        return tuple(
-            (name, value) for name in DATASET_FIELDS if (value := getattr(self, name)) is not None
-        )
-
-
-class CatalogTier(_Rates):
-    """Prices for calls with more than ``above`` prompt tokens (every token, not the excess)."""
-
-    above: int = Field(ge=0)
-
-
-class CatalogPriceSet(_Rates):
-    """A dated price change, or a service tier's prices."""
-
-    effective: str | None = None
-    tiers: list[CatalogTier] = Field(default_factory=list)
-
-    @field_validator("effective", mode="before")
-    @classmethod
-    def _date_as_text(cls, value: Any) -> Any:
-        return value.isoformat() if isinstance(value, date) else value
-
-    def price_set(self) -> PriceSet:
-        return PriceSet(self.effective, self.rates(), _tiers(self.tiers))
-
-
-class CatalogEntry(PriceEntryConfig):
-    """One model in a catalog file: a config price entry plus tiers, dates and tier prices."""
-
-    effective: str | None = None
-    tiers: list[CatalogTier] = Field(default_factory=list)
-    changes: list[CatalogPriceSet] = Field(default_factory=list)
-    service_tiers: dict[str, CatalogPriceSet] = Field(default_factory=dict)
-
-    @field_validator("effective", mode="before")
-    @classmethod
-    def _effective_as_text(cls, value: Any) -> Any:
-        return value.isoformat() if isinstance(value, date) else value
-
-
-class CatalogFamily(BaseModel):
-    """One family in a catalog file; its fields are defaults for its entries."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    title: str | None = None
-    source: str | None = None
-    checked: str | None = None
-    note: str | None = None
-    dataset_provider: str | None = None
-    cached_input_ratio: Decimal | None = Field(default=None, ge=0, le=1)
-    inherit: str | None = None
-    service_tiers: dict[str, Decimal] = Field(default_factory=dict)
-    service_tiers_source: str | None = None
-    residency: dict[str, Decimal] = Field(default_factory=dict)
-    residency_source: str | None = None
-    models: dict[str, CatalogEntry] = Field(default_factory=dict)
-
-    @field_validator("checked", mode="before")
-    @classmethod
-    def _date_as_text(cls, value: Any) -> Any:
-        return value.isoformat() if isinstance(value, date) else value
-
-
-class CatalogDataset(BaseModel):
-    """Where a generated catalog comes from."""
-
-    name: str
-    version: str
-    data_date: str | None = None
-    generated: str | None = None
-    url: str | None = None
-    license: str | None = None
-
-
-class CatalogFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    version: Literal[1, 2]
-    dataset: CatalogDataset | None = None
-    families: dict[str, CatalogFamily]
-
-
 @dataclass(slots=True)
 class _Family:
     name: str
@@ -395,15 +297,15 @@ class PriceCatalog:
     ) -> PriceCatalog:
         """A catalog from a file's text; ``base`` is another file's text (the generated
         catalog) whose entries and family defaults this one's add to or replace."""
-        data = _parse(text, origin)
+        data = parse(text, origin)
         files_ = [(data, origin)]
         if base is not None:
-            files_.insert(0, (_parse(base, "generated catalog"), "generated catalog"))
+            files_.insert(0, (parse(base, "generated catalog"), "generated catalog"))
         families: dict[str, _Family] = {}
         defaults: dict[str, CatalogFamily] = {}
         for parsed, _ in files_:
             for name, fam in parsed.families.items():
-                merged = _merge_family(defaults.get(name), fam)
+                merged = merge_family(defaults.get(name), fam)
                 defaults[name] = merged
                 family = families.get(name) or _Family(name)
                 family.title, family.note = merged.title, merged.note
@@ -517,20 +419,6 @@ class PriceCatalog:
                 yield from fam.entries.values()
 
 
-class _DecimalLoader(yaml.SafeLoader):
-    """YAML numbers with a fraction become Decimals from their text: 0.275 stays 0.275."""
-
-
-def _decimal(loader: yaml.SafeLoader, node: yaml.Node) -> Decimal | float:
-    assert isinstance(node, yaml.ScalarNode)
-    try:
-        return Decimal(loader.construct_scalar(node).replace("_", ""))
-    except InvalidOperation:  # .inf, .nan: left for validation to refuse
-        return loader.construct_yaml_float(node)
-
-
-_DecimalLoader.add_constructor("tag:yaml.org,2002:float", _decimal)
-
 GENERATED = "prices-genai.yaml"
 HAND_KEPT = "prices.yaml"
 
@@ -550,40 +438,19 @@ def generated_text() -> str:
     return files("gateway.costs").joinpath(GENERATED).read_text(encoding="utf-8")
 
 
-def _parse(text: str, origin: str) -> CatalogFile:
-    try:
-        raw = yaml.load(text, Loader=_DecimalLoader)
-        return CatalogFile.model_validate(raw)
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise ConfigError(f"price catalog {origin} is invalid: {exc}") from exc
-
-
-def _merge_family(old: CatalogFamily | None, new: CatalogFamily) -> CatalogFamily:
-    """Family defaults of a later file over an earlier one's (models are added separately)."""
-    if old is None:
-        return new
-    fields = new.model_dump(exclude={"models"}, exclude_unset=True)
-    return old.model_copy(update=fields)
-
-
-def _tiers(tiers: list[CatalogTier]) -> Tiers:
-    return tuple(
-        (name, tier.above, value)
-        for tier in tiers
-        for name in DATASET_FIELDS
-        if (value := getattr(tier, name)) is not None
-    )
+def _price_set(spec: CatalogPriceSet) -> PriceSet:
+    return PriceSet(spec.effective, spec.rates(), tiers_of(spec.tiers))
 
 
 def _catalog_price(family: str, model: str, entry: CatalogEntry, fam: CatalogFamily) -> Price:
     price = _price(family, model, entry, fam, "catalog")
-    rates = _Rates.model_validate(entry.model_dump(include=set(DATASET_FIELDS))).rates()
+    rates = RateFields.model_validate(entry.model_dump(include=set(DATASET_FIELDS))).rates()
     base = PriceSet(entry.effective, rates, price.tiers)
-    history = (base, *(c.price_set() for c in entry.changes)) if entry.changes else ()
+    history = (base, *(_price_set(c) for c in entry.changes)) if entry.changes else ()
     return replace(
         price,
         history=history,
-        service_tiers=tuple((t, s.price_set()) for t, s in entry.service_tiers.items()),
+        service_tiers=tuple((t, _price_set(s)) for t, s in entry.service_tiers.items()),
     )
 
 
@@ -613,7 +480,7 @@ def _price(
         source=entry.source or (defaults.source if defaults else None),
         checked=entry.checked or (defaults.checked if defaults else None),
         effective=effective,
-        tiers=_tiers(tiers),
+        tiers=tiers_of(tiers),
         note=entry.note,
         origin=origin,
     )

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import yaml
 
-from gateway.costs.catalog import _DecimalLoader, generated_text
+from gateway.costs.catalog import generated_text
+from gateway.costs.catalog_file import DecimalLoader
 
 Change = Literal["changed", "added", "removed"]
 
@@ -104,7 +105,7 @@ def render_diff(result: CatalogDiff) -> str:
 
 
 def _load(text: str) -> dict[str, Any]:
-    data = yaml.load(text, Loader=_DecimalLoader)
+    data = yaml.load(text, Loader=DecimalLoader)
     return data if isinstance(data, dict) else {}
 
 
