@@ -108,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--check", action="store_true", help="fail if the file is out of date")
     args = parser.parse_args(argv)
+    try:
+        dataset_version()
+    except ImportError:
+        print("genai-prices is not installed: pip install 'llm-gateway[prices]'", file=sys.stderr)
+        return 2
     if args.check:
         current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
         if current != render(build(generated_on(current))):
