@@ -88,11 +88,14 @@ class Accountant:
         usage: JSON | None,
         *,
         embedding: bool = False,
+        service_tier: str | None = None,
     ) -> Cost:
-        """The cost of ``usage`` at the price of ``dep`` (answering as ``upstream_model``)."""
+        """The cost of ``usage`` at the price of ``dep`` (answering as ``upstream_model``), on
+        today's prices for ``service_tier``."""
         if dep is None:
             return unknown_cost("no deployment answered")
-        return compute_cost(usage, self.price(dep, upstream_model), embedding=embedding)
+        price = self.price(dep, upstream_model)
+        return compute_cost(usage, price, embedding=embedding, service_tier=service_tier)
 
     def unanswered(self, call: Call) -> list[Deployment]:
         """The deployments of attempts that were sent and got no answer (a timeout, the
@@ -388,7 +391,7 @@ def price_effective(price: Price | None) -> str | None:
     """Since when a price applies (or, for older catalog entries, when it was checked)."""
     if price is None:
         return None
-    effective = getattr(price, "effective", None) or price.checked
+    effective = price.effective or price.checked
     return None if effective is None else str(effective)
 
 

@@ -43,6 +43,7 @@ class Call:
     surface: Surface = "openai"  # the API the caller spoke (gateway.ledger.records.Surface)
     stream: bool = False
     upstream_model: str | None = None  # the model the upstream said answered
+    service_tier: str | None = None  # the tier that served it (the response's, else asked)
     ttft_seconds: float | None = None
     cost: Cost | None = None
     key_id: str | None = None

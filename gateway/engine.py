@@ -17,7 +17,7 @@ from gateway.auth import Authenticator
 from gateway.call import Call, Observer
 from gateway.calls import Calls
 from gateway.config import GatewayConfig
-from gateway.costs import usage_readable
+from gateway.costs import served_tier, usage_readable
 from gateway.costs.reasoning import is_reasoning_model
 from gateway.errors import GatewayError
 from gateway.keys.store import KeyStore
@@ -92,6 +92,7 @@ class Engine:
     async def _chat(self, setup: Setup, request: CompletionRequest, call: Call) -> JSON:
         result = await self._complete(setup, request, call)
         call.upstream_model = result.get("model")
+        call.service_tier = served_tier(result, request)
         usage = result.get("usage")
         if not usage_readable(usage):  # some servers send none, or in another shape
             call.cost_note = unreadable_usage_note(usage)
@@ -103,7 +104,9 @@ class Engine:
                 call.served_by, call.upstream_model, request.prompt_messages(), texts, request.tools
             )
         call.usage = usage
-        call.cost = setup.accountant.cost(call.served_by, call.upstream_model, usage)
+        call.cost = setup.accountant.cost(
+            call.served_by, call.upstream_model, usage, service_tier=call.service_tier
+        )
         await setup.accountant.bill_unanswered(call)
         self._correct_quota(call, request.estimated_tokens())
         if call.keeps_content:
@@ -141,6 +144,7 @@ class Engine:
         first output, so a failure before anything reached the caller is retried or failed over."""
         setup = self._begin(request, call)
         call.stream = True
+        call.service_tier = served_tier({}, request)
         opener = StreamOpener(self.transport, self.health, setup.config.routing, request, call)
 
         async def open_first() -> ChunkStream:

@@ -233,6 +233,9 @@ class ChunkStream:
                         stream_id = stream_id or chunk.get("id")
                         created = created or chunk.get("created")
                         call.upstream_model = call.upstream_model or chunk.get("model")
+                        tier = chunk.get("service_tier")
+                        if isinstance(tier, str) and tier:
+                            call.service_tier = tier
                         for choice in chunk.get("choices") or ():
                             index = choice.get("index", 0)
                             delta = choice.get("delta") or {}
@@ -340,7 +343,12 @@ class ChunkStream:
         self._call.upstream_model = None
 
     async def _cost_with_usage(self, opened: OpenedStream, usage: JSON) -> Cost:
-        cost = self._accountant.cost(opened.ticket.deployment, self._call.upstream_model, usage)
+        cost = self._accountant.cost(
+            opened.ticket.deployment,
+            self._call.upstream_model,
+            usage,
+            service_tier=self._call.service_tier,
+        )
         for part in await self._broken_costs():
             cost = part + cost
         return cost
@@ -385,7 +393,9 @@ class ChunkStream:
         self, usage: JSON | None, broken: list[tuple[JSON | None, Cost]], error: GatewayError | None
     ) -> None:
         call = self._call
-        cost = self._accountant.cost(call.served_by, call.upstream_model, usage)
+        cost = self._accountant.cost(
+            call.served_by, call.upstream_model, usage, service_tier=call.service_tier
+        )
         for part_usage, part in broken:  # a continued answer: every part's tokens count
             cost = part + cost
             usage = add_usage(part_usage, usage)

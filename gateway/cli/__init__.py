@@ -134,8 +134,13 @@ def models(config: ConfigOption = None) -> None:
         typer.echo(f"{name}: {targets}{fallbacks}")
 
 
-@app.command()
+prices_app = typer.Typer(help="Prices: what deployments cost, and where the figures come from.")
+app.add_typer(prices_app, name="prices")
+
+
+@prices_app.callback(invoke_without_command=True)
 def prices(
+    ctx: typer.Context,
     config: ConfigOption = None,
     all_models: Annotated[
         bool,
@@ -144,14 +149,18 @@ def prices(
         ),
     ] = False,
 ) -> None:
-    """List what each configured deployment costs (USD per 1M tokens) and where the price
-    comes from; UNKNOWN marks deployments whose calls would get an unknown cost."""
+    """List what each configured deployment costs (USD per 1M tokens), where the price
+    comes from and since when; UNKNOWN marks deployments whose calls would get an unknown
+    cost. `prices diff` compares the shipped prices with the installed genai-prices."""
+    if ctx.invoked_subcommand is not None:
+        return
     from gateway.costs.catalog import PriceCatalog
     from gateway.costs.report import deployment_prices, render_catalog, render_deployments
 
     cfg = _load(config)
+    catalog = PriceCatalog.shipped()
     if all_models:
-        typer.echo(render_catalog(PriceCatalog.shipped().with_entries(cfg.prices)))
+        typer.echo(render_catalog(catalog.with_entries(cfg.prices)))
         return
     rows = deployment_prices(cfg)
     typer.echo(render_deployments(rows))
@@ -160,10 +169,47 @@ def prices(
         typer.echo("")
         for row in problems:
             typer.echo(f"warning: {row.message}")
-    typer.echo(
-        "\nPrices are USD per 1M tokens; see `llm-gateway prices --all` for the catalog, "
-        "its sources and the dates they were checked."
+    dataset = catalog.dataset
+    basis = (
+        f"genai-prices {dataset.version} (prices dated up to {dataset.data_date}) and the "
+        "hand-kept entries of gateway/costs/prices.yaml"
+        if dataset is not None
+        else "gateway/costs/prices.yaml"
     )
+    typer.echo(
+        f"\nPrices are USD per 1M tokens, from {basis}; EFFECTIVE is the date a price took "
+        "effect (or was taken from its source). See `llm-gateway prices --all` for the catalog."
+    )
+
+
+@prices_app.command("diff")
+def prices_diff(
+    shipped: Annotated[
+        Path | None,
+        typer.Option(
+            "--shipped",
+            help="A generated price file to compare instead of the shipped prices-genai.yaml.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Compare the shipped prices with the installed genai-prices package (e.g. a newer
+    one): list each changed, added and removed price. Exits 1 when any differs."""
+    from gateway.costs.catalog_diff import diff_installed, render_diff
+
+    try:
+        result = diff_installed(shipped.read_text(encoding="utf-8") if shipped else None)
+    except ImportError:
+        typer.echo(
+            "genai-prices is not installed: pip install 'llm-gateway[prices]' "
+            "(or a newer genai-prices) to compare with it",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+    typer.echo(render_diff(result))
+    if result.changes:
+        raise typer.Exit(1)
 
 
 class Grouping(StrEnum):

@@ -129,7 +129,18 @@ class LimitsConfig(_Strict):
     )
 
 
-PRICE_FIELDS = frozenset({"input", "cached_input", "output", "reasoning", "embedding"})
+PRICE_FIELDS = frozenset(
+    {
+        "input",
+        "cached_input",
+        "cache_write",
+        "output",
+        "reasoning",
+        "embedding",
+        "input_audio",
+        "output_audio",
+    }
+)
 
 
 class PriceConfig(_Strict):
@@ -137,12 +148,22 @@ class PriceConfig(_Strict):
     lacks. Numbers or strings, read as exact decimals; an unset field keeps the catalog's."""
 
     input: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
-    cached_input: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    cached_input: Decimal | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Default: the catalog's cache discount applied to this input price.",
+    )
+    cache_write: Decimal | None = Field(
+        default=None, ge=0, allow_inf_nan=False, description="Default: the input price."
+    )
     output: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
     reasoning: Decimal | None = Field(
         default=None, ge=0, allow_inf_nan=False, description="Default: the output price."
     )
     embedding: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    input_audio: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+    output_audio: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _sets_a_price(self) -> PriceConfig:
@@ -181,6 +202,9 @@ class PriceEntryConfig(PriceConfig):
         return value.isoformat() if isinstance(value, date) else value
 
 
+Residency = Literal["global", "data_zone", "regional", "eu", "us"]
+
+
 class DeploymentConfig(_Strict):
     provider: str
     model: str | None = None
@@ -200,6 +224,18 @@ class DeploymentConfig(_Strict):
     )
     capabilities: CapabilitySettings | None = Field(
         default=None, description="Over its provider's capabilities, for this deployment."
+    )
+    residency: Residency | None = Field(
+        default=None,
+        description="Where the deployment processes data; its price family's documented "
+        "uplift applies (e.g. Azure data_zone / regional: +10%).",
+    )
+    price_uplift: Decimal | None = Field(
+        default=None,
+        ge=0,
+        allow_inf_nan=False,
+        description="A fraction added to every price of this deployment (0.10: +10%); "
+        "replaces the residency's uplift.",
     )
 
     @model_validator(mode="after")

@@ -51,6 +51,19 @@ def deployment_prices(
             adapter = provider_class(settings.type)
             family = adapter.price_family(settings)
             price = effective_price(book, settings, dep, adapter=adapter)
+            problem = _problem(adapter.deployment_names_model, family, dep, price)
+            if (
+                problem is None
+                and dep.residency
+                and dep.price_uplift is None
+                and dep.price is None
+                and book.residency_uplift(family, dep.residency) is None
+            ):
+                problem = (
+                    f"residency {dep.residency!r} has no documented uplift in price family "
+                    f"{family!r}; its calls are priced without one: set `price_uplift:` "
+                    "(e.g. 0.10 for +10%) or a `price:`"
+                )
             rows.append(
                 DeploymentPrice(
                     path=f"models.{name}.deployments[{i}]",
@@ -59,7 +72,7 @@ def deployment_prices(
                     family=family,
                     deployment=dep,
                     price=price,
-                    problem=_problem(adapter.deployment_names_model, family, dep, price),
+                    problem=problem,
                 )
             )
     return rows
@@ -111,7 +124,7 @@ def render_deployments(rows: Sequence[DeploymentPrice]) -> str:
         "REASONING",
         "EMBED",
         "SOURCE",
-        "CHECKED",
+        "EFFECTIVE",
         "NOTE",
     ]
     table = []
@@ -126,7 +139,7 @@ def render_deployments(rows: Sequence[DeploymentPrice]) -> str:
                 _priced_as(p),
                 *_rates(p),
                 (p.source or "-") if p is not None else "-",
-                (p.checked or "-") if p is not None else "-",
+                _effective(p),
                 marker,
             ]
         )
@@ -145,8 +158,8 @@ def render_catalog(catalog: PriceCatalog) -> str:
         "EMBED",
         "CONTEXT",
         "MAX OUT",
-        "CHECKED",
-        "BASIS",
+        "EFFECTIVE",
+        "MORE",
         "SOURCE",
     ]
     sections = []
@@ -156,12 +169,12 @@ def render_catalog(catalog: PriceCatalog) -> str:
         rows = [
             [
                 p.model + (" (config)" if p.origin == "config" else ""),
-                ", ".join(p.aliases) or "-",
+                _aliases(p.aliases),
                 *_rates(p),
                 str(p.context_window or "-"),
                 str(p.max_output_tokens or "-"),
-                p.checked or "-",
-                p.basis or "-",
+                _effective(p),
+                _more(p) or "-",
                 p.source or "-",
             ]
             for p in entries
@@ -184,10 +197,44 @@ def _marker(row: DeploymentPrice) -> str:
     if row.price is None:
         return "UNKNOWN"
     marks = {"deployment": "override", "config": "config", "catalog": ""}
-    text = marks[row.price.origin]
+    parts = [marks[row.price.origin]]
+    if row.price.multiplier != 1:
+        parts.append(f"x{usd_str(row.price.multiplier)}")
+    more = _more(row.price)
+    if more:
+        parts.append(more)
     if row.problem is not None:
-        text = ", ".join(t for t in (text, "INCOMPLETE") if t)
-    return text or "-"
+        parts.append("INCOMPLETE")
+    return ", ".join(p for p in parts if p) or "-"
+
+
+def _aliases(names: Sequence[str], shown: int = 3) -> str:
+    if not names:
+        return "-"
+    more = f" (+{len(names) - shown})" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _effective(p: Price | None) -> str:
+    """The date a price took effect, else the date it was taken from its source."""
+    if p is None:
+        return "-"
+    return p.effective or p.checked or "-"
+
+
+def _more(p: Price) -> str:
+    """Price dimensions beyond the flat columns: tiers, cache writes, audio, service tiers."""
+    parts = []
+    starts = sorted({above for _, above, _ in p.tiers})
+    if starts:
+        parts.append("tiers>" + "/".join(str(s) for s in starts))
+    if p.cache_write is not None:
+        parts.append(f"cache-write:{usd_str(p.cache_write)}")
+    if p.input_audio is not None or p.output_audio is not None:
+        parts.append(f"audio:{_usd(p.input_audio)}/{_usd(p.output_audio)}")
+    if p.service_tiers:
+        parts.append("service:" + "/".join(name for name, _ in p.service_tiers))
+    return ",".join(parts)
 
 
 def _rates(p: Price | None) -> list[str]:
