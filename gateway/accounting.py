@@ -200,10 +200,10 @@ class Accountant:
             price = self.price(dep)
             if price is None:
                 continue
-            rate_out = max(price.output or Decimal(0), price.reasoning_rate or Decimal(0))
+            rate_in, rate_out = reserve_rates(price, asked_tier(request))
             if rate_out == 0:
                 continue
-            room = remaining * 10**6 - prompt * (price.input or Decimal(0))
+            room = remaining * 10**6 - prompt * rate_in
             fits = int((room / (rate_out * choices)).to_integral_value(rounding=ROUND_FLOOR))
             cap = fits if cap is None else min(cap, fits)
         return cap
@@ -270,7 +270,7 @@ class Accountant:
             if price is None:
                 continue  # refused beforehand for callers with a budget (``unpriced``)
             if request is None:
-                rate = price.embedding_rate or Decimal(0)
+                rate = price.reserve_rate("embedding") or Decimal(0)
                 worst = max(worst, embedding_tokens * rate / 10**6)
                 continue
             cap = (
@@ -280,8 +280,8 @@ class Accountant:
                 or output_reserve(dep, default_max_output)
             )
             out = cap * (request.n or 1)
-            rate_out = max(price.output or Decimal(0), price.reasoning_rate or Decimal(0))
-            cost = (prompt * (price.input or Decimal(0)) + out * rate_out) / 10**6
+            rate_in, rate_out = reserve_rates(price, asked_tier(request))
+            cost = (prompt * rate_in + out * rate_out) / 10**6
             worst = max(worst, cost)
         return worst
 
@@ -380,6 +380,26 @@ def unreadable_usage_note(usage: Mapping[str, Any] | None) -> str:
         return "the provider sent no usage; tokens counted offline"
     fields = ", ".join(sorted(map(str, usage)))[:200]
     return f"the provider's usage could not be read (fields: {fields}); tokens counted offline"
+
+
+def reserve_rates(price: Price, service_tier: str | None = None) -> tuple[Decimal, Decimal]:
+    """The dearest a prompt token and an output token can cost under ``price`` (USD per 1M)
+    for a request asking for ``service_tier``: long-context tiers and the deployment's uplift
+    included, cache writes and reasoning too, so a reservation is never below what the call
+    can be billed. Audio rates are left out: they would make every text call reserve many
+    times its worth."""
+
+    def dearest(*kinds: str) -> Decimal:
+        rates = [price.reserve_rate(kind, service_tier) for kind in kinds]
+        return max((r for r in rates if r is not None), default=Decimal(0))
+
+    return dearest("input", "cache_write"), dearest("output", "reasoning")
+
+
+def asked_tier(request: CompletionRequest) -> str | None:
+    """The service tier a request asks for (None: the standard one, or ``auto``)."""
+    tier = (request.model_extra or {}).get("service_tier")
+    return tier if isinstance(tier, str) and tier not in ("", "auto", "default") else None
 
 
 def price_source(price: Price | None) -> str | None:

@@ -87,6 +87,7 @@ def gateway_config(
             "unpriced": deployment("plain-model#unpriced"),
             "capped": deployment("capped#capped", CAPPED),
             "slow-capped": deployment("slow-first-byte:0.6#capped", CAPPED),
+            "capped-uplift": deployment("capped#uplift", CAPPED, price_uplift="0.10"),
             "cut": {
                 "deployments": [{"provider": "faulty", "model": "cut-after:3#cut", "price": CHEAP}],
                 "fallbacks": ["mistral-small"],
@@ -389,6 +390,20 @@ def test_small_remainder_caps_the_output_and_never_overspends(proxy, admin, up):
     assert caps[0] == 48
     assert response.status_code == 429 and response.json()["error"]["code"] == "budget_exceeded"
     assert (20 + 16 * 10) / M > remaining >= 0  # refused only when 16 tokens no longer fit
+
+
+def test_a_deployment_uplift_is_reserved_so_the_capped_call_still_fits(proxy, admin, up):
+    """With a +10% uplift, prompt and output tokens cost $1.1 and $11 per 1M: the remainder
+    $0.0005 pays for (500 - 20 x 1.1) / 11 = 43 output tokens, not the 48 of the flat price,
+    and the call's billed cost stays within the budget."""
+    key = admin.create_key(name="uplift", budget_usd="0.0005", budget_period="total")["key"]
+    response = chat(proxy, "capped-uplift", key, messages=[{"role": "user", "content": "abcd"}])
+    assert response.status_code == 200, response.text
+    assert response.headers["x-gateway-budget-capped-max-tokens"] == "43"
+    assert up.attempts_for("capped#uplift")[-1].body["max_tokens"] == 43
+    assert (
+        Decimal(response.headers["x-gateway-cost"]) == (1 * Decimal("1.1") + 2 * Decimal("11")) / M
+    )
 
 
 def test_capped_reservation_covers_the_capped_worst_case_while_in_flight(proxy, admin, up):

@@ -599,13 +599,16 @@ def test_the_shipped_catalog_is_what_the_pinned_genai_prices_generates() -> None
     assert shipped == render(build(generated_on(shipped)))
 
 
-def test_the_highest_rate_covers_long_context_priority_and_the_uplift() -> None:
+def test_the_reserve_rate_covers_long_context_the_asked_tier_and_the_uplift() -> None:
     cfg = one({"provider": "openai", "model": "gpt-5.4", "residency": "eu"})
     price = price_of(cfg)
     assert price is not None
-    # output: 15 standard, 22.5 above 272k, 30 on priority; x 1.1 for EU residency
-    assert price.highest_rate("output") == Decimal("30") * Decimal("1.1")
-    assert price.highest_rate("input") == Decimal("5") * Decimal("1.1")
+    # output: 15 standard, 22.5 above 272k; input: 2.5, 5 above 272k; x 1.1 for EU residency
+    assert price.reserve_rate("output") == Decimal("22.5") * Decimal("1.1")
+    assert price.reserve_rate("input") == Decimal("5") * Decimal("1.1")
+    # a request asking for priority reserves at least priority's standard output price (30)
+    priority = price.reserve_rate("output", "priority")
+    assert priority is not None and priority >= Decimal("30") * Decimal("1.1")
 
 
 def test_a_deployments_own_price_already_includes_its_residency() -> None:

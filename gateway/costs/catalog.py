@@ -132,15 +132,13 @@ class Price:
             return self._tiered("output", prompt_tokens)
         return None
 
-    def highest_rate(self, kind: str) -> Decimal | None:
-        """The most one token of ``kind`` can cost under this price — any long-context tier,
-        any service tier, the residency uplift included — for reserving a worst case."""
-        candidates = [self.rate(kind, 0)]
-        candidates += [self.rate(kind, above + 1) for _, above, _ in self.tiers]
-        for name, _ in (*self.service_tiers, *self.tier_multipliers):
-            tiered = self.resolved(date.max, name)
-            candidates.append(tiered.rate(kind, 0))
-            candidates += [tiered.rate(kind, above + 1) for _, above, _ in tiered.tiers]
+    def reserve_rate(self, kind: str, service_tier: str | None = None) -> Decimal | None:
+        """The most one token of ``kind`` can cost on a call asking for ``service_tier``
+        (None: the standard tier) — any long-context tier and the residency uplift included —
+        for reserving a request's worst case before it is sent."""
+        price = self.resolved(None, service_tier)
+        candidates = [price.rate(kind, 0)]
+        candidates += [price.rate(kind, above + 1) for _, above, _ in price.tiers]
         known = [c for c in candidates if c is not None]
         return max(known) * self.multiplier if known else None
 
