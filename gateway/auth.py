@@ -11,7 +11,7 @@ import asyncio
 import fnmatch
 import hmac
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -63,20 +63,20 @@ class Principal:
     def authorize(
         self,
         model: str,
-        fallbacks: list[str],
         regions: frozenset[str] | None,
         available: Iterable[str],
-    ) -> tuple[list[str], frozenset[str] | None]:
-        """What this caller may route a request for ``model`` to: the fallbacks it may use
-        and the regions it may reach (``regions``: what the request asked, None for any);
-        403 if it may not use ``model`` at all. The one place that decides it."""
+    ) -> tuple[Callable[[str], bool] | None, frozenset[str] | None]:
+        """What this caller may route a request for ``model`` to, the one place that decides
+        it: a test every model of its Plan must pass — fallbacks, context-window fallbacks
+        and per-request fallbacks alike (None: any model) — and the regions it may reach
+        (``regions``: what the request asked, None for any). 403 if it may not use ``model``
+        itself; a fallback it may not use is left out of the Plan, not an error."""
         if self.is_master:
-            return fallbacks, regions
+            return None, regions
         self.check_model(model, available)
-        allowed = [m for m in fallbacks if self.may_use(m)]
         if self.regions is not None:
             regions = self.regions if regions is None else regions & self.regions
-        return allowed, regions
+        return self.may_use, regions
 
 
 MASTER = Principal(key_id=None, name="master", admin=True)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import GatewayFactory
+from tests.emulators.faulty import FaultyUpstream
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator
 from tests.harness import ServerThread
 from tests.keys_helpers import (
@@ -325,3 +326,77 @@ def test_regions_header_narrows_a_keys_regions(regional, upstreams):
     response = chat(regional, key, headers={"x-gateway-regions": "eu"})
     assert response.status_code == 200, response.text
     assert (len(us.requests), len(eu.requests)) == (0, 1)
+
+
+# --- every model a Plan may reach ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faulty() -> Iterator[FaultyUpstream]:
+    with FaultyUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def reaching(
+    faulty: FaultyUpstream,
+    openai_upstream: OpenAIEmulator,
+    start_gateway: GatewayFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> str:
+    """``small`` answers context_length_exceeded and has ``big`` as its context-window
+    fallback; ``flaky`` always answers 503 and falls back to ``big``; ``big`` answers."""
+    config = gateway_config(openai_upstream.url, tmp_path_factory.mktemp("reach") / "ledger.db")
+    config["providers"] = {"faulty": {"type": "openai", "api_key": "x", "base_url": faulty.url}}
+
+    def model(upstream: str, **options: Any) -> dict[str, Any]:
+        return {"deployments": [{"provider": "faulty", "model": upstream}], **options}
+
+    config["models"] = {
+        "small": model("context-length#small", context_window_fallbacks=["big"]),
+        "flaky": model("503-always#flaky", fallbacks=["big"]),
+        "big": model("ok#big"),
+    }
+    return start_gateway(config)
+
+
+@pytest.fixture
+def up(faulty: FaultyUpstream) -> FaultyUpstream:
+    faulty.reset()
+    return faulty
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_context_window_fallback_a_key_may_not_use_is_never_reached(reaching, up, stream):
+    key = Admin(reaching).create_key(name="small-only", allowed_models=["small"])["key"]
+    response = chat(reaching, key, model="small", stream=stream)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    assert len(up.attempts_for("context-length#small")) == 1
+    assert up.attempts_for("ok#big") == []
+
+
+def test_context_window_fallback_a_team_may_not_use_is_never_reached(reaching, up):
+    admin = Admin(reaching)
+    team = admin.create_team(name="small-team", allowed_models=["small"])
+    key = admin.create_key(name="in-small-team", team=team["id"])["key"]
+    response = chat(reaching, key, model="small")
+    assert response.status_code == 400, response.text
+    assert up.attempts_for("ok#big") == []
+
+
+def test_context_window_fallback_a_key_may_use_answers(reaching, up):
+    key = Admin(reaching).create_key(name="both", allowed_models=["small", "big"])["key"]
+    response = chat(reaching, key, model="small")
+    assert response.status_code == 200, response.text
+    assert len(up.attempts_for("ok#big")) == 1
+
+
+@pytest.mark.parametrize("per_request", [False, True], ids=["configured", "per-request"])
+def test_fallback_a_key_may_not_use_is_dropped_not_refused(reaching, up, per_request):
+    key = Admin(reaching).create_key(name="flaky-only", allowed_models=["flaky"])["key"]
+    body: dict[str, Any] = {"fallbacks": ["big"]} if per_request else {}
+    response = chat(reaching, key, model="flaky", **body)
+    assert response.status_code == 503, response.text
+    assert len(up.attempts_for("503-always#flaky")) == 1
+    assert up.attempts_for("ok#big") == []
