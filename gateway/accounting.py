@@ -15,6 +15,7 @@ from decimal import Decimal
 from gateway.call import Call
 from gateway.config import GatewayConfig
 from gateway.costs import Cost, PriceBook, compute_cost, estimate_usage_async, unknown_cost
+from gateway.costs.media import media_token_bound
 from gateway.costs.report import unpriced_deployments
 from gateway.errors import GatewayError
 from gateway.ledger.ledger import Ledger
@@ -89,11 +90,12 @@ class Accountant:
         """The most a request can cost on any of ``deployments``: an upper bound of its prompt
         plus its output cap (or the model's), at the dearest price. Budgets reserve this."""
         worst = Decimal(0)
-        prompt = request.prompt_token_bound() if request is not None else 0
         for dep in deployments:
             price = self.prices.price(dep)
             if price is None:
                 continue  # an unpriced model cannot be budgeted: its calls count as unknown
+            # Images, audio and files count by this model's rules (gateway/costs/media.py).
+            prompt = request.prompt_token_bound(media_token_bound(price)) if request else 0
             if request is None:
                 rate = price.embedding_rate or Decimal(0)
                 worst = max(worst, embedding_tokens * rate / 10**6)
