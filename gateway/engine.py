@@ -61,6 +61,7 @@ class Engine:
             master.get_secret_value() if master else None,
             self.keys if master else None,
             config.auth.key_cache_seconds,
+            config.auth.failed_lookups_per_minute,
         )
         self.limits: Limits = limits_for(config, seed=self._seed_spend)
         self.calls = Calls(self._ended)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.server import create_app
 from tests.conftest import GatewayFactory
 from tests.emulators.faulty import FaultyUpstream
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator
@@ -400,3 +401,39 @@ def test_fallback_a_key_may_not_use_is_dropped_not_refused(reaching, up, per_req
     assert response.status_code == 503, response.text
     assert len(up.attempts_for("503-always#flaky")) == 1
     assert up.attempts_for("ok#big") == []
+
+
+# --- wrong keys ---------------------------------------------------------------------------
+
+
+def test_unknown_keys_past_the_limit_are_refused_without_a_database_lookup(
+    openai_upstream: OpenAIEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = gateway_config(openai_upstream.url, tmp_path / "ledger.db")
+    config["auth"] = {
+        "master_key": MASTER_KEY,
+        "failed_lookups_per_minute": 3,
+        "key_cache_seconds": 0,  # every valid key is looked up again, each time
+    }
+    app = create_app(config)
+    with ServerThread(app) as server:
+        proxy = server.url + "/v1"
+        good = Admin(proxy).create_key(name="good")["key"]
+        assert chat(proxy, good).status_code == 200
+        store = app.state.engine.keys
+        lookups: list[str] = []
+        find_key = store.find_key
+
+        async def counted(token: str) -> Any:
+            lookups.append(token)
+            return await find_key(token)
+
+        monkeypatch.setattr(store, "find_key", counted)
+        answers = [chat(proxy, f"sk-gw-wrong-{i}") for i in range(5)]
+        assert [a.status_code for a in answers] == [401, 401, 401, 429, 429]
+        assert len(lookups) == 3  # the refused ones cost no query
+        error = answers[-1].json()["error"]
+        assert error["code"] == "too_many_failed_authentications"
+        assert 1 <= int(answers[-1].headers["retry-after"]) <= 20
+        # A key this process has seen valid still works from the throttled address.
+        assert chat(proxy, good).status_code == 200
