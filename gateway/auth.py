@@ -38,6 +38,7 @@ class FailedLookups:
     MAX_ADDRESSES = 100_000
 
     def __init__(self, per_minute: int) -> None:
+        per_minute = max(1, per_minute)
         self.capacity = float(per_minute)
         self.rate = per_minute / 60.0
         self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, as of)
@@ -45,9 +46,7 @@ class FailedLookups:
     def wait(self, address: str) -> float:
         """Seconds until ``address`` may cause another lookup (0: now)."""
         tokens = self._tokens(address)
-        if tokens >= 1 or self.rate <= 0:
-            return 0.0 if tokens >= 1 else 60.0
-        return (1 - tokens) / self.rate
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
 
     def failed(self, address: str) -> None:
         if len(self._buckets) >= self.MAX_ADDRESSES:

@@ -100,7 +100,7 @@ class AuthConfig(_Strict):
     )
     failed_lookups_per_minute: int = Field(
         default=30,
-        ge=0,
+        ge=1,
         description="Lookups of unknown API keys one client address may cause a minute (per "
         "process); past that, keys not seen valid are refused with 429 without a database "
         "query.",

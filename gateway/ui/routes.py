@@ -159,7 +159,16 @@ class Dashboard:
                 return self.unavailable(request)
             if post and not same_origin(request):
                 return self.render("error.html", request, 403, message="cross-site request refused")
-            session = await self.session(request)
+            try:
+                session = await self.session(request)
+            except store_errors() as exc:
+                log.warning("dashboard: the database failed: %s", describe(exc))
+                return self.render(
+                    "error.html",
+                    request,
+                    503,
+                    message=f"the database could not be reached ({describe(exc)}); retry later",
+                )
             if session is None:
                 return RedirectResponse(f"{PATH}/login", status_code=303)
             try:
