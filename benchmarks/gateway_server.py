@@ -45,6 +45,7 @@ def main() -> None:
         loop=args.loop,
         http=args.http,
         access_log=False,
+        proxy_headers=False,
         log_level="warning",
     )
 

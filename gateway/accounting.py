@@ -30,6 +30,7 @@ from gateway.costs import (
     price_family,
     unknown_cost,
 )
+from gateway.costs.media import media_token_bound
 from gateway.costs.reasoning import is_reasoning_model
 from gateway.costs.report import unpriced_deployments
 from gateway.errors import GatewayError, PermissionDeniedError
@@ -193,13 +194,13 @@ class Accountant:
     ) -> int | None:
         """The largest output cap (tokens per choice) whose worst case on every one of
         ``deployments`` fits ``remaining`` USD; None if no deployment prices output."""
-        prompt = request.prompt_token_bound()
         choices = request.n or 1
         cap: int | None = None
         for dep in deployments:
             price = self.price(dep)
             if price is None:
                 continue
+            prompt = request.prompt_token_bound(media_token_bound(price))
             rate_in, rate_out = reserve_rates(price, asked_tier(request))
             if rate_out == 0:
                 continue
@@ -264,11 +265,12 @@ class Accountant:
         """The most a request can cost on any of ``deployments``: an upper bound of its prompt
         plus its output cap (or the model's), at the dearest price. Budgets reserve this."""
         worst = Decimal(0)
-        prompt = request.prompt_token_bound() if request is not None else 0
         for dep in deployments:
             price = self.price(dep)
             if price is None:
                 continue  # refused beforehand for callers with a budget (``unpriced``)
+            # Images, audio and files count by this model's rules (gateway/costs/media.py).
+            prompt = request.prompt_token_bound(media_token_bound(price)) if request else 0
             if request is None:
                 rate = price.reserve_rate("embedding") or Decimal(0)
                 worst = max(worst, embedding_tokens * rate / 10**6)

@@ -3,6 +3,12 @@
 Key lookups are cached per process for ``auth.key_cache_seconds`` (default 5 s), so a
 revocation, expiry or limit change made through any replica takes effect everywhere within
 that time, and a hot key costs one dictionary lookup, not a database query.
+
+Wrong keys are cheap to refuse: a key found unknown is remembered for a second, and each
+client address may cause ``auth.failed_lookups_per_minute`` lookups of keys that turn out
+unknown (a token bucket, per process); past that, a key this process has not seen valid is
+refused with 429 and ``Retry-After`` without a database query, while keys it has seen valid
+keep working from that address.
 """
 
 from __future__ import annotations
@@ -10,17 +16,46 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import hmac
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.errors import AuthenticationError, PermissionDeniedError
+from gateway.errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from gateway.keys.store import KeyStore, VirtualKey, hash_key
 from gateway.limits.base import ScopeLimits
 
 NEGATIVE_CACHE_SECONDS = 1.0  # unknown keys: short, so a key just created works at once
+
+
+class FailedLookups:
+    """A token bucket per client address: how many lookups of unknown keys it may cause,
+    ``per_minute`` at most, refilled continuously. Bounded: it forgets everyone rather than
+    grow past ``MAX_ADDRESSES``."""
+
+    MAX_ADDRESSES = 100_000
+
+    def __init__(self, per_minute: int) -> None:
+        per_minute = max(1, per_minute)
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, as of)
+
+    def wait(self, address: str) -> float:
+        """Seconds until ``address`` may cause another lookup (0: now)."""
+        tokens = self._tokens(address)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+    def failed(self, address: str) -> None:
+        if len(self._buckets) >= self.MAX_ADDRESSES:
+            self._buckets.clear()
+        self._buckets[address] = (max(0.0, self._tokens(address) - 1), time.monotonic())
+
+    def _tokens(self, address: str) -> float:
+        tokens, since = self._buckets.get(address, (self.capacity, time.monotonic()))
+        return min(self.capacity, tokens + (time.monotonic() - since) * self.rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +98,20 @@ class Principal:
     def authorize(
         self,
         model: str,
-        fallbacks: list[str],
         regions: frozenset[str] | None,
         available: Iterable[str],
-    ) -> tuple[list[str], frozenset[str] | None]:
-        """What this caller may route a request for ``model`` to: the fallbacks it may use
-        and the regions it may reach (``regions``: what the request asked, None for any);
-        403 if it may not use ``model`` at all. The one place that decides it."""
+    ) -> tuple[Callable[[str], bool] | None, frozenset[str] | None]:
+        """What this caller may route a request for ``model`` to, the one place that decides
+        it: a test every model of its Plan must pass — fallbacks, context-window fallbacks
+        and per-request fallbacks alike (None: any model) — and the regions it may reach
+        (``regions``: what the request asked, None for any). 403 if it may not use ``model``
+        itself; a fallback it may not use is left out of the Plan, not an error."""
         if self.is_master:
-            return fallbacks, regions
+            return None, regions
         self.check_model(model, available)
-        allowed = [m for m in fallbacks if self.may_use(m)]
         if self.regions is not None:
             regions = self.regions if regions is None else regions & self.regions
-        return allowed, regions
+        return self.may_use, regions
 
 
 MASTER = Principal(key_id=None, name="master", admin=True)
@@ -86,11 +121,16 @@ class Authenticator:
     """Turns a bearer token into a Principal (or raises 401)."""
 
     def __init__(
-        self, master_key: str | None, store: KeyStore | None, cache_seconds: float = 5.0
+        self,
+        master_key: str | None,
+        store: KeyStore | None,
+        cache_seconds: float = 5.0,
+        failed_lookups_per_minute: int = 30,
     ) -> None:
         self.master_key = master_key.encode() if master_key else None
         self.store = store
         self.cache_seconds = cache_seconds
+        self.failed_lookups = FailedLookups(failed_lookups_per_minute)
         self._cache: dict[str, tuple[float, Principal | None, str | None]] = {}
         self._pending: dict[str, asyncio.Future[tuple[float, Principal | None, str | None]]] = {}
 
@@ -99,7 +139,9 @@ class Authenticator:
         """Keys are required once a master key is configured (virtual keys need one too)."""
         return self.master_key is not None
 
-    async def authenticate(self, token: str | None) -> Principal:
+    async def authenticate(self, token: str | None, *, address: str | None = None) -> Principal:
+        """The caller of ``token``; ``address`` (the client's) has lookups of unknown keys
+        throttled."""
         if not self.required:
             return MASTER
         if not token:
@@ -111,6 +153,8 @@ class Authenticator:
         digest = hash_key(token)
         cached = self._cache.get(digest)
         if cached is None or cached[0] < time.monotonic():
+            if address is not None and (cached is None or cached[1] is None):
+                self._refuse_if_throttled(address)  # a key not seen valid: maybe a guess
             # One lookup per key at a time: when a busy key's entry expires, the requests
             # arriving meanwhile wait for that lookup instead of each querying the database.
             lookup = self._pending.get(digest)
@@ -121,8 +165,21 @@ class Authenticator:
             cached = await asyncio.shield(lookup)
         _, principal, refusal = cached
         if principal is None:
+            if address is not None and refusal is None:
+                self.failed_lookups.failed(address)
             raise AuthenticationError(refusal or "invalid API key: check the key you were given")
         return principal
+
+    def _refuse_if_throttled(self, address: str) -> None:
+        wait = self.failed_lookups.wait(address)
+        if wait > 0:
+            raise RateLimitError(
+                "too many requests with unknown API keys from this address; check the key "
+                f"and retry in {math.ceil(wait)} s",
+                code="too_many_failed_authentications",
+                headers={"retry-after": str(math.ceil(wait))},
+                retryable=False,
+            )
 
     async def _fetch(self, digest: str, token: str) -> tuple[float, Principal | None, str | None]:
         principal, refusal = await self._lookup(token)

@@ -64,6 +64,7 @@ class Engine:
             master.get_secret_value() if master else None,
             self.keys if master else None,
             config.auth.key_cache_seconds,
+            config.auth.failed_lookups_per_minute,
         )
         self.limits: Limits = limits_for(config, seed=self._seed_spend)
         self.calls = Calls(self._ended)
@@ -220,17 +221,15 @@ class Engine:
         """The Plan, within what the caller may use: its models (fallbacks included) and its
         regions, narrowed further by the request's own ``x-gateway-regions``."""
         router = setup.router
-        chain = request.fallbacks
         regions = call.regions
-        if call.principal is not None and not call.principal.is_master:
-            configured = router.fallbacks_of(request.model) if chain is None else chain
-            chain, regions = call.principal.authorize(
+        may_use = None
+        if call.principal is not None:
+            may_use, regions = call.principal.authorize(
                 request.model,
-                configured,
                 regions,
                 router.deployments,  # (its names, if refused)
             )
-        return router.plan(request.model, chain, request.needs(), regions)
+        return router.plan(request.model, request.fallbacks, request.needs(), regions, may_use)
 
     async def _admit(
         self,

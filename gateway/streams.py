@@ -24,6 +24,7 @@ from gateway.calls import Calls
 from gateway.config import RoutingConfig
 from gateway.costs import Cost, usage_readable
 from gateway.costs.reasoning import is_reasoning_model
+from gateway.costs.tally import TextTally
 from gateway.errors import (
     ClientDisconnectedError,
     GatewayError,
@@ -163,7 +164,7 @@ class _Broken:
     deployment: Deployment
     upstream_model: str | None
     messages: list[JSON]
-    texts: list[str]
+    texts: list[TextTally]
 
 
 class ChunkStream:
@@ -192,7 +193,16 @@ class ChunkStream:
         self._calls = calls
         self._current: OpenedStream | None = opened
         self._messages: list[JSON] = self._request.prompt_messages()
-        self._generated: dict[int, str] = {}  # by choice, this attempt's text and arguments
+        # By choice, this attempt's text and arguments, as a running token count and a
+        # bounded tail (whole only when the call's content is recorded).
+        self._generated: dict[int, TextTally] = {}
+        # The text so far is kept for a continuation only if the Plan has a deployment that
+        # could continue it; otherwise nothing grows with the answer.
+        self._continuable = (
+            opener.routing.continue_streams
+            and self._call.operation == "chat"
+            and any(d.can_prefill for d in plan.attempts)
+        )
         self._broken: list[_Broken] = []
         self._usage: JSON | None = None  # the last attempt's reported usage
         self._accounted = False
@@ -213,6 +223,7 @@ class ChunkStream:
         health = self._opener.health
         call = self._call
         text = ""  # what choice 0 has said so far, for a continuation
+        said = False  # whether choice 0 has said anything
         other_output = False  # tool calls or other choices: cannot be continued
         stream_id: str | None = None
         created: object = None
@@ -243,14 +254,20 @@ class ChunkStream:
                             if index != 0 or calls:
                                 other_output = True
                             content = delta.get("content") or ""
-                            if index == 0:
-                                text += content
+                            if index == 0 and content:
+                                said = True
+                                if self._continuable:
+                                    text += content
                             if calls:
                                 content += "".join(
                                     str((c.get("function") or {}).get("arguments") or "")
                                     for c in calls
                                 )
-                            generated[index] = generated.get(index, "") + content
+                            tally = generated.get(index)
+                            if tally is None:
+                                tally = generated[index] = TextTally(keep_all=call.keeps_content)
+                            if tally.add(content):
+                                await self._fold(opened, tally)
                         usage = chunk.get("usage")
                         readable = usage_readable(usage)
                         if readable and usage is not None:
@@ -270,7 +287,7 @@ class ChunkStream:
             except GatewayError as exc:
                 health.finish(opened.ticket, exc)
                 self._current = None
-                if other_output or not text:
+                if other_output or not said:
                     self._account_later(exc)
                     raise
                 try:
@@ -309,11 +326,11 @@ class ChunkStream:
         call = self._call
         dep = call.served_by
         texts = [self._generated[i] for i in sorted(self._generated)]
-        usage = await self._accountant.estimate(
-            dep, call.upstream_model, self._messages, texts, self._request.tools
-        )
+        usage = await self._estimate(dep, call.upstream_model, self._messages, texts)
         self._usage = usage
-        cost = self._accountant.cost(dep, call.upstream_model, usage)
+        cost = self._accountant.cost(
+            dep, call.upstream_model, usage, service_tier=call.service_tier
+        )
         for part in await self._broken_costs():
             cost = part + cost
         names = (call.upstream_model, dep.base_model, dep.model) if dep else ()
@@ -361,11 +378,36 @@ class ChunkStream:
         accountant = self._accountant
         parts = []
         for b in self._broken:
-            estimate = await accountant.estimate(
-                b.deployment, b.upstream_model, b.messages, b.texts, self._request.tools
-            )
+            estimate = await self._estimate(b.deployment, b.upstream_model, b.messages, b.texts)
             parts.append((estimate, accountant.cost(b.deployment, b.upstream_model, estimate)))
         return parts
+
+    async def _fold(self, opened: OpenedStream, tally: TextTally) -> None:
+        """Count the head of a long generated text with the tokenizer its estimate would use
+        (``Accountant.estimate``), so that only a bounded tail stays in memory."""
+        dep = self._call.served_by or opened.ticket.deployment
+        model = self._call.upstream_model or dep.base_model or dep.model
+        try:
+            await tally.fold(dep.provider.tokenizer, model)
+        except Exception:  # a tokenizer that cannot load: keep the text, estimate at the end
+            tally.keep_all = True
+
+    async def _estimate(
+        self,
+        dep: Deployment | None,
+        upstream_model: str | None,
+        messages: list[JSON],
+        tallies: list[TextTally],
+    ) -> JSON | None:
+        """Usage counted offline: the tails' tokens plus what was folded away."""
+        usage = await self._accountant.estimate(
+            dep, upstream_model, messages, [t.tail for t in tallies], self._request.tools
+        )
+        folded = sum(t.counted for t in tallies)
+        if usage is not None and folded:
+            usage["completion_tokens"] += folded
+            usage["total_tokens"] += folded
+        return usage
 
     def _account_later(self, error: GatewayError | None) -> None:
         """Account for the stream once; estimation (if needed) runs in the background."""
@@ -384,9 +426,7 @@ class ChunkStream:
         if usage is None and self._generated:
             call.cost_note = call.cost_note or unreadable_usage_note(None)
             texts = [self._generated[i] for i in sorted(self._generated)]
-            usage = await self._accountant.estimate(
-                call.served_by, call.upstream_model, self._messages, texts, self._request.tools
-            )
+            usage = await self._estimate(call.served_by, call.upstream_model, self._messages, texts)
         self._settle(usage, await self._broken_parts(), error)
 
     def _settle(
@@ -404,7 +444,7 @@ class ChunkStream:
         if call.keeps_content:
             call.content = {
                 "messages": self._messages,
-                "output": [self._generated[i] for i in sorted(self._generated)],
+                "output": [self._generated[i].tail for i in sorted(self._generated)],
             }
         self._calls.end(call, error)
 

@@ -20,6 +20,8 @@ import httpx
 from gateway.errors import StaleConnectionError, UpstreamConnectionError, UpstreamTimeoutError
 from gateway.wire import Timeouts, Transport, UpstreamRequest, UpstreamResponse
 
+STREAM_READ_BYTES = 64 * 1024  # the most one read of a streamed body hands on
+
 # --- aiohttp ------------------------------------------------------------------------------
 
 
@@ -44,7 +46,10 @@ class _AiohttpResponse:
     async def iter_bytes(self) -> AsyncIterator[bytes]:
         content = self._resp.content
         try:
-            async for chunk in content.iter_any():
+            # At most STREAM_READ_BYTES a read (as soon as any have arrived): what one read
+            # brings is held — decoded, translated and re-encoded — until the caller takes
+            # it, so a bounded read bounds what a slow caller's stream holds.
+            async for chunk in content.iter_chunked(STREAM_READ_BYTES):
                 yield chunk
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeoutError("upstream stream went idle") from exc

@@ -8,8 +8,10 @@ Every model allows extra fields: providers add fields over time and the gateway 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from gateway.facts import GatewayFacts
@@ -17,6 +19,19 @@ from gateway.wire import JSON
 
 # Fields a caller may put in the body for the gateway itself; never sent upstream.
 GATEWAY_FIELDS = frozenset({"fallbacks", "gateway_timeout"})
+
+
+def json_size(value: JSON) -> int:
+    """Bytes of ``value`` as JSON: a bound of its tokens were it sent as text."""
+    return len(orjson.dumps(value))
+
+
+def content_part_bound(part: JSON, media: Callable[[JSON], int]) -> int:
+    """Tokens one content part can take at most: text by its UTF-8 size, the rest by ``media``."""
+    for field in ("text", "refusal"):  # {"type": "text", "text": …}, {"type": "refusal", …}
+        if part.get("type") == field and isinstance(part.get(field), str):
+            return len(part[field].encode())
+    return media(part)
 
 
 class _Open(BaseModel):
@@ -111,16 +126,17 @@ class ChatCompletionRequest(_Open):
                 chars += sum(len(str(p.get("text", ""))) for p in m.content)
         return chars // 4 + (self.max_completion_tokens or self.max_tokens or 0)
 
-    def prompt_token_bound(self) -> int:
+    def prompt_token_bound(self, media: Callable[[JSON], int] = json_size) -> int:
         """An upper bound of the prompt's tokens (a token is at least one UTF-8 byte), for
-        budget reservations that must never be below the real cost."""
+        budget reservations that must never be below the real cost. Content parts other than
+        text (images, audio, files) count ``media(part)``: the model's bound for them."""
         size = 0
         for m in self.messages:
             size += 16  # role, separators and names
             if isinstance(m.content, str):
                 size += len(m.content.encode())
             elif isinstance(m.content, list):
-                size += sum(len(str(p.get("text", "")).encode()) for p in m.content)
+                size += sum(content_part_bound(p, media) for p in m.content)
             for call in m.tool_calls or ():
                 size += len((call.function.arguments or "").encode()) + 16
         if self.tools:
@@ -185,7 +201,7 @@ class FimCompletionRequest(_Open):
     def estimated_tokens(self) -> int:
         return (len(self.prompt) + len(self.suffix or "")) // 4 + (self.max_tokens or 0)
 
-    def prompt_token_bound(self) -> int:
+    def prompt_token_bound(self, media: Callable[[JSON], int] = json_size) -> int:
         return len(self.prompt.encode()) + len((self.suffix or "").encode()) + 16
 
     def needs(self) -> frozenset[str]:

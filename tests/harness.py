@@ -28,6 +28,7 @@ class ServerThread:
             log_level="warning",
             lifespan="on",
             access_log=False,
+            proxy_headers=False,  # as `llm-gateway serve`: the app decides whom to believe
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

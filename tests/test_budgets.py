@@ -5,7 +5,12 @@ RPM limit answers like OpenAI's, headers included."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import re
+import struct
+import wave
+import zlib
 from decimal import Decimal
 from pathlib import Path
 
@@ -83,6 +88,90 @@ async def test_concurrent_requests_never_spend_past_the_budget(proxy, admin, db,
     assert len(records) == 200
     spent = sum((r.cost_usd or Decimal(0) for r in records), Decimal(0))
     assert spent == 10 * actual <= budget
+
+
+def png(width: int, height: int) -> bytes:
+    """A black grayscale PNG of the given size (a few KB: its rows compress to nothing)."""
+    rows = zlib.compress(b"".join(b"\0" + bytes(width) for _ in range(height)))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+
+
+def data_url(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+async def test_image_inputs_never_spend_past_the_budget(proxy, admin, db, openai_emu):
+    """40 requests at once, each with a 1024x1024 image, against a budget of 3 reservations:
+    3 succeed and the spend stays within the budget.
+
+    gpt-4o bills that image 765 tokens at detail high (4 tiles x 170 + 85), as the emulator
+    does, so a request ("a" + the image, max_tokens=2) really costs (1 + 765) x $2.50/1M +
+    2 x $10.00/1M = $0.001935; it reserves (16 + 1 + 765) x $2.50/1M + 2 x $10.00/1M =
+    $0.001975. Were the image reserved as nothing, every request would be admitted."""
+    image = {"type": "image_url", "image_url": {"url": data_url("image/png", png(1024, 1024))}}
+    request = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, image]}],
+        "max_tokens": 2,
+    }
+    reservation = ((16 + 1 + 765) * INPUT_PRICE + 2 * OUTPUT_PRICE) / 10**6
+    actual = ((1 + 765) * INPUT_PRICE + 2 * OUTPUT_PRICE) / 10**6
+    budget = 3 * reservation
+    created = admin.create_key(name="images", budget_usd=str(budget), budget_period="total")
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=40), timeout=30) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    proxy + "/chat/completions",
+                    json=request,
+                    headers={"authorization": f"Bearer {created['key']}"},
+                )
+                for _ in range(40)
+            )
+        )
+    assert sorted(r.status_code for r in responses) == [200] * 3 + [429] * 37
+    records = await key_records(db, created["id"], at_least=40)
+    spent = sum((r.cost_usd or Decimal(0) for r in records), Decimal(0))
+    assert spent == 3 * actual <= budget
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        # 2 minutes of 16 kHz 16-bit mono PCM: at most 120 s x 32 tokens ≈ $0.0096
+        {
+            "type": "input_audio",
+            "input_audio": {"data": "wav", "format": "wav"},
+        },
+        # A 100 kB file: at most 100k tokens, $0.25
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "pdf"}},
+    ],
+    ids=["audio", "file"],
+)
+def test_audio_and_file_inputs_are_reserved_before_they_are_sent(proxy, admin, openai_emu, part):
+    if part["type"] == "input_audio":
+        pcm = io.BytesIO()
+        with wave.open(pcm, "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(16_000)
+            out.writeframes(bytes(2 * 16_000 * 120))
+        part["input_audio"]["data"] = base64.b64encode(pcm.getvalue()).decode()
+    else:
+        part["file"]["file_data"] = data_url("application/pdf", b"%PDF-1.7\n" + bytes(100_000))
+    key = admin.create_key(name=part["type"], budget_usd="0.005", budget_period="total")["key"]
+    response = chat(proxy, key, max_tokens=2, messages=[{"role": "user", "content": [part]}])
+    assert response.status_code == 429, response.text
+    assert response.json()["error"]["code"] == "budget_exceeded"
+    assert openai_emu.requests == []
 
 
 def test_budget_refusal_says_what_was_spent_and_when_it_resets(proxy, admin, openai_emu):

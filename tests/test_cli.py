@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -155,12 +156,12 @@ def wait_until_live(proc: subprocess.Popen[bytes], url: str, log: Path, timeout:
     )
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``llm-gateway serve`` on a free port; yields its base URL and always stops it."""
-    folder = tmp_path_factory.mktemp("serve")
+@contextmanager
+def serving(folder: Path, config_text: str) -> Iterator[str]:
+    """``llm-gateway serve`` of ``config_text`` on a free port; yields its base URL and always
+    stops it."""
     config = folder / "gateway.yaml"
-    config.write_text(GOOD)
+    config.write_text(config_text)
     log_path = folder / "serve.log"
     port = free_port()
     with log_path.open("wb") as log:
@@ -182,6 +183,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving(tmp_path_factory.mktemp("serve"), GOOD) as url:
+        yield url
+
+
 def test_serve_answers_a_chat_completion_through_the_openai_sdk(served: str) -> None:
     client = openai.OpenAI(base_url=served + "/v1", api_key="unused", max_retries=0, timeout=10)
     completion = client.chat.completions.create(
@@ -193,3 +200,31 @@ def test_serve_answers_a_chat_completion_through_the_openai_sdk(served: str) -> 
 def test_serve_uses_the_config_file_it_was_given(served: str) -> None:
     ids = [m["id"] for m in httpx.get(served + "/v1/models", timeout=10).json()["data"]]
     assert ids == ["chat", "echo"]
+
+
+def test_serve_believes_no_x_forwarded_for_unless_told_to(tmp_path: Path) -> None:
+    """Unknown keys are throttled per client address; a forged X-Forwarded-For does not make
+    each guess come from a new address (uvicorn's own header handling is off)."""
+    db = tmp_path / "ledger.db"
+    config = GOOD + (
+        f"auth: {{master_key: sk-master-cli, failed_lookups_per_minute: 3}}\n"
+        f"ledger: {{url: 'sqlite+aiosqlite:///{db}'}}\n"
+    )
+    with serving(tmp_path, config) as url:
+
+        def guess(i: int) -> httpx.Response:
+            return httpx.post(
+                url + "/v1/chat/completions",
+                json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+                headers={
+                    "authorization": f"Bearer sk-gw-guess{i}",
+                    "x-forwarded-for": f"203.0.113.{i}",
+                },
+                timeout=10,
+            )
+
+        assert [guess(i).status_code for i in range(3)] == [401, 401, 401]
+        refused = guess(3)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_failed_authentications"
+        assert int(refused.headers["retry-after"]) >= 1

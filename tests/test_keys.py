@@ -13,7 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.server import create_app
 from tests.conftest import GatewayFactory
+from tests.emulators.faulty import FaultyUpstream
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator
 from tests.harness import ServerThread
 from tests.keys_helpers import (
@@ -325,3 +327,113 @@ def test_regions_header_narrows_a_keys_regions(regional, upstreams):
     response = chat(regional, key, headers={"x-gateway-regions": "eu"})
     assert response.status_code == 200, response.text
     assert (len(us.requests), len(eu.requests)) == (0, 1)
+
+
+# --- every model a Plan may reach ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def faulty() -> Iterator[FaultyUpstream]:
+    with FaultyUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="module")
+def reaching(
+    faulty: FaultyUpstream,
+    openai_upstream: OpenAIEmulator,
+    start_gateway: GatewayFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> str:
+    """``small`` answers context_length_exceeded and has ``big`` as its context-window
+    fallback; ``flaky`` always answers 503 and falls back to ``big``; ``big`` answers."""
+    config = gateway_config(openai_upstream.url, tmp_path_factory.mktemp("reach") / "ledger.db")
+    config["providers"] = {"faulty": {"type": "openai", "api_key": "x", "base_url": faulty.url}}
+
+    def model(upstream: str, **options: Any) -> dict[str, Any]:
+        return {"deployments": [{"provider": "faulty", "model": upstream}], **options}
+
+    config["models"] = {
+        "small": model("context-length#small", context_window_fallbacks=["big"]),
+        "flaky": model("503-always#flaky", fallbacks=["big"]),
+        "big": model("ok#big"),
+    }
+    return start_gateway(config)
+
+
+@pytest.fixture
+def up(faulty: FaultyUpstream) -> FaultyUpstream:
+    faulty.reset()
+    return faulty
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_context_window_fallback_a_key_may_not_use_is_never_reached(reaching, up, stream):
+    key = Admin(reaching).create_key(name="small-only", allowed_models=["small"])["key"]
+    response = chat(reaching, key, model="small", stream=stream)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    assert len(up.attempts_for("context-length#small")) == 1
+    assert up.attempts_for("ok#big") == []
+
+
+def test_context_window_fallback_a_team_may_not_use_is_never_reached(reaching, up):
+    admin = Admin(reaching)
+    team = admin.create_team(name="small-team", allowed_models=["small"])
+    key = admin.create_key(name="in-small-team", team=team["id"])["key"]
+    response = chat(reaching, key, model="small")
+    assert response.status_code == 400, response.text
+    assert up.attempts_for("ok#big") == []
+
+
+def test_context_window_fallback_a_key_may_use_answers(reaching, up):
+    key = Admin(reaching).create_key(name="both", allowed_models=["small", "big"])["key"]
+    response = chat(reaching, key, model="small")
+    assert response.status_code == 200, response.text
+    assert len(up.attempts_for("ok#big")) == 1
+
+
+@pytest.mark.parametrize("per_request", [False, True], ids=["configured", "per-request"])
+def test_fallback_a_key_may_not_use_is_dropped_not_refused(reaching, up, per_request):
+    key = Admin(reaching).create_key(name="flaky-only", allowed_models=["flaky"])["key"]
+    body: dict[str, Any] = {"fallbacks": ["big"]} if per_request else {}
+    response = chat(reaching, key, model="flaky", **body)
+    assert response.status_code == 503, response.text
+    assert len(up.attempts_for("503-always#flaky")) == 1
+    assert up.attempts_for("ok#big") == []
+
+
+# --- wrong keys ---------------------------------------------------------------------------
+
+
+def test_unknown_keys_past_the_limit_are_refused_without_a_database_lookup(
+    openai_upstream: OpenAIEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = gateway_config(openai_upstream.url, tmp_path / "ledger.db")
+    config["auth"] = {
+        "master_key": MASTER_KEY,
+        "failed_lookups_per_minute": 3,
+        "key_cache_seconds": 0,  # every valid key is looked up again, each time
+    }
+    app = create_app(config)
+    with ServerThread(app) as server:
+        proxy = server.url + "/v1"
+        good = Admin(proxy).create_key(name="good")["key"]
+        assert chat(proxy, good).status_code == 200
+        store = app.state.engine.keys
+        lookups: list[str] = []
+        find_key = store.find_key
+
+        async def counted(token: str) -> Any:
+            lookups.append(token)
+            return await find_key(token)
+
+        monkeypatch.setattr(store, "find_key", counted)
+        answers = [chat(proxy, f"sk-gw-wrong-{i}") for i in range(5)]
+        assert [a.status_code for a in answers] == [401, 401, 401, 429, 429]
+        assert len(lookups) == 3  # the refused ones cost no query
+        error = answers[-1].json()["error"]
+        assert error["code"] == "too_many_failed_authentications"
+        assert 1 <= int(answers[-1].headers["retry-after"]) <= 20
+        # A key this process has seen valid still works from the throttled address.
+        assert chat(proxy, good).status_code == 200

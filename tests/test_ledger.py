@@ -212,6 +212,7 @@ async def test_upgrade_from_empty_creates_every_table_and_index(db_url):
         "spend_daily_users",
         "api_keys",
         "teams",
+        "ui_sessions",
     }
     assert indexes["spend_records"] == {
         "ix_spend_records_started_at_request_id": ["started_at", "request_id"],

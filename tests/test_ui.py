@@ -354,3 +354,67 @@ def test_spend_page_shows_unknown_costs_as_unknown_not_zero(
     first = page.locator("#spend-groups tr[data-group]").first
     assert first.get_attribute("data-group") == "llama"
     assert page.inner_text("#total-cost").startswith("≥")
+
+
+def csrf_token(client: httpx.Client) -> str:
+    return client.get("/ui/keys").text.split('name="csrf" value="')[1].split('"')[0]
+
+
+def test_logging_out_ends_the_session_for_every_copy_of_its_cookie(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    root = start(start_gateway, openai_emu.url, tmp_path / "ledger.db")
+    with httpx.Client(base_url=root, timeout=10) as client:
+        assert client.post("/ui/login", data={"key": MASTER_KEY}).status_code == 303
+        copied = client.cookies["gw_ui_session"]
+        assert httpx.get(root + "/ui/spend", cookies={"gw_ui_session": copied}).status_code == 200
+        assert client.post("/ui/logout", data={"csrf": csrf_token(client)}).status_code == 303
+    after = httpx.get(root + "/ui/spend", cookies={"gw_ui_session": copied}, timeout=10)
+    assert after.status_code == 303 and after.headers["location"].endswith("/ui/login")
+
+
+def failed_login(root: str, key: str = "sk-guess", via: str | None = None) -> httpx.Response:
+    headers = {"x-forwarded-for": via} if via else {}
+    return httpx.post(root + "/ui/login", data={"key": key}, headers=headers, timeout=10)
+
+
+def test_a_forged_x_forwarded_for_does_not_escape_the_login_throttle(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    root = start(start_gateway, openai_emu.url, tmp_path / "ledger.db")  # no trusted proxies
+    for i in range(10):
+        assert failed_login(root, f"sk-guess-{i:06}", via=f"203.0.113.{i}").status_code == 401
+    refused = failed_login(root, MASTER_KEY, via="203.0.113.99")
+    assert refused.status_code == 429 and "too many failed logins" in refused.text
+
+
+def test_admins_behind_a_trusted_proxy_are_throttled_apart(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    root = start(
+        start_gateway,
+        openai_emu.url,
+        tmp_path / "ledger.db",
+        server={"trusted_proxies": ["127.0.0.0/8"]},
+    )
+    for i in range(10):  # one client behind the load balancer guesses
+        assert failed_login(root, f"sk-guess-{i:06}", via="198.51.100.7").status_code == 401
+    assert failed_login(root, MASTER_KEY, via="198.51.100.7").status_code == 429
+    other_admin = failed_login(root, MASTER_KEY, via="198.51.100.8")
+    assert other_admin.status_code == 303  # logged in: another client, another count
+
+
+def test_repeated_failures_with_one_key_prefix_are_throttled_from_any_address(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    root = start(
+        start_gateway,
+        openai_emu.url,
+        tmp_path / "ledger.db",
+        server={"trusted_proxies": ["127.0.0.1"]},
+    )
+    for i in range(10):
+        wrong = f"sk-gw-abcdef{i:040}"  # the same 12-character prefix each time
+        assert failed_login(root, wrong, via=f"192.0.2.{i}").status_code == 401
+    assert failed_login(root, "sk-gw-abcdefXYZ", via="192.0.2.200").status_code == 429
+    assert failed_login(root, MASTER_KEY, via="192.0.2.201").status_code == 303

@@ -102,6 +102,8 @@ def serve(
             loop="auto",
             http="auto",
             access_log=access_log,
+            # The app believes X-Forwarded-* only from server.trusted_proxies.
+            proxy_headers=False,
             timeout_graceful_shutdown=cfg.server.shutdown_timeout,
             # With --workers: how long a new worker may take to start (migrations,
             # connections) before a SIGHUP restart gives up on it, and a worker to answer the

@@ -7,6 +7,7 @@ adapters build on the schema without the schema knowing any adapter.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import date
 from decimal import Decimal
@@ -80,6 +81,26 @@ class ServerConfig(_Strict):
         "running then are cut: answered 503 (shutting_down) if nothing was sent yet, and "
         "recorded as such; a stream already under way is recorded as cut (499).",
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or CIDR ranges of the proxies (load balancers) in front of the "
+        "gateway whose X-Forwarded-For and X-Forwarded-Proto are believed; the client's "
+        "address is the nearest one they did not add. Empty: the peer's address, headers "
+        "ignored.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{proxy!r} is not an IP address or CIDR range (e.g. 10.0.0.0/8)"
+                ) from None
+        return proxies
+
     drain_delay: float = Field(
         default=0.0,
         ge=0,
@@ -97,6 +118,13 @@ class AuthConfig(_Strict):
         le=300,
         description="How long a virtual key lookup is reused; revocations and limit changes "
         "take effect within this time on every replica.",
+    )
+    failed_lookups_per_minute: int = Field(
+        default=30,
+        ge=1,
+        description="Lookups of unknown API keys one client address may cause a minute (per "
+        "process); past that, keys not seen valid are refused with 429 without a database "
+        "query.",
     )
 
 

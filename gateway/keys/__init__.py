@@ -9,6 +9,7 @@ from gateway.keys.admin import (
     TeamSpec,
     key_store_disabled,
 )
+from gateway.keys.sessions import SessionStore, ui_sessions_table
 from gateway.keys.store import (
     KEY_FIELDS,
     KEY_PREFIX,
@@ -31,6 +32,7 @@ __all__ = [
     "KeySpec",
     "KeyStore",
     "Limited",
+    "SessionStore",
     "Team",
     "TeamChange",
     "TeamSpec",
@@ -39,4 +41,5 @@ __all__ = [
     "key_store_disabled",
     "keys_table",
     "teams_table",
+    "ui_sessions_table",
 ]

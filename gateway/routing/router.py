@@ -169,12 +169,15 @@ class Router:
         fallbacks: list[str] | None = None,
         needs: frozenset[str] = frozenset(),
         regions: frozenset[str] | None = None,
+        may_use: Callable[[str], bool] | None = None,
     ) -> Plan:
         """The Plan for ``model``; ``fallbacks`` (per request) replaces the configured chain.
 
         Deployments whose provider lacks a needed capability (tools, streaming, …) are left
-        out, and with ``regions`` so is every deployment outside them, fallbacks included;
-        if that leaves none, the request is refused with the reason.
+        out, and with ``regions`` so is every deployment outside them; with ``may_use`` (the
+        caller's allowed models) so is every model it rejects. Both apply to every model the
+        Plan may reach: fallbacks and context-window fallbacks included. If that leaves no
+        attempt, the request is refused with the reason.
         """
         if model not in self.deployments:
             raise NotFoundError(
@@ -194,7 +197,7 @@ class Router:
         outside: list[str] = []
         plan = Plan(model, self.policies[model])
         plan.attempts = self._ordered(
-            [model, *(fb for fb in chain if fb != model)], needs, lacking, regions, outside
+            [model, *(fb for fb in chain if fb != model)], needs, lacking, regions, outside, may_use
         )
         if not plan.attempts and lacking:
             reasons = "; ".join(f"{d} lacks {', '.join(m)}" for d, m in lacking.items())
@@ -216,6 +219,7 @@ class Router:
             {},
             regions,
             [],
+            may_use,
         )
         return plan
 
@@ -239,9 +243,12 @@ class Router:
         lacking: dict[str, list[str]],
         regions: frozenset[str] | None,
         outside: list[str],
+        may_use: Callable[[str], bool] | None,
     ) -> list[Deployment]:
         out: list[Deployment] = []
         for name in models:
+            if may_use is not None and not may_use(name):
+                continue  # a model the caller may not use is never reached, not even on failure
             able = []
             for dep in self.deployments[name]:
                 if regions is not None and dep.region not in regions:

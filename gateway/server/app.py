@@ -106,6 +106,7 @@ def create_app(
     app.closing = lambda: readiness.draining  # answers ask clients to close once draining
     app.internal_error = internal_error
     app.cut_response = cut_response
+    app.trust_proxies(cfg.server.trusted_proxies)
     if observability.middleware is not None:
         app.add_middleware(observability.middleware)
 

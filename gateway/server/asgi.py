@@ -15,12 +15,13 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from gateway.call import Call
 from gateway.errors import ClientDisconnectedError, GatewayError, ShuttingDownError
@@ -53,6 +54,16 @@ class GatewayApp(FastAPI):
         # Requests one of these claims go through the router even on a hot path (routes
         # chosen by more than the path, such as the Mistral SDK's surface).
         self.routed_requests: list[Callable[[Scope], bool]] = []
+        # The client's address and scheme from X-Forwarded-* set by trusted proxies, if any.
+        self._forwarded: Callable[[Scope, Receive, Send], Awaitable[None]] | None = None
+
+    def trust_proxies(self, proxies: list[str]) -> None:
+        """Believe X-Forwarded-For/-Proto from ``proxies`` (addresses or CIDR ranges): the
+        client's address becomes the nearest one they did not add. Without it (or with an
+        empty list) a request's client is its peer and those headers are ignored."""
+        # uvicorn's middleware is typed with its own scope types; ours are the plain mappings.
+        middleware: Any = ProxyHeadersMiddleware(cast(Any, self._handle), trusted_hosts=proxies)
+        self._forwarded = middleware if proxies else None
 
     def add_hot_route(self, path: str, endpoint: Endpoint) -> None:
         """Serve POST ``path`` with ``endpoint`` directly (it stays a normal route as well)."""
@@ -60,6 +71,12 @@ class GatewayApp(FastAPI):
         self.add_route(path, endpoint, methods=["POST"])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._forwarded is not None:
+            await self._forwarded(scope, receive, send)
+        else:
+            await self._handle(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return

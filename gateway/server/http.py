@@ -194,7 +194,10 @@ class Gatekeeper:
         if header:
             scheme, _, value = header.partition(" ")
             token = value.strip() if scheme.lower() == "bearer" else None
-        principal = await self.auth.authenticate(token or request.headers.get("api-key"))
+        principal = await self.auth.authenticate(
+            token or request.headers.get("api-key"),
+            address=request.client.host if request.client else None,
+        )
         if call is not None:
             call.principal = principal
             call.key_id = principal.key_id

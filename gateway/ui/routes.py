@@ -37,6 +37,7 @@ from gateway.keys import (
     KeyChange,
     KeySpec,
     KeyStore,
+    SessionStore,
     TeamChange,
     TeamSpec,
     VirtualKey,
@@ -48,7 +49,15 @@ from gateway.ledger.reports import CSV_TYPE, report_csv
 from gateway.ledger.writer import describe
 from gateway.ui import views
 from gateway.ui.forms import key_form, team_form
-from gateway.ui.session import COOKIE, PATH, LoginThrottle, Session, SessionSigner, csrf_ok
+from gateway.ui.session import (
+    COOKIE,
+    PATH,
+    LoginThrottle,
+    Session,
+    Sessions,
+    SessionSigner,
+    csrf_ok,
+)
 
 log = logging.getLogger("gateway.ui")
 HERE = Path(__file__).parent
@@ -99,6 +108,8 @@ class Dashboard:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.throttle = LoginThrottle()
+        ledger = engine.ledger
+        self.sessions = Sessions(SessionStore(ledger.engine) if ledger is not None else None)
         master = engine.config.auth.master_key
         self.signer = (
             SessionSigner(master.get_secret_value(), engine.config.ui.session_hours * 3600)
@@ -127,7 +138,9 @@ class Dashboard:
         if self.signer is None:
             return None
         session = self.signer.load(request.cookies.get(COOKIE))
-        if session is None or session.is_master:
+        if session is None or not await self.sessions.is_open(session):
+            return None
+        if session.is_master:
             return session
         if self.engine.keys is None:
             return None
@@ -146,7 +159,16 @@ class Dashboard:
                 return self.unavailable(request)
             if post and not same_origin(request):
                 return self.render("error.html", request, 403, message="cross-site request refused")
-            session = await self.session(request)
+            try:
+                session = await self.session(request)
+            except store_errors() as exc:
+                log.warning("dashboard: the database failed: %s", describe(exc))
+                return self.render(
+                    "error.html",
+                    request,
+                    503,
+                    message=f"the database could not be reached ({describe(exc)}); retry later",
+                )
             if session is None:
                 return RedirectResponse(f"{PATH}/login", status_code=303)
             try:
@@ -213,20 +235,24 @@ class Dashboard:
             return self.unavailable(request)
         if not same_origin(request):
             return self.render("error.html", request, 403, message="cross-site request refused")
+        # The client's address as far as trusted proxies tell (server.trusted_proxies).
         address = request.client.host if request.client else "unknown"
-        wait = self.throttle.blocked_for(address)
-        if wait:
-            why = f"too many failed logins from this address; try again in {wait:.0f} s"
-            return self.render("login.html", request, 429, session=None, error=why)
         try:
             token = (_text(await form(request), "key") or "").strip()
-            principal = await self.engine.auth.authenticate(token or None)
+        except GatewayError as exc:
+            return self.render("error.html", request, exc.status, message=exc.message)
+        wait = self.throttle.blocked_for(address, token)
+        if wait:
+            why = f"too many failed logins; try again in {wait:.0f} s"
+            return self.render("login.html", request, 429, session=None, error=why)
+        try:
+            principal = await self.engine.auth.authenticate(token or None, address=address)
         except AuthenticationError:
             principal = None
         except GatewayError as exc:
             return self.render("error.html", request, exc.status, message=exc.message)
         if principal is None or not principal.admin:
-            self.throttle.failed(address)
+            self.throttle.failed(address, token)
             why = (
                 "this key is not an admin key; log in with the master key or a key created "
                 "with admin: true"
@@ -236,7 +262,13 @@ class Dashboard:
             return self.render("login.html", request, 401, session=None, error=why)
         subject = "master" if principal.is_master else str(principal.key_id)
         fingerprint = "" if principal.is_master else hash_key(token)[:16]
-        _, cookie = self.signer.issue(subject, fingerprint)
+        session, cookie = self.signer.issue(subject, fingerprint)
+        try:
+            await self.sessions.opened(session)
+        except store_errors() as exc:
+            log.warning("dashboard: the database failed: %s", describe(exc))
+            why = f"the database could not be reached ({describe(exc)}); retry later"
+            return self.render("error.html", request, 503, message=why)
         response = RedirectResponse(f"{PATH}/spend", status_code=303)
         response.set_cookie(
             COOKIE,
@@ -250,6 +282,7 @@ class Dashboard:
         return response
 
     async def logout(self, request: Request, session: Session) -> Response:
+        await self.sessions.end(session)  # a copy of the cookie stops working too
         response = RedirectResponse(f"{PATH}/login", status_code=303)
         response.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="strict")
         return response

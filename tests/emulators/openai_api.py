@@ -40,11 +40,22 @@ def text_of(content: Any) -> str:
     return content or ""
 
 
+def image_tokens(content: Any) -> int:
+    """What gpt-4o bills for the images of ``content``: 85 tokens at ``detail: low``, else 765,
+    as for a 1024x1024 image (4 tiles of 170 + 85; the emulator decodes no image)."""
+    if not isinstance(content, list):
+        return 0
+    images = [p.get("image_url") for p in content if isinstance(p, dict)]
+    return sum(85 if isinstance(i, dict) and i.get("detail") == "low" else 765 for i in images if i)
+
+
 def completion(body: dict[str, Any], model_name: str) -> dict[str, Any]:
     """A deterministic chat.completion for ``body``."""
     messages = body["messages"]
     last = messages[-1]
-    prompt_tokens = sum(len(text_of(m.get("content")).split()) for m in messages)
+    prompt_tokens = sum(
+        len(text_of(m.get("content")).split()) + image_tokens(m.get("content")) for m in messages
+    )
     n = body.get("n") or 1
     choices = []
     for i in range(n):
