@@ -253,6 +253,12 @@ class LedgerConfig(_Strict):
     shutdown_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to write what is held when stopping."
     )
+    stuck_after: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds the writer may hold records without writing any before "
+        "/health/ready fails (the database is refusing or not answering writes).",
+    )
     migrate: bool = Field(default=True, description="Bring the schema up to date at start-up.")
 
     @field_validator("url")
