@@ -95,6 +95,12 @@ class LimitsConfig(_Strict):
         ge=1,
         description="Output tokens reserved when neither the request nor the catalog caps them.",
     )
+    on_backend_error: Literal["closed", "open", "closed_for_budgets"] = Field(
+        default="closed_for_budgets",
+        description="When the limits backend (Redis) cannot be reached: closed refuses calls "
+        "(503), open admits them uncounted (logged), closed_for_budgets refuses calls of keys "
+        "or teams with a budget and admits those with only rate or parallel limits.",
+    )
 
 
 PRICE_FIELDS = frozenset({"input", "cached_input", "output", "reasoning", "embedding"})

@@ -130,8 +130,10 @@ for i = 0, n - 1 do
   if period ~= '' then
     redis.call('HDEL', prefix .. 'resv:' .. scope .. ':' .. period, rid)
     redis.call('ZREM', prefix .. 'resvx:' .. scope .. ':' .. period, rid)
-    if tonumber(units) > 0 then
-      redis.call('INCRBY', prefix .. 'spent:' .. scope .. ':' .. period, units)
+    local spent = prefix .. 'spent:' .. scope .. ':' .. period
+    -- No counter (never seeded, or gone): the ledger's record seeds it, this spend included.
+    if tonumber(units) > 0 and redis.call('EXISTS', spent) == 1 then
+      redis.call('INCRBY', spent, units)
     end
   end
 end
@@ -269,13 +271,21 @@ class RedisLimits:
             return
         admission.done = True
         units = admission.cost_units if cost is None else to_units(cost)
-        await self._finish(admission, tokens - admission.tokens, units)
+        try:
+            await self._finish(admission, tokens - admission.tokens, units)
+        except BaseException:
+            admission.done = False  # not settled: it may be tried again
+            raise
 
     async def release(self, admission: Admission) -> None:
         if admission.done:
             return
         admission.done = True
-        await self._finish(admission, -admission.tokens, 0)
+        try:
+            await self._finish(admission, -admission.tokens, 0)
+        except BaseException:
+            admission.done = False
+            raise
 
     async def _finish(self, admission: Admission, delta: int, units: int) -> None:
         args: list[str | int] = [

@@ -1,0 +1,220 @@
+"""When Redis (the limits) or the key database cannot be reached, callers get a 503 that names
+it, with Retry-After — never a 500 — and ``limits.on_backend_error`` decides between refusing
+and admitting uncounted; a settlement Redis missed lands once it is back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.limits.base import UNITS_PER_USD, budget_period
+from tests.dependency_helpers import proxy_to, redis_prefix, serving, through
+from tests.emulators.common import Fault
+from tests.keys_helpers import MASTER_KEY, Admin, gateway_config, key_records
+from tests.ledger_helpers import TcpProxy, scratch_postgres
+from tests.replica_helpers import forget_redis_keys
+from tests.test_metrics import value
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+async def redis_proxy(redis_url: str) -> AsyncIterator[TcpProxy]:
+    async with proxy_to(redis_url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Any:
+    name = redis_prefix()
+    yield name
+    forget_redis_keys(redis_url, name)
+
+
+def redis_limits_config(
+    upstream: str, db: Path, redis_url: str, proxy: TcpProxy, prefix: str, **limits: Any
+) -> dict[str, Any]:
+    return gateway_config(
+        upstream,
+        db,
+        redis={"url": through(redis_url, proxy), "key_prefix": prefix},
+        limits={"backend": "redis", **limits},
+    )
+
+
+async def create_key(root: str, **body: Any) -> dict[str, Any]:
+    return await asyncio.to_thread(Admin(root + "/v1").create_key, **body)
+
+
+async def call(client: httpx.AsyncClient, key: str, **body: Any) -> httpx.Response:
+    return await client.post(
+        "/v1/chat/completions",
+        json={"model": "gpt-4o", "messages": HELLO, **body},
+        headers={"authorization": f"Bearer {key}"},
+    )
+
+
+def assert_dependency_unavailable(response: httpx.Response, names: str) -> None:
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("service_unavailable", "dependency_unavailable")
+    assert names in error["message"]
+    assert int(response.headers["retry-after"]) >= 1
+
+
+async def scrape(client: httpx.AsyncClient) -> list[tuple[str, dict[str, str], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = (await client.get("/metrics")).text
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    ]
+
+
+# -- limits with Redis unreachable -----------------------------------------------------------
+
+
+async def test_a_budget_key_is_refused_with_503_naming_redis_and_the_call_is_recorded(
+    openai_emu, tmp_path, redis_url, redis_proxy, prefix
+):
+    db = tmp_path / "ledger.db"
+    config = redis_limits_config(openai_emu.url, db, redis_url, redis_proxy, prefix)
+    async with serving(config) as root:
+        key = await create_key(root, name="budgeted", budget_usd="1", max_parallel=1)
+        async with httpx.AsyncClient(base_url=root, timeout=30) as client:
+            await redis_proxy.down()
+            refused = await call(client, key["key"])
+            assert_dependency_unavailable(refused, "Redis")
+            assert openai_emu.requests == []
+
+            await redis_proxy.up()
+            again = [await call(client, key["key"]) for _ in range(2)]
+            assert [r.status_code for r in again] == [200, 200]  # no parallel slot held
+            samples = await scrape(client)
+
+    records = await key_records(db, key["id"], at_least=3)
+    statuses = {r.request_id: r.status for r in records}
+    assert statuses[refused.headers["x-request-id"]] == 503
+    assert sorted(statuses.values()) == [200, 200, 503]
+    assert value(samples, "gateway_limits_backend_unavailable_total", action="refused") == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "limits", "status"),
+    [
+        (None, {"rpm": 100}, 200),  # default: only rate limits, admitted uncounted
+        ("closed", {"rpm": 100}, 503),
+        ("open", {"budget_usd": "1"}, 200),
+    ],
+)
+async def test_on_backend_error_decides_between_refusing_and_admitting(
+    openai_emu, tmp_path, redis_url, redis_proxy, prefix, mode, limits, status
+):
+    db = tmp_path / "ledger.db"
+    options = {} if mode is None else {"on_backend_error": mode}
+    config = redis_limits_config(openai_emu.url, db, redis_url, redis_proxy, prefix, **options)
+    async with serving(config) as root:
+        key = await create_key(root, name="k", **limits)
+        async with httpx.AsyncClient(base_url=root, timeout=30) as client:
+            await redis_proxy.down()
+            response = await call(client, key["key"])
+            samples = await scrape(client)
+            await redis_proxy.up()
+    if status == 503:
+        assert_dependency_unavailable(response, "Redis")
+    else:
+        assert response.status_code == 200, response.text
+        action = "admitted"
+        assert value(samples, "gateway_limits_backend_unavailable_total", action=action) == 1
+    records = await key_records(db, key["id"])
+    assert [r.status for r in records] == [status]
+
+
+# -- settling --------------------------------------------------------------------------------
+
+
+async def spent_units(redis_url: str, prefix: str, key_id: str) -> int:
+    period = budget_period("monthly", datetime.now(UTC))[0]
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        raw = await client.get(f"{prefix}limits:spent:key:{key_id}:{period}")
+    finally:
+        await client.aclose()
+    return int(raw or 0)
+
+
+async def test_a_settlement_redis_missed_lands_when_it_is_back(
+    openai_emu, tmp_path, redis_url, redis_proxy, prefix
+):
+    """Redis goes away while a stream is being answered: the call still ends (200), its
+    settlement is retried and queued, and lands — the call's recorded cost added to the
+    key's spend — once Redis is back. Before, it was dropped and the budget never saw it."""
+    db = tmp_path / "ledger.db"
+    config = redis_limits_config(openai_emu.url, db, redis_url, redis_proxy, prefix)
+    async with serving(config) as root:
+        key = await create_key(root, name="blip", budget_usd="1")
+        async with httpx.AsyncClient(base_url=root, timeout=30) as client:
+            assert (await call(client, key["key"])).status_code == 200
+            records = await key_records(db, key["id"])
+            first_cost = records[0].cost_usd
+            assert first_cost
+            assert await spent_units(redis_url, prefix, key["id"]) == first_cost * UNITS_PER_USD
+
+            openai_emu.fail_next(Fault(status=200, stall_after=1, stall_seconds=0.5))
+            async with client.stream(
+                "POST",
+                "/v1/chat/completions",
+                json={"model": "gpt-4o", "messages": HELLO, "stream": True},
+                headers={"authorization": f"Bearer {key['key']}"},
+            ) as stream:
+                lines = stream.aiter_lines()
+                await anext(lines)  # admitted and answering
+                await redis_proxy.down()
+                rest = [line async for line in lines]
+            assert stream.status_code == 200 and "data: [DONE]" in rest
+
+            records = await key_records(db, key["id"], at_least=2)
+            total = sum((r.cost_usd or Decimal(0) for r in records), Decimal(0))
+            await asyncio.sleep(0.5)  # the settlement's quick retries are over: it is queued
+            samples = await scrape(client)
+            assert value(samples, "gateway_limits_settle_failures_total") >= 1
+            assert value(samples, "gateway_limits_pending_settlements") == 1
+
+            await redis_proxy.up()
+            async with asyncio.timeout(10):
+                while await spent_units(redis_url, prefix, key["id"]) != total * UNITS_PER_USD:
+                    await asyncio.sleep(0.05)
+            samples = await scrape(client)
+            assert value(samples, "gateway_limits_pending_settlements") == 0
+
+
+# -- the key database unreachable ------------------------------------------------------------
+
+
+async def test_a_key_lookup_with_the_key_database_unreachable_answers_503_naming_it(
+    openai_emu, tmp_path
+):
+    with scratch_postgres() as database:
+        async with proxy_to(database) as proxy:
+            config = gateway_config(openai_emu.url, tmp_path / "unused.db")
+            config["ledger"] = {"url": through(database, proxy), "flush_interval": 0.05}
+            async with serving(config) as root:
+                key = await create_key(root, name="fresh")  # never looked up yet
+                async with httpx.AsyncClient(base_url=root, timeout=30) as client:
+                    await proxy.down()
+                    refused = await call(client, key["key"])
+                    assert_dependency_unavailable(refused, "key database")
+                    await proxy.up()
+                    assert (await call(client, key["key"])).status_code == 200
+                    master = {"authorization": f"Bearer {MASTER_KEY}"}
+                    assert (await client.get("/health/ready", headers=master)).status_code == 200
