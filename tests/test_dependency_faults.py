@@ -191,9 +191,10 @@ async def test_a_settlement_redis_missed_lands_when_it_is_back(
             assert value(samples, "gateway_limits_pending_settlements") == 1
 
             await redis_proxy.up()
-            async with asyncio.timeout(10):
-                while await spent_units(redis_url, prefix, key["id"]) != total * UNITS_PER_USD:
-                    await asyncio.sleep(0.05)
+            deadline = asyncio.get_running_loop().time() + 10
+            while await spent_units(redis_url, prefix, key["id"]) != total * UNITS_PER_USD:
+                assert asyncio.get_running_loop().time() < deadline, "the settlement never landed"
+                await asyncio.sleep(0.05)
             samples = await scrape(client)
             assert value(samples, "gateway_limits_pending_settlements") == 0
 

@@ -16,6 +16,7 @@ gateway's shutdown drains for a bounded time. Every failure is logged and counte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import time
@@ -278,15 +279,14 @@ class GuardedLimits:
 
     async def aclose(self) -> None:
         """Land what is queued (within ``drain_seconds``), then close the backend."""
-        if self._pending:
-            try:
-                async with asyncio.timeout(self.drain_seconds):
-                    while self._pending and not await self._try_pending():
-                        await asyncio.sleep(self.retry_initial)
-            except TimeoutError:
-                pass
         if self._retrier is not None:
             self._retrier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrier
+        if self._pending:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.drain_seconds):
+                    await self._retry_pending()
         for item in list(self._pending.values()):
             self._lose(item, f"{self.dependency} still unreachable at shutdown")
         self._pending.clear()
