@@ -18,7 +18,14 @@ import redis.asyncio as aioredis
 from gateway.limits.base import UNITS_PER_USD, budget_period
 from tests.dependency_helpers import proxy_to, redis_prefix, serving, through
 from tests.emulators.common import Fault
-from tests.keys_helpers import MASTER_KEY, Admin, gateway_config, key_records
+from tests.keys_helpers import (
+    MASTER_KEY,
+    TIGHT_REQUEST,
+    TIGHT_RESERVATION,
+    Admin,
+    gateway_config,
+    key_records,
+)
 from tests.ledger_helpers import TcpProxy, scratch_postgres
 from tests.replica_helpers import forget_redis_keys
 from tests.test_metrics import value
@@ -219,3 +226,70 @@ async def test_a_key_lookup_with_the_key_database_unreachable_answers_503_naming
                     assert (await call(client, key["key"])).status_code == 200
                     master = {"authorization": f"Bearer {MASTER_KEY}"}
                     assert (await client.get("/health/ready", headers=master)).status_code == 200
+
+
+# -- both away and back again, under load ----------------------------------------------------
+
+
+async def test_ledger_database_and_redis_going_away_under_load_lose_no_record_and_no_budget(
+    openai_emu, redis_url, prefix
+):
+    """150 calls from 10 callers against a budget of 40 reservations, while PostgreSQL (the
+    ledger and key store) and Redis (the limits) are cut and brought back, apart and
+    together. Afterwards every call answered has exactly one ledger record with its status,
+    the key's recorded spend is within its budget, and Redis counts exactly that spend: no
+    settlement was lost or counted twice. Reservations live 2 s here, so a settlement that
+    never landed would let later calls past the budget."""
+    budget = 40 * TIGHT_RESERVATION
+    with scratch_postgres() as database:
+        async with proxy_to(database) as pg, proxy_to(redis_url) as rd:
+            config = gateway_config(
+                openai_emu.url,
+                Path("unused.db"),
+                redis={"url": through(redis_url, rd), "key_prefix": prefix},
+                limits={"backend": "redis", "reservation_ttl": 2},
+                auth={"master_key": MASTER_KEY, "key_cache_seconds": 60},
+            )
+            config["ledger"] = {"url": through(database, pg), "flush_interval": 0.02}
+            async with serving(config) as root:
+                key = await create_key(root, name="load", budget_usd=str(budget))
+                auth = {"authorization": f"Bearer {key['key']}"}
+                answers: list[httpx.Response] = []
+                async with httpx.AsyncClient(base_url=root, timeout=30) as client:
+                    assert (await client.get("/v1/models", headers=auth)).status_code == 200
+
+                    async def caller() -> None:
+                        for _ in range(15):
+                            answers.append(
+                                await client.post(
+                                    "/v1/chat/completions", json=TIGHT_REQUEST, headers=auth
+                                )
+                            )
+                            await asyncio.sleep(0.1)
+
+                    async def outages() -> None:
+                        for proxies in ([rd], [pg], [rd, pg], [pg], [rd]):
+                            await asyncio.sleep(0.1)
+                            for proxy in proxies:
+                                await proxy.down()
+                            await asyncio.sleep(0.25)
+                            for proxy in proxies:
+                                await proxy.up()
+
+                    await asyncio.gather(outages(), *(caller() for _ in range(10)))
+                    assert len(answers) == 150
+
+                    records = await key_records(database, key["id"], at_least=150, wait=20)
+                    spent = sum((r.cost_usd or Decimal(0) for r in records), Decimal(0))
+                    deadline = asyncio.get_running_loop().time() + 10
+                    while await spent_units(redis_url, prefix, key["id"]) != spent * UNITS_PER_USD:
+                        assert asyncio.get_running_loop().time() < deadline, "spend not settled"
+                        await asyncio.sleep(0.05)
+
+    statuses = {r.headers["x-request-id"]: r.status_code for r in answers}
+    assert {r.request_id: r.status for r in records} == statuses  # one record per answer
+    codes = {r.json()["error"]["code"] for r in answers if r.status_code != 200}
+    assert codes <= {"budget_exceeded", "dependency_unavailable"}
+    assert "budget_exceeded" in codes  # the budget was reached
+    assert "dependency_unavailable" in codes  # and Redis was away for some calls
+    assert spent <= budget
