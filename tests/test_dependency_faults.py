@@ -5,6 +5,7 @@ and admitting uncounted; a settlement Redis missed lands once it is back."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -293,3 +294,47 @@ async def test_ledger_database_and_redis_going_away_under_load_lose_no_record_an
     assert "budget_exceeded" in codes  # the budget was reached
     assert "dependency_unavailable" in codes  # and Redis was away for some calls
     assert spent <= budget
+
+
+# -- the queue at shutdown -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("back_before_shutdown", [True, False])
+async def test_shutdown_lands_queued_settlements_or_counts_them_lost(
+    redis_url, redis_proxy, prefix, caplog, back_before_shutdown
+):
+    from gateway.limits import GuardedLimits, ScopeLimits
+    from gateway.limits.redis import RedisLimits
+
+    spent_seed = Decimal("0.5")
+
+    async def seed(scope: str, period: str) -> Decimal:
+        return spent_seed
+
+    backend = RedisLimits.from_url(through(redis_url, redis_proxy), prefix=prefix, seed=seed)
+    limits = GuardedLimits(backend, drain_seconds=0.5, retry_initial=0.01)
+    scope = ScopeLimits("key:k1", budget_usd=Decimal("1"))
+    admission = await limits.admit("req-1", (scope,), tokens=10, cost=Decimal("0.1"))
+    await redis_proxy.down()
+    await limits.settle(admission, tokens=8, cost=Decimal("0.05"))
+    assert limits.pending == 1 and limits.stats.settle_failures == 3
+    if back_before_shutdown:
+        await redis_proxy.up()
+    caplog.set_level(logging.ERROR, logger="gateway.limits")
+    await limits.aclose()
+
+    assert limits.pending == 0
+    await redis_proxy.up()
+    period = budget_period("monthly", datetime.now(UTC))[0]
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        spent = int(await client.get(f"{prefix}spent:key:k1:{period}") or 0)
+    finally:
+        await client.aclose()
+    if back_before_shutdown:
+        assert spent == (spent_seed + Decimal("0.05")) * UNITS_PER_USD
+        assert limits.stats.lost == 0
+    else:
+        assert spent == spent_seed * UNITS_PER_USD
+        assert limits.stats.lost == 1
+        assert "settlement of req-1 lost" in caplog.text
