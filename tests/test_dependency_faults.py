@@ -59,7 +59,11 @@ def redis_limits_config(
 
 
 async def create_key(root: str, **body: Any) -> dict[str, Any]:
-    return await asyncio.to_thread(Admin(root + "/v1").create_key, **body)
+    admin = Admin(root + "/v1")
+    try:
+        return await asyncio.to_thread(admin.create_key, **body)
+    finally:
+        admin.client.close()
 
 
 async def call(client: httpx.AsyncClient, key: str, **body: Any) -> httpx.Response:

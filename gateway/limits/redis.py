@@ -315,7 +315,7 @@ class RedisLimits:
         return to_usd(int(value or 0))
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)  # the pool is its own
 
 
 def _or_minus(value: int | None) -> int:
