@@ -287,8 +287,15 @@ async def test_ledger_database_and_redis_going_away_under_load_lose_no_record_an
                     records = await key_records(database, key["id"], at_least=150, wait=20)
                     spent = sum((r.cost_usd or Decimal(0) for r in records), Decimal(0))
                     deadline = asyncio.get_running_loop().time() + 10
-                    while await spent_units(redis_url, prefix, key["id"]) != spent * UNITS_PER_USD:
-                        assert asyncio.get_running_loop().time() < deadline, "spend not settled"
+                    while (counted := await spent_units(redis_url, prefix, key["id"])) != (
+                        spent * UNITS_PER_USD
+                    ):
+                        samples = await scrape(client)
+                        assert asyncio.get_running_loop().time() < deadline, (
+                            counted,
+                            spent * UNITS_PER_USD,
+                            [s for s in samples if "limits" in s[0]],
+                        )
                         await asyncio.sleep(0.05)
 
     statuses = {r.headers["x-request-id"]: r.status_code for r in answers}

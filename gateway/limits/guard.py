@@ -10,7 +10,11 @@ background, until its TTL would have ended it anyway.
 Settling never gives up silently: it is retried at once with a short backoff; if the backend
 is still away, the settlement (the call's cost, the one its ledger record carries) joins a
 queue that one background task retries with backoff until Redis takes it, and that the
-gateway's shutdown drains for a bounded time. Every failure is logged and counted.
+gateway's shutdown drains for a bounded time. While the queue holds anything, admission
+lands it first (or counts as the backend being away): a reservation that expired while its
+settlement waited must not leave room for calls its spend has already used. A queued
+release (a call that spent nothing) is dropped once its reservation has expired by itself.
+Every failure is logged and counted.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ class GuardedLimits:
         self._pending: OrderedDict[str, PendingEnd] = OrderedDict()
         self._retrier: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._landing = asyncio.Lock()  # one pass over the queue at a time
         self._logged: dict[str, float] = {}
 
     @property
@@ -113,6 +118,10 @@ class GuardedLimits:
         self, request_id: str, scopes: tuple[ScopeLimits, ...], *, tokens: int, cost: Decimal
     ) -> Admission:
         try:
+            # Spend the backend missed lands before anything new is admitted against it: a
+            # reservation may have expired meanwhile, its spend not yet counted.
+            if self._pending and not await self._try_pending():
+                raise ConnectionError("settlements queued earlier could not be landed")
             return await self.backend.admit(request_id, scopes, tokens=tokens, cost=cost)
         except backend_errors() as exc:
             return self._unreachable(request_id, scopes, exc)
@@ -238,11 +247,16 @@ class GuardedLimits:
             delay = min(delay * 2, self.retry_max)
 
     async def _try_pending(self) -> bool:
-        """One pass over the queue; False as soon as the backend fails again."""
+        """One pass over the queue; raises (admission) or returns False (the retrier) as soon
+        as the backend fails again."""
+        async with self._landing:
+            return await self._land_pending()
+
+    async def _land_pending(self) -> bool:
         landed = 0
         for request_id, item in list(self._pending.items()):
             if item.tokens is None and time.monotonic() >= item.expires:
-                del self._pending[request_id]  # Redis has let the reservation go itself
+                self._pending.pop(request_id, None)  # Redis has let it go by itself
                 continue
             try:
                 await self._apply(item)
