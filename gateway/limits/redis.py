@@ -4,7 +4,8 @@ and reservations across a key and its team are atomic, and time is Redis's own c
 Keys (under the configured prefix): ``rl:<scope>:r:<minute>`` / ``rl:<scope>:t:<minute>``
 (request and token counts per minute), ``par:<scope>`` (requests in flight, a sorted set by
 expiry), ``spent:<scope>:<period>`` (money in 1e-10 USD units), ``resv:<scope>:<period>`` and
-``resvx:<scope>:<period>`` (reservations and their expiry). Reservations and parallel slots
+``resvx:<scope>:<period>`` (reservations and their expiry), ``end:<request id>`` (a request
+already settled or released, for two minutes). Reservations and parallel slots
 expire after ``reservation_ttl`` seconds, so a replica that dies mid-request cannot hold them
 forever. Budgets are exact below 900,000 USD per period (Lua numbers are doubles).
 Redis Cluster is not supported: the scripts build their key names.
@@ -119,6 +120,9 @@ return out
 _END = """
 local prefix, rid, window = ARGV[1], ARGV[2], ARGV[3]
 local delta, n = tonumber(ARGV[4]), tonumber(ARGV[5])
+-- Once per request: a settle retried after its answer was lost must not count twice.
+local once = tonumber(ARGV[6 + n * 5])
+if not redis.call('SET', prefix .. 'end:' .. rid, '1', 'NX', 'EX', once) then return 0 end
 for i = 0, n - 1 do
   local b = 6 + i * 5
   local scope, tpm, par, period, units = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
@@ -140,6 +144,9 @@ end
 return 1
 """
 
+# How long a finished request's mark lives: a settle retried within it (its first answer lost
+# in a broken connection) is not counted twice.
+_END_MARK_SECONDS = 120
 _PERIOD_TTL = {"daily": 3 * 86400, "weekly": 10 * 86400, "monthly": 40 * 86400}
 
 
@@ -303,6 +310,7 @@ class RedisLimits:
                 admission.periods.get(s.scope, ""),
                 units,
             ]
+        args.append(_END_MARK_SECONDS)
         await self._end(args=args)
 
     async def spent(self, scope: ScopeLimits) -> Decimal:
