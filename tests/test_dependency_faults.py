@@ -107,6 +107,8 @@ async def test_a_budget_key_is_refused_with_503_naming_redis_and_the_call_is_rec
             await redis_proxy.down()
             refused = await call(client, key["key"])
             assert_dependency_unavailable(refused, "Redis")
+            streamed = await call(client, key["key"], stream=True)
+            assert_dependency_unavailable(streamed, "Redis")
             assert openai_emu.requests == []
 
             await redis_proxy.up()
@@ -114,11 +116,12 @@ async def test_a_budget_key_is_refused_with_503_naming_redis_and_the_call_is_rec
             assert [r.status_code for r in again] == [200, 200]  # no parallel slot held
             samples = await scrape(client)
 
-    records = await key_records(db, key["id"], at_least=3)
+    records = await key_records(db, key["id"], at_least=4)
     statuses = {r.request_id: r.status for r in records}
     assert statuses[refused.headers["x-request-id"]] == 503
-    assert sorted(statuses.values()) == [200, 200, 503]
-    assert value(samples, "gateway_limits_backend_unavailable_total", action="refused") == 1
+    assert statuses[streamed.headers["x-request-id"]] == 503
+    assert sorted(statuses.values()) == [200, 200, 503, 503]
+    assert value(samples, "gateway_limits_backend_unavailable_total", action="refused") == 2
 
 
 @pytest.mark.parametrize(
