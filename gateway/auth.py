@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import hmac
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -23,11 +24,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.errors import AuthenticationError, PermissionDeniedError, RateLimitError
-from gateway.keys.store import KeyStore, VirtualKey, hash_key
+from gateway.errors import (
+    AuthenticationError,
+    DependencyUnavailableError,
+    PermissionDeniedError,
+    RateLimitError,
+)
+from gateway.keys.store import KeyStore, VirtualKey, hash_key, store_errors
+from gateway.ledger.writer import describe
 from gateway.limits.base import ScopeLimits
 
 NEGATIVE_CACHE_SECONDS = 1.0  # unknown keys: short, so a key just created works at once
+log = logging.getLogger("gateway.auth")
 
 
 class FailedLookups:
@@ -182,7 +190,15 @@ class Authenticator:
             )
 
     async def _fetch(self, digest: str, token: str) -> tuple[float, Principal | None, str | None]:
-        principal, refusal = await self._lookup(token)
+        try:
+            principal, refusal = await self._lookup(token)
+        except store_errors() as exc:
+            # Not cached: the next request asks the database again.
+            log.warning("auth: the key database could not be reached: %s", describe(exc))
+            raise DependencyUnavailableError(
+                "the key database could not be reached to check this API key; retry in a moment",
+                retry_after=2,
+            ) from None
         ttl = self.cache_seconds if principal is not None or refusal else NEGATIVE_CACHE_SECONDS
         cached = (time.monotonic() + ttl, principal, refusal)
         if len(self._cache) > 100_000:

@@ -304,6 +304,20 @@ class ShuttingDownError(GatewayError):
         )
 
 
+class DependencyUnavailableError(GatewayError):
+    """A service the gateway needs for the call — the key database, the Redis that counts
+    limits — cannot be reached (503, with Retry-After). The message names the service."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "dependency_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **kwargs: Any) -> None:
+        headers = dict(kwargs.pop("headers", None) or {})
+        headers.setdefault("retry-after", str(retry_after))
+        super().__init__(message, headers=headers, **kwargs)
+
+
 class MalformedEventError(Exception):
     """One stream event could not be decoded; the stream guard skips and counts it."""
 

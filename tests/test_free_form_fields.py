@@ -138,14 +138,7 @@ def upstream() -> Iterator[str]:
     scope="module",
     params=[
         "sqlite",
-        pytest.param(
-            "postgresql",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="PostgreSQL refuses NUL in ledger text; its ledger writer is being made "
-                "to store it sanitised",
-            ),
-        ),
+        "postgresql",
     ],
 )
 def served(

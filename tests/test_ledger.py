@@ -397,8 +397,10 @@ async def test_a_retried_batch_is_not_counted_twice(engine):
     assert await spend_report(engine, "model", *EVER) == before
 
 
-async def test_a_record_the_database_refuses_is_rejected_alone(engine, writers, caplog):
-    caplog.set_level(logging.ERROR, logger="gateway.ledger")
+async def test_a_record_the_database_refuses_is_isolated_and_stored_without_its_tags(
+    engine, writers, caplog
+):
+    caplog.set_level(logging.WARNING, logger="gateway.ledger")
     records = make_records(40)
     bad = records[17]
     bad.tags = {"not json": object()}
@@ -407,10 +409,10 @@ async def test_a_record_the_database_refuses_is_rejected_alone(engine, writers, 
         writer.submit(record)
     await writer.flush()
 
-    assert [r.request_id for r in await stored(engine)] == [
-        r.request_id for r in records if r is not bad
-    ]
-    assert (writer.written, writer.rejected, writer.backlog) == (39, 1, 0)
+    kept = {r.request_id: r for r in await stored(engine)}
+    assert set(kept) == {r.request_id for r in records}
+    assert set(kept[bad.request_id].tags) == {"ledger_note"}
+    assert (writer.written, writer.salvaged, writer.rejected, writer.backlog) == (40, 1, 0, 0)
     assert bad.request_id in caplog.text
 
 

@@ -155,6 +155,12 @@ class LimitsConfig(_Strict):
         description="Calls by a key or team with a budget to a model without a price: deny "
         "(403), or `{price: {input, output}}` to meter them at that price.",
     )
+    on_backend_error: Literal["closed", "open", "closed_for_budgets"] = Field(
+        default="closed_for_budgets",
+        description="When the limits backend (Redis) cannot be reached: closed refuses calls "
+        "(503), open admits them uncounted (logged), closed_for_budgets refuses calls of keys "
+        "or teams with a budget and admits those with only rate or parallel limits.",
+    )
 
 
 PRICE_FIELDS = frozenset(
@@ -391,6 +397,12 @@ class LedgerConfig(_Strict):
     )
     shutdown_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to write what is held when stopping."
+    )
+    stuck_after: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds the writer may hold records without writing any before "
+        "/health/ready fails (the database is refusing or not answering writes).",
     )
     migrate: bool = Field(default=True, description="Bring the schema up to date at start-up.")
 

@@ -117,6 +117,8 @@ class Ledger:
             "duplicates": w.duplicates,
             "dropped": w.dropped,
             "rejected": w.rejected,
+            "salvaged": w.salvaged,
+            "stalled_seconds": round(w.stalled_seconds, 3),
             "failing": w.failing,
             "last_error": w.last_error,
             "last_write_seconds": w.last_write_seconds,

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.ledger.db import SQLITE_IMMEDIATE
 from gateway.ledger.records import ERROR_STATUS, SpendRecord, quantize_cost
 from gateway.ledger.schema import COUNTERS, ROLLUPS, dimensions, spend_records
+from gateway.ledger.storable import storable
 
 RECORD_FIELDS = tuple(f.name for f in fields(SpendRecord))
 
@@ -72,10 +73,11 @@ def _insert(conn: AsyncConnection) -> Any:
 
 
 async def write_batch(engine: AsyncEngine, records: Sequence[SpendRecord]) -> int:
-    """Store ``records`` and their roll-up in one transaction; return how many were new."""
+    """Store ``records`` (made storable) and their roll-up in one transaction; return how
+    many were new."""
     unique: dict[str, SpendRecord] = {}
     for record in records:
-        unique.setdefault(record.request_id, record)
+        unique.setdefault(record.request_id, storable(record))
     if not unique:
         return 0
     async with engine.connect() as conn:

@@ -4,8 +4,10 @@
 ``batch_size`` records, or whatever arrived within ``flush_interval``) and writes each in one
 transaction, retrying with backoff while the database is slow or down. When the queue is
 full, records spill into a bounded overflow buffer; past that they are counted as dropped and
-logged as errors. A record the database refuses outright (bad data) is isolated by splitting
-its batch, and only that record is rejected, logged with its request id.
+logged as errors. A batch the database refuses for its content (a data or integrity error,
+never a connection error) is split until the bad record stands alone; that record is stored
+once more in its salvaged form (``gateway.ledger.storable``) and, refused again, set aside
+(counted as rejected and logged with its request id) — the records behind it never wait.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.ledger.records import SpendRecord
+from gateway.ledger.storable import salvaged
 from gateway.ledger.store import write_batch
 
 log = logging.getLogger("gateway.ledger")
@@ -35,12 +38,27 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
+# SQLSTATE classes of errors about the data sent: 22 data exception (a NUL in text, a
+# number out of range), 23 integrity constraint violation.
+_CONTENT_SQLSTATE_CLASSES = ("22", "23")
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE code the database gave for ``exc`` (PostgreSQL drivers), if any."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
 def is_permanent(exc: BaseException) -> bool:
     """A failure the same records would meet again: a value the database (or the driver,
     or SQLAlchemy binding it) refuses. Anything else — connection refused, locked, timeout,
     missing table — may pass, so it is retried."""
     if isinstance(exc, sa_exc.DataError | sa_exc.IntegrityError):
         return True
+    code = sqlstate(exc)
+    if code is not None:
+        return code.startswith(_CONTENT_SQLSTATE_CLASSES)
     if isinstance(exc, sa_exc.StatementError) and not isinstance(exc, sa_exc.DBAPIError):
         return True
     return isinstance(exc, TypeError | ValueError | OverflowError)
@@ -90,11 +108,13 @@ class LedgerWriter:
         self._settled = 0  # of those: written, found already written, rejected or abandoned
         self._drops_unlogged = 0
         self._drop_logged_at = -DROP_LOG_INTERVAL
+        self._progress_at = time.monotonic()  # last write, or when the backlog began
 
         self.written = 0
         self.duplicates = 0
         self.dropped = 0
-        self.rejected = 0
+        self.rejected = 0  # refused by the database even in salvaged form: not stored
+        self.salvaged = 0  # stored in salvaged form (tags replaced by a note)
         self.failing = False
         self.last_error: str | None = None
         self.last_write_seconds: float | None = None
@@ -104,6 +124,14 @@ class LedgerWriter:
     def backlog(self) -> int:
         """Records held and not yet written: queued, spilled over, or in the batch in hand."""
         return self._accepted - self._settled
+
+    @property
+    def stalled_seconds(self) -> float:
+        """How long records have been held without any being written (0 with none held):
+        how stuck the writer is, for readiness."""
+        if not self.backlog:
+            return 0.0
+        return time.monotonic() - self._progress_at
 
     @property
     def running(self) -> bool:
@@ -131,6 +159,8 @@ class LedgerWriter:
         else:
             self._drop(1, f"queue ({self.queue_size}) and overflow ({self.overflow_size}) full")
             return
+        if not self.backlog:
+            self._progress_at = time.monotonic()
         self._accepted += 1
         if len(self._queue) == 1 or len(self._queue) >= self.batch_size:
             self._signal()
@@ -209,7 +239,13 @@ class LedgerWriter:
             self._queue.append(self._overflow.popleft())
         return batch
 
-    async def _write_until_done(self, batch: Sequence[SpendRecord]) -> None:
+    async def _write_until_done(
+        self,
+        batch: Sequence[SpendRecord],
+        refused: Callable[[Sequence[SpendRecord], Exception], Awaitable[None]] | None = None,
+    ) -> None:
+        """Write ``batch``, retrying while the database is away; a batch it refuses for its
+        content goes to ``refused`` (default: split it and salvage the bad records)."""
         delay = self.retry_initial
         failures = 0
         while True:
@@ -219,7 +255,7 @@ class LedgerWriter:
                     new = await write_batch(self.engine, batch)
             except Exception as exc:
                 if is_permanent(exc):
-                    await self._isolate(batch, exc)
+                    await (refused or self._isolate)(batch, exc)
                     return
                 failures += 1
                 self.failing = True
@@ -245,23 +281,50 @@ class LedgerWriter:
             self.written += new
             self.duplicates += len(batch) - new
             self._settled += len(batch)
+            self._progress_at = time.monotonic()
             return
 
     async def _isolate(self, batch: Sequence[SpendRecord], exc: Exception) -> None:
-        """Split a batch the database refused until the bad records stand alone."""
+        """Split a batch the database refused until the bad records stand alone; store each
+        of those in its salvaged form, or set it aside."""
         if len(batch) == 1:
-            self.rejected += 1
-            self._settled += 1
-            self.last_error = describe(exc)
-            log.error(
-                "ledger: spend record %s rejected by the database and not stored: %s",
-                batch[0].request_id,
-                self.last_error,
-            )
+            await self._salvage(batch[0], exc)
             return
         middle = len(batch) // 2
         await self._write_until_done(batch[:middle])
         await self._write_until_done(batch[middle:])
+
+    async def _salvage(self, record: SpendRecord, exc: Exception) -> None:
+        """Store a record the database refused in its salvaged form (retried like any batch
+        while the database is away); refused again, it is rejected, with a log line."""
+        reason = describe(exc)
+        rejected = self.rejected
+        await self._write_until_done([salvaged(record, reason)], refused=self._reject)
+        if self.rejected == rejected:
+            self.salvaged += 1
+            log.warning(
+                "ledger: spend record %s stored without its tags, which the database refused "
+                "(%d salvaged in all): %s",
+                record.request_id,
+                self.salvaged,
+                reason,
+            )
+
+    async def _reject(self, batch: Sequence[SpendRecord], exc: Exception) -> None:
+        """Set aside records the database refuses even salvaged: counted and logged."""
+        self.rejected += len(batch)
+        self._settled += len(batch)
+        self._progress_at = time.monotonic()
+        self.failing = False  # the database answered
+        self.last_error = describe(exc)
+        for record in batch:
+            log.error(
+                "ledger: spend record %s refused by the database and not stored (%d rejected "
+                "in all): %s",
+                record.request_id,
+                self.rejected,
+                self.last_error,
+            )
 
     # -- losses, never silent -----------------------------------------------------------
     def _drop(self, count: int, reason: str) -> None:

@@ -18,12 +18,14 @@ from gateway.limits.base import (
     budget_period,
     period_start,
 )
+from gateway.limits.guard import GuardedLimits
 from gateway.limits.memory import MemoryLimits
 
 __all__ = [
     "Admission",
     "BudgetExceededError",
     "BudgetShortfall",
+    "GuardedLimits",
     "Limits",
     "MemoryLimits",
     "ScopeLimits",
@@ -44,5 +46,11 @@ def limits_for(config: GatewayConfig, seed: SeedSpend) -> Limits:
             config.redis.url, prefix=config.redis.key_prefix + "limits:", seed=seed
         )
         limits.reservation_ttl = config.limits.reservation_ttl
-        return limits
+        return GuardedLimits(
+            limits,
+            dependency="Redis",
+            on_error=config.limits.on_backend_error,
+            reservation_ttl=config.limits.reservation_ttl,
+            drain_seconds=config.ledger.shutdown_timeout,
+        )
     return MemoryLimits(seed=seed)

@@ -4,7 +4,8 @@ and reservations across a key and its team are atomic, and time is Redis's own c
 Keys (under the configured prefix): ``rl:<scope>:r:<minute>`` / ``rl:<scope>:t:<minute>``
 (request and token counts per minute), ``par:<scope>`` (requests in flight, a sorted set by
 expiry), ``spent:<scope>:<period>`` (money in 1e-10 USD units), ``resv:<scope>:<period>`` and
-``resvx:<scope>:<period>`` (reservations and their expiry). Reservations and parallel slots
+``resvx:<scope>:<period>`` (reservations and their expiry), ``end:<request id>`` (a request
+already settled or released, for two minutes). Reservations and parallel slots
 expire after ``reservation_ttl`` seconds, so a replica that dies mid-request cannot hold them
 forever. Budgets are exact below 900,000 USD per period (Lua numbers are doubles).
 Redis Cluster is not supported: the scripts build their key names.
@@ -119,6 +120,9 @@ return out
 _END = """
 local prefix, rid, window = ARGV[1], ARGV[2], ARGV[3]
 local delta, n = tonumber(ARGV[4]), tonumber(ARGV[5])
+-- Once per request: a settle retried after its answer was lost must not count twice.
+local once = tonumber(ARGV[6 + n * 5])
+if not redis.call('SET', prefix .. 'end:' .. rid, '1', 'NX', 'EX', once) then return 0 end
 for i = 0, n - 1 do
   local b = 6 + i * 5
   local scope, tpm, par, period, units = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
@@ -130,14 +134,19 @@ for i = 0, n - 1 do
   if period ~= '' then
     redis.call('HDEL', prefix .. 'resv:' .. scope .. ':' .. period, rid)
     redis.call('ZREM', prefix .. 'resvx:' .. scope .. ':' .. period, rid)
-    if tonumber(units) > 0 then
-      redis.call('INCRBY', prefix .. 'spent:' .. scope .. ':' .. period, units)
+    local spent = prefix .. 'spent:' .. scope .. ':' .. period
+    -- No counter (never seeded, or gone): the ledger's record seeds it, this spend included.
+    if tonumber(units) > 0 and redis.call('EXISTS', spent) == 1 then
+      redis.call('INCRBY', spent, units)
     end
   end
 end
 return 1
 """
 
+# How long a finished request's mark lives: a settle retried within it (its first answer lost
+# in a broken connection) is not counted twice.
+_END_MARK_SECONDS = 120
 _PERIOD_TTL = {"daily": 3 * 86400, "weekly": 10 * 86400, "monthly": 40 * 86400}
 
 
@@ -269,13 +278,21 @@ class RedisLimits:
             return
         admission.done = True
         units = admission.cost_units if cost is None else to_units(cost)
-        await self._finish(admission, tokens - admission.tokens, units)
+        try:
+            await self._finish(admission, tokens - admission.tokens, units)
+        except BaseException:
+            admission.done = False  # not settled: it may be tried again
+            raise
 
     async def release(self, admission: Admission) -> None:
         if admission.done:
             return
         admission.done = True
-        await self._finish(admission, -admission.tokens, 0)
+        try:
+            await self._finish(admission, -admission.tokens, 0)
+        except BaseException:
+            admission.done = False
+            raise
 
     async def _finish(self, admission: Admission, delta: int, units: int) -> None:
         args: list[str | int] = [
@@ -293,6 +310,7 @@ class RedisLimits:
                 admission.periods.get(s.scope, ""),
                 units,
             ]
+        args.append(_END_MARK_SECONDS)
         await self._end(args=args)
 
     async def spent(self, scope: ScopeLimits) -> Decimal:
@@ -305,7 +323,7 @@ class RedisLimits:
         return to_usd(int(value or 0))
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)  # the pool is its own
 
 
 def _or_minus(value: int | None) -> int:

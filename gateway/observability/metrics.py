@@ -35,6 +35,7 @@ from prometheus_client import (
 from gateway.call import Call
 from gateway.engine import Engine
 from gateway.errors import GatewayError, RateLimitError
+from gateway.limits import GuardedLimits
 from gateway.observability.multiprocess import MULTIPROC_ENV
 
 REFRESH_SECONDS = 5.0  # how often each worker publishes its gauges when there are several
@@ -175,6 +176,37 @@ class GatewayMetrics:
             "Spend records lost (buffers full, database down at shutdown).",
             registry=r,
         )
+        self.ledger_set_aside = Counter(
+            "gateway_ledger_refused_records",
+            "Spend records the database refused for their content: stored without their tags "
+            "(outcome=salvaged) or not stored (outcome=rejected).",
+            ["outcome"],
+            registry=r,
+        )
+        self.limits_backend_errors = Counter(
+            "gateway_limits_backend_unavailable",
+            "Calls admitted uncounted (action=admitted) or refused with 503 (action=refused) "
+            "because the limits backend (Redis) could not be reached.",
+            ["action"],
+            registry=r,
+        )
+        self.limits_settle_failures = Counter(
+            "gateway_limits_settle_failures",
+            "Failed tries to settle or release a reservation in the limits backend.",
+            registry=r,
+        )
+        self.limits_settlements_lost = Counter(
+            "gateway_limits_settlements_lost",
+            "Settlements that never reached the limits backend (queue full, shutdown).",
+            registry=r,
+        )
+        self.limits_pending = Gauge(
+            "gateway_limits_pending_settlements",
+            "Settlements and releases queued until the limits backend is back.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self._seen: dict[str, int] = {}  # state counts already added to their counters
         self._calls: dict[tuple[str, str, str, int, str, str], _CallSeries] = {}
         self._attempt_latency: dict[str, Histogram] = {}  # by deployment
         self._outcomes: dict[tuple[str, str], Counter] = {}  # by deployment and outcome
@@ -301,6 +333,25 @@ class GatewayMetrics:
             if writer.dropped > dropped:
                 self.ledger_dropped.inc(writer.dropped - dropped)
             self._ledger_seen = (writer.written, writer.dropped)
+            self._add("ledger_salvaged", writer.salvaged, self.ledger_set_aside.labels("salvaged"))
+            self._add("ledger_rejected", writer.rejected, self.ledger_set_aside.labels("rejected"))
+        limits = self.engine.limits
+        if isinstance(limits, GuardedLimits):
+            stats = limits.stats
+            self.limits_pending.set(limits.pending)
+            self._add(
+                "admitted", stats.admitted_open, self.limits_backend_errors.labels("admitted")
+            )
+            self._add("refused", stats.refused, self.limits_backend_errors.labels("refused"))
+            self._add("settle_failures", stats.settle_failures, self.limits_settle_failures)
+            self._add("settle_lost", stats.lost, self.limits_settlements_lost)
+
+    def _add(self, name: str, total: int, counter: Counter) -> None:
+        """Bring ``counter`` up to ``total``, a count kept by the engine's state."""
+        seen = self._seen.get(name, 0)
+        if total > seen:
+            counter.inc(total - seen)
+            self._seen[name] = total
 
 
 class MetricsEndpoint:

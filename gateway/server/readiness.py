@@ -1,8 +1,9 @@
 """Whether this process should get traffic: the checks behind ``/health/ready``.
 
 Ready means: not draining, the ledger's database answers, Redis answers (when configured),
-some model has a deployment whose circuit is not open, and the ledger writer is running
-without spilling past its queue. A single model whose every circuit is open is a warning,
+some model has a deployment whose circuit is not open, and the ledger writer is running,
+writing (not holding records unwritten for ``ledger.stuck_after`` seconds) and not spilling
+past its queue. A single model whose every circuit is open is a warning,
 not a failure: see ``Readiness.report``. Probes come often and from many load
 balancers at once, so a database or Redis ping is made at most once per ``cache_seconds``
 (concurrent probes share the ping in flight) and bounded by ``ping_timeout``.
@@ -165,6 +166,13 @@ class Readiness:
             queue_size = self.engine.ledger.config.queue_size
             if not status["running"]:
                 fail("ledger", "the ledger writer is not running; spend records are not written")
+            elif status["stalled_seconds"] >= self.engine.ledger.config.stuck_after:
+                fail(
+                    "ledger",
+                    f"the ledger writer has held {status['backlog']} records for "
+                    f"{status['stalled_seconds']:.0f}s without writing any "
+                    f"(last error: {status['last_error'] or 'none'})",
+                )
             elif status["backlog"] >= queue_size:
                 fail(
                     "ledger",
