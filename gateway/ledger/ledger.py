@@ -92,10 +92,15 @@ class Ledger:
         return await spend_records(self.engine, since, until, key_id, limit, cursor)
 
     async def cache_savings(
-        self, since: datetime, until: datetime, key_id: str | None = None
+        self,
+        since: datetime,
+        until: datetime,
+        key_id: str | None = None,
+        *,
+        team: str | None = None,
     ) -> CacheSavings:
-        """What the response cache saved in ``[since, until)`` (for one key if given)."""
-        return await cache_savings(self.engine, since, until, key_id)
+        """What the response cache saved in ``[since, until)`` (for one key or team)."""
+        return await cache_savings(self.engine, since, until, key_id, team)
 
     async def scope_spend(
         self, kind: Literal["key", "team"], ident: str, since: datetime
