@@ -11,11 +11,13 @@ import pytest
 
 from gateway import AsyncGateway
 from gateway.cache import MemoryStore
+from gateway.config import GatewayConfig
+from gateway.setup import Setup
 from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators import mistral_api
 from tests.emulators.mistral_api import MistralEmulator
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator
-from tests.harness import ServerThread
+from tests.harness import ServerThread, free_port
 
 QUESTION = [{"role": "user", "content": "one two three"}]
 
@@ -132,3 +134,41 @@ def test_fim_answers_are_cached(
     assert second.json()["choices"] == first.json()["choices"]
     assert fim(suffix="return a + b").headers["x-gateway-cache"] == "miss"
     assert len(mistral_upstream.requests) == 2
+
+
+async def test_an_unreachable_redis_cache_is_a_miss_not_a_failure(
+    openai_emu: OpenAIEmulator,
+) -> None:
+    config = library_config(openai_emu, backend="redis")
+    config["redis"] = {"url": f"redis://127.0.0.1:{free_port()}/15"}  # nothing listens there
+    async with AsyncGateway(config) as gw:
+        answers = [
+            await gw.chat.completions.create(model="gpt-4o", messages=QUESTION, temperature=0)
+            for _ in range(2)
+        ]
+    assert [a.facts.cache for a in answers] == ["miss", "miss"]
+    assert len(openai_emu.requests) == 2
+
+
+async def test_a_reload_keeps_the_cache_or_turns_it_off(openai_emu: OpenAIEmulator) -> None:
+    config = library_config(openai_emu)
+    async with AsyncGateway(config) as gw:
+        engine = gw.engine
+
+        async def status() -> str | None:
+            answer = await gw.chat.completions.create(
+                model="gpt-4o", messages=QUESTION, temperature=0
+            )
+            return answer.facts.cache
+
+        assert await status() == "miss"
+        longer = GatewayConfig.model_validate(
+            {**config, "cache": {"enabled": True, "ttl_seconds": 9}}
+        )
+        engine.swap(Setup.build(longer, engine.health, engine.ledger))
+        assert await status() == "hit"  # the same store, the new settings
+        assert engine.cache is not None and engine.cache.settings.ttl_seconds == 9
+        off = GatewayConfig.model_validate({**config, "cache": {"enabled": False}})
+        engine.swap(Setup.build(off, engine.health, engine.ledger))
+        assert engine.cache is None
+        assert await status() is None
