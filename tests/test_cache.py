@@ -211,6 +211,24 @@ def test_global_scope_shares_answers_across_teams(start_gateway, openai_emu, tmp
     assert ask(base, two).headers["x-gateway-cache"] == "hit"
 
 
+def test_key_scope_keeps_the_keys_of_one_team_apart(start_gateway, openai_emu, tmp_path):
+    base = cached_gateway(start_gateway, openai_emu, tmp_path, scope="key")
+    admin = Admin(base)
+    admin.create_team(name="green")
+    one = admin.create_key(name="g1", team="green")["key"]
+    two = admin.create_key(name="g2", team="green")["key"]
+    assert ask(base, one).headers["x-gateway-cache"] == "miss"
+    assert ask(base, two).headers["x-gateway-cache"] == "miss"
+    assert ask(base, one).headers["x-gateway-cache"] == "hit"
+
+
+def test_per_user_keeps_each_end_users_answers_apart(start_gateway, openai_emu, tmp_path):
+    base = cached_gateway(start_gateway, openai_emu, tmp_path, per_user=True)
+    assert ask(base, user="ann").headers["x-gateway-cache"] == "miss"
+    assert ask(base, user="bob").headers["x-gateway-cache"] == "miss"
+    assert ask(base, headers={"x-gateway-user": "ann"}).headers["x-gateway-cache"] == "hit"
+
+
 def test_a_hit_needs_the_model_to_be_allowed_to_the_key(start_gateway, openai_emu, tmp_path):
     base = cached_gateway(start_gateway, openai_emu, tmp_path, scope="global")
     admin = Admin(base)
