@@ -43,6 +43,7 @@ class Scenario:
     http: str = "httptools"
     full: bool = False  # virtual key + limits, two weighted deployments, SQLite ledger
     workers: int = 1  # more than one: pinned to every core, shared with wrk and nginx
+    cache: str | None = None  # the response cache on: "hit" (answers kept) or "miss" (never)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -96,6 +97,22 @@ SCENARIOS: dict[str, Scenario] = {
             full=True,
             workers=2,
         ),
+        Scenario(
+            "gateway-full-cache",
+            "gateway-cli",
+            "gateway-full with the response cache on (memory): every request after the first "
+            "is a hit",
+            full=True,
+            cache="hit",
+        ),
+        Scenario(
+            "gateway-full-cache-miss",
+            "gateway-cli",
+            "gateway-full with the response cache on, no answer small enough to keep: every "
+            "request is a miss (lookup, then the upstream)",
+            full=True,
+            cache="miss",
+        ),
         Scenario("litellm", "litellm", "LiteLLM proxy (litellm --num_workers 1)"),
     )
 }
@@ -120,7 +137,13 @@ def litellm_binary() -> Path | None:
 
 
 def gateway_config(
-    upstream: str, port: int, *, full: bool = False, workers: int = 1, ledger: str | None = None
+    upstream: str,
+    port: int,
+    *,
+    full: bool = False,
+    workers: int = 1,
+    ledger: str | None = None,
+    cache: str | None = None,
 ) -> dict[str, Any]:
     """One model per answer shape; ``full``: each with two weighted deployments (3:1, two
     providers, both pointing at the upstream) and the ledger at ``ledger``."""
@@ -155,6 +178,11 @@ def gateway_config(
     }
     if ledger:
         config["ledger"] = {"url": ledger}
+    if cache is not None:
+        # The load's bodies sample (temperature 0.2): the cache is told to keep them anyway.
+        config["cache"] = {"enabled": True, "sampled": True}
+        if cache == "miss":
+            config["cache"]["max_entry_bytes"] = 1
     return config
 
 
@@ -255,7 +283,12 @@ class RunningTarget:
                 ledger = f"sqlite+aiosqlite:///{db}"
                 self.key = create_virtual_key(db)
             settings = gateway_config(
-                upstream, port, full=scenario.full, workers=scenario.workers, ledger=ledger
+                upstream,
+                port,
+                full=scenario.full,
+                workers=scenario.workers,
+                ledger=ledger,
+                cache=scenario.cache,
             )
             config = log_dir / "gateway.yaml"
             config.write_text(yaml.safe_dump(settings, sort_keys=False))

@@ -357,6 +357,8 @@ def spend_record(info: Call, error: GatewayError | None) -> SpendRecord:
         price_model=price.model if price is not None else None,
         price_source=price_source(price),
         price_effective=price_effective(price),
+        cache_hit=info.cache_hit,
+        saved_usd=info.saved_usd,
     )
 
 

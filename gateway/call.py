@@ -11,9 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from gateway.auth import Principal
+from gateway.cache import CacheTicket
 from gateway.costs import Cost
 from gateway.costs.reasoning import is_reasoning_model
 from gateway.errors import GatewayError
@@ -68,6 +70,11 @@ class Call:
     cancelled_by: Callable[[], GatewayError] | None = None
     observed: bool = False  # the observers have been told the call ended
     ended: bool = False  # recorded and settled (``gateway.calls``): it happens once
+    # The response cache's part (None: the cache is off): the ticket of the request, and on
+    # a hit what the call that produced the answer cost.
+    cache: CacheTicket | None = None
+    cache_directive: str | None = None  # the caller's x-gateway-cache header
+    saved_usd: Decimal | None = None
 
     # -- what the attempts say -----------------------------------------------------------
     @property
@@ -163,7 +170,13 @@ class Call:
                 )
         if self.capped_max_tokens is not None:
             headers["x-gateway-budget-capped-max-tokens"] = str(self.capped_max_tokens)
+        if self.cache is not None:
+            headers["x-gateway-cache"] = self.cache.status
         return headers
+
+    @property
+    def cache_hit(self) -> bool:
+        return self.cache is not None and self.cache.status == "hit"
 
     def facts(self) -> GatewayFacts:
         """The facts of the call as they stand now, as the library hands them out."""
@@ -178,6 +191,7 @@ class Call:
             usage_estimated=bool(cost is not None and cost.estimated),
             overhead_ms=round(self.overhead_ms(), 2),
             dropped_params=self.dropped_params,
+            cache=self.cache.status if self.cache is not None else None,
         )
 
 

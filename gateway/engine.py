@@ -8,16 +8,26 @@ upstream answers stay plain dicts in the OpenAI shape on this path.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.accounting import unreadable_usage_note
 from gateway.auth import Authenticator
+from gateway.cache import (
+    CachedAnswer,
+    Directive,
+    ResponseCache,
+    StreamCapture,
+    Tenant,
+    replay_chunks,
+)
 from gateway.call import Call, Observer
 from gateway.calls import Calls
 from gateway.config import GatewayConfig
-from gateway.costs import served_tier, usage_readable
+from gateway.costs import Cost, served_tier, usage_readable
 from gateway.costs.reasoning import is_reasoning_model
 from gateway.errors import GatewayError
 from gateway.keys.store import KeyStore
@@ -25,8 +35,15 @@ from gateway.ledger.ledger import Ledger
 from gateway.limits import BudgetShortfall, Limits, limits_for, period_start
 from gateway.resilience import read_answer, run_plan, within
 from gateway.routing import HealthBoard, Plan, Router, Ticket
+from gateway.routing.affinity import affinity_key
 from gateway.setup import Setup
-from gateway.streams import ChunkStream, StreamOpener, unencodable, upstream_request
+from gateway.streams import (
+    ChunkStream,
+    ReplayStream,
+    StreamOpener,
+    unencodable,
+    upstream_request,
+)
 from gateway.transport import AiohttpTransport
 from gateway.types import CompletionRequest, EmbeddingRequest, FimCompletionRequest
 from gateway.wire import JSON, Transport
@@ -68,6 +85,9 @@ class Engine:
         )
         self.limits: Limits = limits_for(config, seed=self._seed_spend)
         self.calls = Calls(self._ended)
+        # The response cache (docs/caching.md); None when no model uses it, which is all the
+        # request path then checks.
+        self.cache = ResponseCache.build(config) if cache_wanted(config) else None
         self.observers: list[Observer] = []
         self._started = False
 
@@ -88,10 +108,21 @@ class Engine:
     async def chat(self, request: CompletionRequest, call: Call) -> JSON:
         """A complete (non-streaming) chat completion; a FIM request is answered the same way."""
         setup = self._begin(request, call)
+        if self.cache is not None:
+            return await self.calls.run(call, self._chat_cached(setup, request, call))
         return await self.calls.run(call, self._chat(setup, request, call))
 
-    async def _chat(self, setup: Setup, request: CompletionRequest, call: Call) -> JSON:
-        result = await self._complete(setup, request, call)
+    async def _chat_cached(self, setup: Setup, request: CompletionRequest, call: Call) -> JSON:
+        plan = self._plan(setup, request, call)  # the caller may use the model: or no answer
+        hit = await self._look_up(request, call)
+        if hit is not None:
+            return self._answer_from_cache(call, hit)
+        return await self._chat(setup, request, call, plan)
+
+    async def _chat(
+        self, setup: Setup, request: CompletionRequest, call: Call, plan: Plan | None = None
+    ) -> JSON:
+        result = await self._complete(setup, request, call, plan)
         call.upstream_model = result.get("model")
         call.service_tier = served_tier(result, request)
         usage = result.get("usage")
@@ -112,11 +143,15 @@ class Engine:
         self._correct_quota(call, request.estimated_tokens())
         if call.keeps_content:
             call.content = {"messages": request.prompt_messages(), "choices": result.get("choices")}
+        if call.cache is not None and call.cache.writes:
+            call.cache.answer = result  # kept once the call has ended well
         self.calls.end(call)
         return result
 
-    async def _complete(self, setup: Setup, request: CompletionRequest, call: Call) -> JSON:
-        plan = self._plan(setup, request, call)
+    async def _complete(
+        self, setup: Setup, request: CompletionRequest, call: Call, plan: Plan | None = None
+    ) -> JSON:
+        plan = plan or self._plan(setup, request, call)
         deadline = plan.policy.deadline(request.gateway_timeout)
         await self._admit(setup, call, plan, request.estimated_tokens(), request)
 
@@ -150,23 +185,43 @@ class Engine:
 
         async def open_first() -> ChunkStream:
             plan = self._plan(setup, request, call)
+            if self.cache is not None:
+                hit = await self._look_up(request, call)
+                if hit is not None:
+                    self._answer_from_cache(call, hit)
+                    include_usage = request.wants_stream_usage
+                    return ReplayStream(replay_chunks(hit.response, include_usage=include_usage))
             deadline = plan.policy.deadline(request.gateway_timeout)
             estimate = request.estimated_tokens()
             await self._admit(setup, call, plan, estimate, request)
             opened = await opener.open(
                 plan, plan.attempts, request.upstream_body, deadline, estimate
             )
-            return ChunkStream(opener, plan, deadline, opened, setup.accountant, self.calls)
+            stream = ChunkStream(opener, plan, deadline, opened, setup.accountant, self.calls)
+            if self.cache is not None and call.cache is not None and call.cache.writes:
+                stream.capture = StreamCapture(self.cache.settings.max_entry_bytes)
+            return stream
 
         return await self.calls.run(call, open_first())
 
     async def embeddings(self, request: EmbeddingRequest, call: Call) -> JSON:
         """Embeddings for one or more inputs."""
         setup = self._begin(request, call)
+        if self.cache is not None:
+            return await self.calls.run(call, self._embeddings_cached(setup, request, call))
         return await self.calls.run(call, self._embeddings(setup, request, call))
 
-    async def _embeddings(self, setup: Setup, request: EmbeddingRequest, call: Call) -> JSON:
-        result = await self._embed(setup, request, call)
+    async def _embeddings_cached(self, setup: Setup, request: EmbeddingRequest, call: Call) -> JSON:
+        plan = self._plan(setup, request, call)
+        hit = await self._look_up(request, call)
+        if hit is not None:
+            return self._answer_from_cache(call, hit)
+        return await self._embeddings(setup, request, call, plan)
+
+    async def _embeddings(
+        self, setup: Setup, request: EmbeddingRequest, call: Call, plan: Plan | None = None
+    ) -> JSON:
+        result = await self._embed(setup, request, call, plan)
         call.upstream_model = result.get("model")
         call.usage = result.get("usage")
         if not usage_readable(call.usage, embedding=True):
@@ -179,11 +234,15 @@ class Engine:
         )
         if call.keeps_content:
             call.content = {"input": request.input}
+        if call.cache is not None and call.cache.writes:
+            call.cache.answer = result
         self.calls.end(call)
         return result
 
-    async def _embed(self, setup: Setup, request: EmbeddingRequest, call: Call) -> JSON:
-        plan = self._plan(setup, request, call)
+    async def _embed(
+        self, setup: Setup, request: EmbeddingRequest, call: Call, plan: Plan | None = None
+    ) -> JSON:
+        plan = plan or self._plan(setup, request, call)
         deadline = plan.policy.deadline(request.gateway_timeout)
         await self._admit(setup, call, plan, len(str(request.input).encode()), None)
 
@@ -229,7 +288,72 @@ class Engine:
                 regions,
                 router.deployments,  # (its names, if refused)
             )
-        return router.plan(request.model, request.fallbacks, request.needs(), regions, may_use)
+        return router.plan(
+            request.model,
+            request.fallbacks,
+            request.needs(),
+            regions,
+            may_use,
+            affinity=lambda: affinity_key(request),
+        )
+
+    # -- the response cache ----------------------------------------------------------------
+    async def _look_up(
+        self, request: CompletionRequest | EmbeddingRequest, call: Call
+    ) -> CachedAnswer | None:
+        """The request's cache ticket (in ``call.cache``) and, if it may read, the answer
+        kept for it. A store that cannot be read (Redis away) is a miss, never a failure."""
+        cache = self.cache
+        assert cache is not None
+        tenant = Tenant(call.key_id, call.team, call.end_user)
+        directive = Directive.parse(call.cache_directive)
+        if isinstance(request, EmbeddingRequest):
+            ticket = cache.embeddings_ticket(request, tenant, directive)
+        elif isinstance(request, FimCompletionRequest):
+            ticket = cache.fim_ticket(request, tenant, directive)
+        else:
+            ticket = cache.chat_ticket(request, tenant, directive)
+        call.cache = ticket
+        if not ticket.reads:
+            return None
+        try:
+            hit = await cache.get(ticket)
+        except Exception as exc:
+            log.warning("response cache unreadable, answering afresh: %s", type(exc).__name__)
+            return None
+        if hit is not None:
+            ticket.status = "hit"
+            ticket.writes = False
+        return hit
+
+    def _answer_from_cache(self, call: Call, hit: CachedAnswer) -> JSON:
+        """End a call answered from the cache: it cost nothing, and saved what the answer
+        cost when it was produced."""
+        call.cost = Cost(total=Decimal(0))
+        call.saved_usd = hit.cost
+        call.upstream_model = hit.response.get("model")
+        self.calls.end(call)
+        return hit.response
+
+    def _keep(self, call: Call) -> None:
+        """Keep the answer of a call that ended well, with what it cost."""
+        cache, ticket = self.cache, call.cache
+        if cache is None or ticket is None:
+            return
+        cost = call.cost.total if call.cost is not None else None
+        try:
+            work = cache.keep(ticket, cost, call.usage)
+        except Exception:
+            log.exception("request %s: its answer could not be cached", call.request_id)
+            return
+        if work is not None:
+            self.calls.spawn(self._keep_later(call.request_id, work))
+
+    async def _keep_later(self, request_id: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except Exception as exc:  # the answer went out; only a later hit is lost
+            log.warning("request %s: its answer was not cached (%s)", request_id, exc)
 
     async def _admit(
         self,
@@ -295,6 +419,8 @@ class Engine:
     def _ended(self, call: Call, error: GatewayError | None) -> None:
         """A call has ended (``Calls.end``, once): record it, settle its limits, tell the
         observers. Attempts that got no answer are billed first (an offline estimate)."""
+        if call.cache is not None and call.cache.answer is not None and error is None:
+            self._keep(call)
         if self.accountant.unanswered(call):
             self.calls.spawn(self._book_unanswered(call, error))
         else:
@@ -366,6 +492,23 @@ class Engine:
         self.health.forget(old - new)
         if self.shared_circuits is not None:
             self.shared_circuits.track(new)
+        self._swap_cache(setup.config)
+
+    def _swap_cache(self, config: GatewayConfig) -> None:
+        """The response cache a reload asks for: the same store while its backend stays."""
+        cache = self.cache
+        if not cache_wanted(config):
+            self.cache = None
+        elif cache is not None and cache.settings.backend == config.cache.backend:
+            cache.reconfigure(config)
+        else:
+            self.cache = ResponseCache.build(config)
+        if cache is not None and self.cache is not cache:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # a swap outside a running server: left to the collector
+                return
+            self.calls.spawn(cache.aclose())
 
     async def start(self) -> None:
         """Bring the ledger's schema up to date and start its writer (idempotent)."""
@@ -382,12 +525,21 @@ class Engine:
         if self.ledger is not None:
             await self.ledger.aclose()
         await self.limits.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
         await self.transport.close()
         if self.shared_circuits is not None:
             await self.shared_circuits.aclose()
         for provider in self.router.providers.values():
             if provider.transport is not None:
                 await provider.transport.close()
+
+
+def cache_wanted(config: GatewayConfig) -> bool:
+    """Whether any model uses the response cache."""
+    if config.cache.enabled:
+        return True
+    return any(m.cache is not None and m.cache.enabled for m in config.models.values())
 
 
 def cap_output(request: CompletionRequest, cap: int, deployments: list[Deployment]) -> None:

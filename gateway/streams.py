@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 
 from gateway.accounting import Accountant, add_usage, unreadable_usage_note
+from gateway.cache import StreamCapture
 from gateway.call import Call
 from gateway.calls import Calls
 from gateway.config import RoutingConfig
@@ -206,6 +207,8 @@ class ChunkStream:
         self._broken: list[_Broken] = []
         self._usage: JSON | None = None  # the last attempt's reported usage
         self._accounted = False
+        # The answer folded up for the response cache (None: it is not to be kept).
+        self.capture: StreamCapture | None = None
         calls.streams.add(self)
 
     def __aiter__(self) -> AsyncIterator[JSON]:
@@ -283,6 +286,8 @@ class ChunkStream:
                             del chunk["usage"]
                         out.append(chunk)
                     if out:
+                        if self.capture is not None:
+                            self.capture.add(out)
                         yield out
             except GatewayError as exc:
                 health.finish(opened.ticket, exc)
@@ -317,6 +322,8 @@ class ChunkStream:
                 )
         if include_usage and self._usage is None and not self._accounted:
             yield [await self._estimated_usage_chunk(stream_id, created)]
+        if self.capture is not None and call.cache is not None and not continued:
+            call.cache.answer = self.capture.completion(None)  # kept once the call is billed
         self._account_later(None)
 
     async def _estimated_usage_chunk(self, stream_id: str | None, created: object) -> JSON:
@@ -514,3 +521,19 @@ def _continue_chunk(chunk: JSON, echo: EchoFilter | None) -> None:
             delta.pop("role", None)
     if echo is not None:
         echo.strip(chunk)
+
+
+class ReplayStream(ChunkStream):
+    """A kept answer replayed from the response cache as the chunks of a stream: nothing
+    upstream to read, stop or bill (the call has ended already)."""
+
+    def __init__(self, chunks: list[JSON]) -> None:
+        self._replay = chunks
+        self.capture = None
+
+    async def batches(self) -> AsyncGenerator[list[JSON], None]:
+        if self._replay:
+            yield self._replay
+
+    async def aclose(self, error: GatewayError | None = None) -> None:
+        return None

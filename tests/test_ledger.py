@@ -244,7 +244,7 @@ async def test_upgrade_files_records_written_before_surfaces_under_openai(db_url
     async with engine.begin() as conn:
         for rec in before:
             row = record_row(rec)
-            for later in ("surface", *COLUMNS_0004):  # the columns 0003 and 0004 add
+            for later in ("surface", *COLUMNS_0004, *COLUMNS_0007):  # those 0003+ add
                 del row[later]
             await conn.execute(records_table.insert().values(row))
     await upgrade(db_url)
@@ -266,7 +266,7 @@ async def test_upgrade_to_0004_keeps_records_as_calls_and_marks_their_estimates(
     async with engine.begin() as conn:
         for rec in before:
             row = record_row(rec)
-            for later in COLUMNS_0004:
+            for later in (*COLUMNS_0004, *COLUMNS_0007):
                 del row[later]
             await conn.execute(records_table.insert().values(row))
     await upgrade(db_url)
@@ -291,6 +291,26 @@ COLUMNS_0004 = (
     "adjusts",
     "adjusted_cost_usd",
 )
+COLUMNS_0007 = ("cache_hit", "saved_usd")
+
+
+async def test_upgrade_to_0007_marks_earlier_records_as_no_cache_hits(db_url):
+    await upgrade(db_url, "0005")
+    engine = create_ledger_engine(db_url)
+    async with engine.begin() as conn:
+        row = record_row(make_records(1)[0])
+        for later in COLUMNS_0007:
+            del row[later]
+        await conn.execute(records_table.insert().values(row))
+    await upgrade(db_url)
+    hit = make_records(1, prefix="hit")[0]
+    hit.cache_hit, hit.saved_usd, hit.cost_usd = True, Decimal("0.0012345678"), Decimal(0)
+    await write_batch(engine, [hit])
+    try:
+        got = {r.request_id: (r.cache_hit, r.saved_usd) for r in await stored(engine)}
+    finally:
+        await engine.dispose()
+    assert got == {"req-000000": (False, None), "hit-000000": (True, Decimal("0.0012345678"))}
 
 
 def test_head_known_without_alembic_is_the_newest_shipped_migration():

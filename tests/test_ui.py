@@ -356,6 +356,22 @@ def test_spend_page_shows_unknown_costs_as_unknown_not_zero(
     assert page.inner_text("#total-cost").startswith("≥")
 
 
+def test_spend_page_shows_what_the_response_cache_saved(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path, page: Any
+) -> None:
+    root = start(start_gateway, openai_emu.url, tmp_path / "ledger.db", cache={"enabled": True})
+    answers = [
+        chat(root + "/v1", MASTER_KEY, temperature=0).headers["x-gateway-cache"] for _ in range(3)
+    ]
+    assert answers == ["miss", "hit", "hit"]
+    savings = spend_json(root, group_by="model", since="1d")["savings"]
+    assert savings["cache_hits"] == 2 and Decimal(savings["saved_usd"]) > 0
+    log_in(page, root, MASTER_KEY)
+    page.goto(root + "/ui/spend?period=today&by=model")
+    assert page.inner_text("#cache-saved") not in ("", "$0")
+    assert page.get_attribute("#cache-saved", "title") == "2 cache hit(s)"
+
+
 def csrf_token(client: httpx.Client) -> str:
     return client.get("/ui/keys").text.split('name="csrf" value="')[1].split('"')[0]
 

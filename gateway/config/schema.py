@@ -283,7 +283,7 @@ class DeploymentConfig(_Strict):
         return self.deployment or self.model or ""
 
 
-Strategy = Literal["weighted", "round-robin", "least-busy", "latency", "cost"]
+Strategy = Literal["weighted", "round-robin", "least-busy", "latency", "cost", "prefix-affinity"]
 
 # The transient failures a deployment may be retried on (see docs/resilience.md).
 ErrorClass = Literal["rate_limit", "server_error", "connection", "timeout"]
@@ -356,6 +356,44 @@ class RoutingConfig(_Strict):
     )
 
 
+class ModelCacheConfig(_Strict):
+    """A model's own cache settings (over ``cache``); unset fields keep the global ones."""
+
+    enabled: bool | None = None
+    ttl_seconds: float | None = Field(default=None, gt=0)
+    sampled: bool | None = Field(
+        default=None, description="Cache answers sampled at a temperature above 0."
+    )
+
+
+class CacheConfig(_Strict):
+    """The exact response cache (docs/caching.md). Off by default."""
+
+    enabled: bool = False
+    backend: Literal["memory", "redis"] = Field(
+        default="memory", description="redis: shared by every replica (needs redis.url)."
+    )
+    ttl_seconds: float = Field(default=3600.0, gt=0, description="How long an answer is kept.")
+    scope: Literal["team", "key", "global"] = Field(
+        default="team",
+        description="Who shares answers: a team (a key without a team is its own), a key, "
+        "or every caller.",
+    )
+    per_user: bool = Field(
+        default=False, description="Also keep each end user's answers apart (the user field)."
+    )
+    max_entry_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="Answers larger than this are not kept."
+    )
+    memory_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="Memory backend: bytes held (LRU)."
+    )
+    sampled: bool = Field(
+        default=False,
+        description="Cache answers sampled at a temperature above 0 (or the provider's default).",
+    )
+
+
 class ModelConfig(_Strict):
     deployments: list[DeploymentConfig] = Field(min_length=1)
     fallbacks: list[str] = Field(default_factory=list)
@@ -366,6 +404,7 @@ class ModelConfig(_Strict):
     strategy: Strategy | None = None
     retries: RetryConfig | None = None
     timeouts: TimeoutConfig | None = None
+    cache: ModelCacheConfig | None = None
 
 
 class RedisConfig(_Strict):
@@ -502,6 +541,7 @@ class GatewayConfig(_Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     surfaces: SurfacesConfig = Field(default_factory=SurfacesConfig)
@@ -515,6 +555,8 @@ class GatewayConfig(_Strict):
     def _redis_for_shared_limits(self) -> GatewayConfig:
         if self.limits.backend == "redis" and self.redis is None:
             raise ValueError("limits.backend is redis but no redis.url is configured")
+        if self.cache.backend == "redis" and self.redis is None:
+            raise ValueError("cache.backend is redis but no redis.url is configured")
         return self
 
 

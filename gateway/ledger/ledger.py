@@ -22,6 +22,7 @@ from gateway.ledger.reports import (
     spend_records,
     spend_report,
 )
+from gateway.ledger.savings import CacheSavings, cache_savings
 from gateway.ledger.writer import LedgerWriter
 
 # How long a report waits for this process's writer to store what it holds, so it includes
@@ -89,6 +90,17 @@ class Ledger:
         cursor: str | None = None,
     ) -> RecordPage:
         return await spend_records(self.engine, since, until, key_id, limit, cursor)
+
+    async def cache_savings(
+        self,
+        since: datetime,
+        until: datetime,
+        key_id: str | None = None,
+        *,
+        team: str | None = None,
+    ) -> CacheSavings:
+        """What the response cache saved in ``[since, until)`` (for one key or team)."""
+        return await cache_savings(self.engine, since, until, key_id, team)
 
     async def scope_spend(
         self, kind: Literal["key", "team"], ident: str, since: datetime

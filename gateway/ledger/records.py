@@ -90,6 +90,10 @@ class SpendRecord:
     kind: RecordKind = "call"
     adjusts: str | None = None
     adjusted_cost_usd: Decimal | None = None
+    # Answered from the response cache (cost 0); ``saved_usd``: what the answer cost when it
+    # was produced (None: not a hit, or that cost was unknown).
+    cache_hit: bool = False
+    saved_usd: Decimal | None = None
 
     @property
     def is_error(self) -> bool:

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -140,6 +141,9 @@ spend_records = Table(
     Column("kind", String(16), nullable=False, server_default="call"),
     Column("adjusts", String, nullable=True),
     Column("adjusted_cost_usd", Money(20), nullable=True),
+    # The response cache: a hit costs 0 and saves what its answer cost when it was produced.
+    Column("cache_hit", Boolean, nullable=False, server_default=false()),
+    Column("saved_usd", Money(20), nullable=True),
 )
 # Time-range reads and keyset pagination walk (started_at, request_id), optionally per key.
 Index(None, spend_records.c.started_at, spend_records.c.request_id)

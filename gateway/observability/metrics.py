@@ -37,6 +37,7 @@ from gateway.engine import Engine
 from gateway.errors import GatewayError, RateLimitError
 from gateway.limits import GuardedLimits
 from gateway.observability.multiprocess import MULTIPROC_ENV
+from gateway.wire import JSON
 
 REFRESH_SECONDS = 5.0  # how often each worker publishes its gauges when there are several
 # Circuit state as a number, so the worst state across workers is their maximum.
@@ -206,6 +207,32 @@ class GatewayMetrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.cache_lookups = Counter(
+            "gateway_cache_requests",
+            "Requests by what the response cache did: hit, miss or bypass.",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.cache_stored_bytes = Counter(
+            "gateway_cache_stored_bytes",
+            "Bytes of answers written to the response cache.",
+            ["model"],
+            registry=r,
+        )
+        self.cache_saved = Counter(
+            "gateway_cache_saved_usd",
+            "What the answers served from the response cache cost when they were produced.",
+            ["model"],
+            registry=r,
+        )
+        self.deployment_prompt_tokens = Counter(
+            "gateway_deployment_prompt_tokens",
+            "Prompt tokens per deployment, all (kind=prompt) and served from the provider's "
+            "prompt cache (kind=cached): their ratio is the deployment's cached-token ratio.",
+            ["deployment", "kind"],
+            registry=r,
+        )
+        self._prompt_series: dict[str, tuple[Counter, Counter]] = {}  # by deployment
         self._seen: dict[str, int] = {}  # state counts already added to their counters
         self._calls: dict[tuple[str, str, str, int, str, str], _CallSeries] = {}
         self._attempt_latency: dict[str, Histogram] = {}  # by deployment
@@ -246,6 +273,10 @@ class GatewayMetrics:
             completion = usage.get("completion_tokens")
             if isinstance(completion, int) and completion:
                 series.completion_tokens.inc(completion)
+            if isinstance(prompt, int) and prompt and info.deployment:
+                self._count_prompt(info.deployment, prompt, usage)
+        if info.cache is not None:
+            self._count_cache(model, info)
         cost = info.cost
         if cost is not None:
             if cost.total is None:
@@ -269,6 +300,28 @@ class GatewayMetrics:
             outcome.inc()
         if error is not None:
             self._count_error(model, provider, api_key, team, error)
+
+    def _count_prompt(self, deployment: str, prompt: int, usage: JSON) -> None:
+        """A deployment's prompt tokens and those its provider's prompt cache served."""
+        pair = self._prompt_series.get(deployment)
+        if pair is None:
+            pair = self._prompt_series[deployment] = (
+                self.deployment_prompt_tokens.labels(deployment, "prompt"),
+                self.deployment_prompt_tokens.labels(deployment, "cached"),
+            )
+        pair[0].inc(prompt)
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+        if isinstance(cached, int) and cached > 0:
+            pair[1].inc(cached)
+
+    def _count_cache(self, model: str, info: Call) -> None:
+        ticket = info.cache
+        assert ticket is not None
+        self.cache_lookups.labels(model, ticket.status).inc()
+        if ticket.stored_bytes:
+            self.cache_stored_bytes.labels(model).inc(ticket.stored_bytes)
+        if info.saved_usd:
+            self.cache_saved.labels(model).inc(float(info.saved_usd))
 
     def _count_error(
         self, model: str, provider: str, api_key: str, team: str, error: GatewayError

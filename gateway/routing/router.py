@@ -24,6 +24,7 @@ from gateway.config import (
     overridden,
 )
 from gateway.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from gateway.routing.affinity import rendezvous_order
 from gateway.routing.health import HealthBoard
 from gateway.wire import Timeouts
 from providers import provider_class
@@ -132,6 +133,8 @@ class Router:
             "least-busy": self._least_busy,
             "latency": self._lowest_latency,
             "cost": self._cheapest,
+            # Without an affinity key (embeddings), a prefix-affinity model orders by weight.
+            "prefix-affinity": lambda _, deps: weighted_order(deps, self._rng),
         }
 
     def _deployment(self, model: str, mcfg: ModelConfig, i: int) -> Deployment:
@@ -170,6 +173,7 @@ class Router:
         needs: frozenset[str] = frozenset(),
         regions: frozenset[str] | None = None,
         may_use: Callable[[str], bool] | None = None,
+        affinity: Callable[[], str | None] | None = None,
     ) -> Plan:
         """The Plan for ``model``; ``fallbacks`` (per request) replaces the configured chain.
 
@@ -177,7 +181,8 @@ class Router:
         out, and with ``regions`` so is every deployment outside them; with ``may_use`` (the
         caller's allowed models) so is every model it rejects. Both apply to every model the
         Plan may reach: fallbacks and context-window fallbacks included. If that leaves no
-        attempt, the request is refused with the reason.
+        attempt, the request is refused with the reason. ``affinity`` gives the request's
+        affinity key, for models whose strategy is ``prefix-affinity`` (asked only for them).
         """
         if model not in self.deployments:
             raise NotFoundError(
@@ -197,7 +202,13 @@ class Router:
         outside: list[str] = []
         plan = Plan(model, self.policies[model])
         plan.attempts = self._ordered(
-            [model, *(fb for fb in chain if fb != model)], needs, lacking, regions, outside, may_use
+            [model, *(fb for fb in chain if fb != model)],
+            needs,
+            lacking,
+            regions,
+            outside,
+            may_use,
+            affinity,
         )
         if not plan.attempts and lacking:
             reasons = "; ".join(f"{d} lacks {', '.join(m)}" for d, m in lacking.items())
@@ -244,8 +255,10 @@ class Router:
         regions: frozenset[str] | None,
         outside: list[str],
         may_use: Callable[[str], bool] | None,
+        affinity: Callable[[], str | None] | None = None,
     ) -> list[Deployment]:
         out: list[Deployment] = []
+        key: str | None = None
         for name in models:
             if may_use is not None and not may_use(name):
                 continue  # a model the caller may not use is never reached, not even on failure
@@ -259,7 +272,13 @@ class Router:
                     lacking[dep.id] = missing
                 else:
                     able.append(dep)
-            out.extend(self._orderers[self.policies[name].strategy](name, able))
+            strategy = self.policies[name].strategy
+            if strategy == "prefix-affinity":
+                key = key or (affinity() if affinity is not None else None)
+                if key is not None:
+                    out.extend(rendezvous_order(key, able))
+                    continue
+            out.extend(self._orderers[strategy](name, able))
         return out
 
     # -- strategies --------------------------------------------------------------------

@@ -264,6 +264,7 @@ def apply_gateway_headers(
     ``x-gateway-fallbacks: m1,m2`` (or ``none``) and ``x-gateway-timeout: <seconds>``.
     Values in the body win."""
     call.tag_with((body.model_extra or {}).get("metadata"))
+    call.cache_directive = request.headers.get("x-gateway-cache")
     fallbacks = request.headers.get("x-gateway-fallbacks")
     if fallbacks is not None and body.fallbacks is None:
         names = [n.strip() for n in fallbacks.split(",") if n.strip()]

@@ -83,6 +83,7 @@ class SpendRoutes:
             query.done()
             await ledger.caught_up()
             rows = await ledger.spend_report(group_by, since, until, key_id)
+            savings = await ledger.cache_savings(since, until, key_id)
         except GatewayError as exc:
             return error_response(exc)
         except (SQLAlchemyError, OSError) as exc:
@@ -100,6 +101,10 @@ class SpendRoutes:
             "until": until.isoformat(),
             "data": [{"group": row.group, **sums_json(row)} for row in rows],
             "total": sums_json(SpendRow.total(rows)),
+            "savings": {
+                "cache_hits": savings.cache_hits,
+                "saved_usd": usd_str(savings.saved_usd),
+            },
         }
         return Response(orjson.dumps(body), media_type=JSON_TYPE)
 
@@ -267,6 +272,8 @@ def record_json(record: SpendRecord) -> dict[str, Any]:
     out["cost_usd"] = None if record.cost_usd is None else usd_str(record.cost_usd)
     if record.adjusted_cost_usd is not None:
         out["adjusted_cost_usd"] = usd_str(record.adjusted_cost_usd)
+    if record.saved_usd is not None:
+        out["saved_usd"] = usd_str(record.saved_usd)
     return out
 
 

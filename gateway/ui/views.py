@@ -13,6 +13,7 @@ from gateway.engine import Engine
 from gateway.facts import usd_str
 from gateway.keys import Team, VirtualKey
 from gateway.keys.admin import budget_status
+from gateway.ledger.ledger import Ledger
 from gateway.ledger.reports import GroupBy, SpendRow
 from gateway.ledger.series import (
     Dimension,
@@ -170,7 +171,16 @@ async def spend_page(engine: Engine, period: str, by: str, team: str | None) -> 
         "columns": columns,
         "table": table,
         "budgets": await budgets(engine, names),
+        "savings": await cache_savings_view(ledger, since, until, team),
     }
+
+
+async def cache_savings_view(
+    ledger: Ledger, since: datetime, until: datetime, team: str | None
+) -> dict[str, Any]:
+    """What the response cache saved in the period: its hits and their original cost."""
+    savings = await ledger.cache_savings(since, until, team=team)
+    return {"hits": savings.cache_hits, "saved": money(savings.saved_usd)}
 
 
 async def budgets(engine: Engine, names: Names) -> list[dict[str, Any]]:
