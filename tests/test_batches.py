@@ -15,9 +15,12 @@ import httpx
 import openai
 import orjson
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 from gateway.batch import Batches
 from gateway.batch.store import BatchStore
+from gateway.cli import app as cli
 from gateway.config import resolve_config
 from gateway.engine import Engine
 from gateway.ledger.db import create_ledger_engine
@@ -364,3 +367,28 @@ async def test_two_replicas_look_at_a_job_once(emu, tmp_path):
     assert sum(looked) == 1  # one look finished it; the others found it leased or settled
     assert len([r for r in emu.requests if r.path.endswith("/content")]) == 1
     assert len(await all_records(db, 3)) == 3
+
+
+def test_operators_list_show_and_sync_jobs_from_the_command_line(emu, tmp_path):
+    db = tmp_path / "ledger.db"
+    cfg = config(emu.url, db)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with ServerThread(create_app(cfg)) as server:
+        batch = submit(sdk(server.url + "/v1"), "mistral-small")
+    emu.complete(emu.only_job())
+    runner = CliRunner()
+
+    listed = runner.invoke(cli, ["batches", "list", "-c", str(path)])
+    assert listed.exit_code == 0, listed.output
+    assert batch.id in listed.output and "validating" in listed.output
+
+    synced = runner.invoke(cli, ["batches", "sync", batch.id, "-c", str(path)])
+    assert synced.exit_code == 0, synced.output
+    assert "looked at 1 batch job(s)" in synced.output
+
+    shown = runner.invoke(cli, ["batches", "show", batch.id, "-c", str(path)])
+    assert shown.exit_code == 0, shown.output
+    body = orjson.loads(shown.output)
+    assert body["status"] == "completed" and body["request_counts"]["completed"] == 3
+    assert Decimal(body["gateway"]["x-gateway-cost"]) > 0
