@@ -143,10 +143,10 @@ def read_lines(client: openai.OpenAI, file_id: str) -> list[dict[str, Any]]:
     return [orjson.loads(x) for x in client.files.content(file_id).content.splitlines()]
 
 
-def gateway_cost(base_url: str, batch_id: str, key: str) -> Decimal:
-    """The cost the gateway settled a batch at (its ``x-gateway-cost`` header)."""
+def gateway_costs(base_url: str, batch_id: str, key: str) -> tuple[Decimal, Decimal]:
+    """What the gateway settled a batch at, and what its lines would have cost live."""
     answer = httpx.get(f"{base_url}/batches/{batch_id}", headers={"authorization": f"Bearer {key}"})
-    return Decimal(answer.headers["x-gateway-cost"])
+    return Decimal(answer.headers["x-gateway-cost"]), Decimal(answer.headers["x-gateway-live-cost"])
 
 
 async def all_records(db: Path, at_least: int) -> list[SpendRecord]:
@@ -194,8 +194,9 @@ async def test_a_batch_runs_end_to_end_through_the_openai_sdk(gateway, emu, mode
     assert all(r["response"]["body"]["object"] == "chat.completion" for r in results)
     assert results[0]["response"]["body"]["choices"][0]["message"]["content"].startswith("echo:")
 
-    cost = await asyncio.to_thread(gateway_cost, base_url, batch.id, MASTER_KEY)
+    cost, live = await asyncio.to_thread(gateway_costs, base_url, batch.id, MASTER_KEY)
     assert cost == batch_cost(results, rates)
+    assert live == 2 * cost  # what the same lines cost as live calls
 
 
 def test_each_line_is_rewritten_for_the_deployment_that_runs_it(gateway, emu):
@@ -286,7 +287,7 @@ async def test_a_cancelled_batch_bills_what_ran_and_releases_the_rest(gateway, e
     done = await asyncio.to_thread(retrieve, client, batch.id)
     assert done.status == "cancelled" and done.request_counts.completed == 2
     results = await asyncio.to_thread(read_lines, client, done.output_file_id)
-    cost = await asyncio.to_thread(gateway_cost, base_url, batch.id, key["key"])
+    cost, _ = await asyncio.to_thread(gateway_costs, base_url, batch.id, key["key"])
     assert cost == batch_cost(results, GPT_4O_MINI) and cost < worst / 10
 
     again = await asyncio.to_thread(submit, client, "gpt-4o-mini", 10, 1000)  # released

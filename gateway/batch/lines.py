@@ -179,14 +179,14 @@ def _result(data: JSON, dep: Deployment | None) -> Result:
     return Result(line, str(data.get("custom_id") or ""), status, usage, model, etype)
 
 
-def line_cost(result: Result, price: Price | None) -> Cost:
-    """A line's cost at batch prices; a failed line costs nothing (the provider bills only
-    completed requests)."""
+def line_cost(result: Result, price: Price | None, tier: str | None = BATCH_TIER) -> Cost:
+    """A line's cost at batch prices (``tier`` None: at live prices, for what a batch
+    saved); a failed line costs nothing (the provider bills only completed requests)."""
     if result.status != 200:
         return Cost(total=Decimal(0), price=price)
     if price is None:
         return unknown_cost("no price is known for this model")
-    return compute_cost(result.usage, price, service_tier=BATCH_TIER)
+    return compute_cost(result.usage, price, service_tier=tier)
 
 
 def line_record(

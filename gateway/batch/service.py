@@ -117,6 +117,8 @@ def batch_headers(row: Any) -> dict[str, str]:
     }
     if row.settled and row.cost_usd is not None:
         headers["x-gateway-cost"] = f"{row.cost_usd.normalize():f}"
+        if row.live_cost_usd is not None:  # what the same lines cost as live calls
+            headers["x-gateway-live-cost"] = f"{row.live_cost_usd.normalize():f}"
     return headers
 
 
@@ -408,9 +410,10 @@ class Batches:
         """Fetch the result files, record each line, settle the reservation to their cost."""
         dialect = dep.provider.batches
         assert dialect is not None
-        price = batch_price(self.engine.setup.accountant.price(dep), self.config.price_multiplier)
+        live_price = self.engine.setup.accountant.price(dep)
+        price = batch_price(live_price, self.config.price_multiplier)
         values: dict[str, Any] = {}
-        total = Decimal(0)
+        total = live = Decimal(0)
         known = True
         completed = failed = 0
         for kind, file_id in (
@@ -428,6 +431,7 @@ class Batches:
                     known = False
                 else:
                     total += cost.total
+                    live += line_cost(result, live_price, tier=None).total or Decimal(0)
                 if result.status == 200:
                     completed += 1
                 else:
@@ -448,6 +452,7 @@ class Batches:
         cost_usd = total if known else None
         values.update(
             cost_usd=cost_usd,
+            live_cost_usd=live if known else None,
             settled=True,
             next_poll_at=None,
             request_completed=completed or upstream.completed,

@@ -77,6 +77,7 @@ batches = Table(
     Column("errors", JSON, nullable=True),
     Column("reserved_usd", Money(20), nullable=False),
     Column("cost_usd", Money(20), nullable=True),
+    Column("live_cost_usd", Money(20), nullable=True),  # the same lines as live calls
     Column("budget", JSON, nullable=False),  # the scopes and periods of its reservation
     Column("settled", Boolean, nullable=False),
     Column("next_poll_at", UTCDateTime(), nullable=True),  # None: nothing more to look at

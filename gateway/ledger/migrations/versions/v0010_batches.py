@@ -68,6 +68,7 @@ def upgrade() -> None:
         sa.Column("errors", sa.JSON(), nullable=True),
         sa.Column("reserved_usd", money(20), nullable=False),
         sa.Column("cost_usd", money(20), nullable=True),
+        sa.Column("live_cost_usd", money(20), nullable=True),
         sa.Column("budget", sa.JSON(), nullable=False),
         sa.Column("settled", sa.Boolean(), nullable=False),
         sa.Column("next_poll_at", when(), nullable=True),
