@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from gateway.ledger.records import SpendRecord
 from gateway.server.app import create_app
 from tests.conftest import SINGLE_ATTEMPT
 from tests.emulators.batch_api import AZURE_KEY, MISTRAL_KEY, BatchEmulator
+from tests.emulators.common import Fault
 from tests.emulators.openai_api import API_KEY
 from tests.harness import ServerThread
 from tests.keys_helpers import MASTER_KEY, Admin, key_records
@@ -393,3 +395,54 @@ def test_operators_list_show_and_sync_jobs_from_the_command_line(emu, tmp_path):
     body = orjson.loads(shown.output)
     assert body["status"] == "completed" and body["request_counts"]["completed"] == 3
     assert Decimal(body["gateway"]["x-gateway-cost"]) > 0
+
+
+async def test_an_expired_job_bills_the_lines_that_ran(gateway, emu):
+    base_url, db = gateway
+    key = Admin(base_url).create_key()
+    client = sdk(base_url, key["key"])
+    batch = await asyncio.to_thread(submit, client, "mistral-small", 5)
+    emu.complete(emu.only_job(), done=2, status="expired")
+    done = await asyncio.to_thread(retrieve, client, batch.id)
+    assert done.status == "expired" and done.request_counts.completed == 2
+    assert done.expired_at is not None
+    records = await key_records(db, key["id"], at_least=2)
+    assert sorted(r.tags["custom_id"] for r in records) == ["line-0", "line-1"]
+
+
+def test_a_job_the_provider_refuses_releases_its_reservation(gateway, emu):
+    base_url, _ = gateway
+    worst = reservation(10, 1000, len(b"question number 0"))
+    key = Admin(base_url).create_key(budget_usd=str(worst * Decimal("1.5")))
+    client = sdk(base_url, key["key"])
+    emu.fail_next(Fault(400, orjson.dumps({"error": {"message": "quota of jobs reached"}})))
+    with pytest.raises(openai.BadRequestError) as refused:
+        submit(client, "gpt-4o-mini", 10, 1000)
+    assert "quota of jobs reached" in refused.value.message
+    assert submit(client, "gpt-4o-mini", 10, 1000).status == "validating"  # room again
+
+
+async def test_a_provider_that_cannot_be_read_is_looked_at_later_and_later(emu, tmp_path):
+    db = tmp_path / "ledger.db"
+    cfg = config(emu.url, db, batches={"poll_interval": 10, "max_poll_interval": 30})
+    with ServerThread(create_app(cfg)) as server:
+        batch = await asyncio.to_thread(submit, sdk(server.url + "/v1"), "gpt-4o-mini")
+    engine = Engine(resolve_config(cfg))
+    await engine.start()
+    try:
+        batches = Batches(engine)
+        waits = []
+        for _ in range(3):
+            emu.fail_next(Fault(503, b'{"error": {"message": "busy"}}'))
+            before = datetime.now(UTC)
+            assert await batches.sync(batch.id) is False
+            row = await batches.store.batch(batch.id)
+            assert row is not None and row.status == "validating"
+            waits.append(round((row.next_poll_at - before).total_seconds()))
+        emu.start(emu.only_job())
+        assert await batches.sync(batch.id) is True
+        row = await batches.store.batch(batch.id)
+        assert row is not None and row.status == "in_progress" and row.poll_failures == 0
+    finally:
+        await engine.aclose()
+    assert waits == [20, 30, 30]  # doubling, up to max_poll_interval

@@ -24,7 +24,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-import gateway.batch.store  # noqa: F401  (its tables join the ledger's metadata)
+import gateway.batch.store  # (its tables join the ledger's metadata)
 import gateway.keys  # noqa: F401  (its tables join the ledger's metadata)
 from gateway.config import LedgerConfig, load_config
 from gateway.errors import ConfigError

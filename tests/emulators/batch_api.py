@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.emulators.common import EmulatorBase, json_response
+from tests.emulators.common import EmulatorBase, fault_response, json_response
 from tests.emulators.openai_api import API_KEY, completion
 
 AZURE_KEY = "azure-batch-key"
@@ -258,6 +258,8 @@ class BatchEmulator(EmulatorBase):
             self.requests.append(rec)
             if (denied := self._denied(dialect, request)) is not None:
                 return denied
+            if (fault := await self.take_fault()) is not None:
+                return fault_response(fault)
             body = rec.body
             if dialect == "mistral":
                 if not set(body) <= {"input_files", "endpoint", "model", "metadata"}:
@@ -294,6 +296,8 @@ class BatchEmulator(EmulatorBase):
             self.requests.append(await self._recorded(request))
             if (denied := self._denied(dialect, request)) is not None:
                 return denied
+            if (fault := await self.take_fault()) is not None:
+                return fault_response(fault)
             job = self.jobs.get(request.path_params["bid"])
             return _error(404, "No such batch") if job is None else self._answer(job)
 
