@@ -26,6 +26,8 @@ from gateway.config import resolve_config
 from gateway.engine import Engine
 from gateway.ledger.db import create_ledger_engine
 from gateway.ledger.records import SpendRecord
+from gateway.sdk.local import AsyncGateway, Gateway
+from gateway.sdk.remote import AsyncGatewayClient, GatewayClient
 from gateway.server.app import create_app
 from tests.conftest import SINGLE_ATTEMPT
 from tests.emulators.batch_api import AZURE_KEY, MISTRAL_KEY, BatchEmulator
@@ -446,3 +448,52 @@ async def test_a_provider_that_cannot_be_read_is_looked_at_later_and_later(emu, 
     finally:
         await engine.aclose()
     assert waits == [20, 30, 30]  # doubling, up to max_poll_interval
+
+
+def test_the_library_runs_a_batch_in_process_and_remotely(emu, tmp_path):
+    cfg = config(emu.url, tmp_path / "local.db")
+    with Gateway(cfg) as local:
+        file = local.files.create(file=("in.jsonl", jsonl("mistral-small")), purpose="batch")
+        batch = local.batches.create(input_file_id=file.id)
+        emu.complete(emu.only_job())
+        done = local.batches.retrieve(batch.id)
+        assert done.status == "completed" and done.request_counts is not None
+        assert done.request_counts.completed == 3
+        assert done.output_file_id is not None
+        lines = local.files.content(done.output_file_id).splitlines()
+        assert len(lines) == 3 and [b.id for b in local.batches.list()] == [batch.id]
+
+    emu.reset()
+    with ServerThread(create_app(config(emu.url, tmp_path / "remote.db"))) as server:
+        remote = GatewayClient(base_url=server.url + "/v1", api_key=MASTER_KEY)
+        file = remote.files.create(file=("in.jsonl", jsonl("gpt-4o-mini")))
+        batch = remote.batches.create(input_file_id=file.id)
+        assert remote.batches.cancel(batch.id).status == "cancelling"
+        emu.finish_cancel(emu.only_job(), done=1)
+        done = remote.batches.retrieve(batch.id)
+        assert done.status == "cancelled" and done.output_file_id is not None
+        assert len(remote.files.content(done.output_file_id).splitlines()) == 1
+        assert remote.files.retrieve(file.id).bytes == len(jsonl("gpt-4o-mini"))
+        assert remote.files.delete(file.id).deleted is True
+        remote.close()
+
+
+async def test_the_async_library_runs_a_batch_in_process_and_remotely(emu, tmp_path):
+    async with AsyncGateway(config(emu.url, tmp_path / "local.db")) as local:
+        file = await local.files.create(file=jsonl("gpt-4o"))
+        batch = await local.batches.create(input_file_id=file.id)
+        emu.complete(emu.only_job())
+        done = await local.batches.retrieve(batch.id)
+        assert done.status == "completed" and done.output_file_id is not None
+        assert len((await local.files.content(done.output_file_id)).splitlines()) == 3
+
+    emu.reset()
+    with ServerThread(create_app(config(emu.url, tmp_path / "remote.db"))) as server:
+        async with AsyncGatewayClient(base_url=server.url + "/v1", api_key=MASTER_KEY) as remote:
+            file = await remote.files.create(file=("in.jsonl", jsonl("mistral-small")))
+            batch = await remote.batches.create(input_file_id=file.id)
+            emu.complete(emu.only_job())
+            done = await remote.batches.retrieve(batch.id)
+            assert done.status == "completed" and done.output_file_id is not None
+            assert [f.id for f in await remote.files.list()][-1] == file.id
+            assert [b.id for b in await remote.batches.list()] == [batch.id]
