@@ -6,6 +6,7 @@ per result line at batch prices; the poller following jobs across a restart."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,6 +27,7 @@ from gateway.config import resolve_config
 from gateway.engine import Engine
 from gateway.ledger.db import create_ledger_engine
 from gateway.ledger.records import SpendRecord
+from gateway.limits import ScopeLimits
 from gateway.sdk.local import AsyncGateway, Gateway
 from gateway.sdk.remote import AsyncGatewayClient, GatewayClient
 from gateway.server.app import create_app
@@ -35,6 +37,7 @@ from tests.emulators.common import Fault
 from tests.emulators.openai_api import API_KEY
 from tests.harness import ServerThread
 from tests.keys_helpers import MASTER_KEY, Admin, key_records
+from tests.ledger_helpers import scratch_postgres
 
 # USD per 1M tokens in the shipped catalog, and at half price for batch jobs.
 GPT_4O_MINI = (Decimal("0.15"), Decimal("0.6"))
@@ -497,3 +500,35 @@ async def test_the_async_library_runs_a_batch_in_process_and_remotely(emu, tmp_p
             assert done.status == "completed" and done.output_file_id is not None
             assert [f.id for f in await remote.files.list()][-1] == file.id
             assert [b.id for b in await remote.batches.list()] == [batch.id]
+
+
+async def test_replicas_on_postgresql_and_redis_settle_a_job_once(emu, redis_url):
+    prefix = f"test-batches-{uuid.uuid4().hex}:"
+    with scratch_postgres() as database:
+        cfg = config(
+            emu.url,
+            Path("unused.db"),
+            redis={"url": redis_url, "key_prefix": prefix},
+            limits={"backend": "redis"},
+        )
+        cfg["ledger"] = {"url": database, "flush_interval": 0.05}
+        with ServerThread(create_app(cfg)) as server:
+            key = Admin(server.url + "/v1").create_key(budget_usd="1")
+            client = sdk(server.url + "/v1", key["key"])
+            batch = await asyncio.to_thread(submit, client, "gpt-4o-mini")
+        emu.complete(emu.only_job())
+        replicas = [Engine(resolve_config(cfg)) for _ in range(2)]
+        try:
+            for engine in replicas:
+                await engine.start()
+            services = [Batches(engine) for engine in replicas]
+            looked = await asyncio.gather(*(s.sync(batch.id) for s in services for _ in range(3)))
+            records = await key_records(database, key["id"], at_least=3)
+            scope = ScopeLimits(f"key:{key['id']}", budget_usd=Decimal(1))
+            spent = await replicas[1].limits.spent(scope)
+        finally:
+            for engine in replicas:
+                await engine.aclose()
+    assert sum(looked) == 1
+    assert len(records) == 3
+    assert spent == sum((r.cost_usd or Decimal(0) for r in records), Decimal(0)) > 0

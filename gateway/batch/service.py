@@ -54,7 +54,10 @@ STATUS_TIMES = {
     "cancelling": "cancelling_at",
     "cancelled": "cancelled_at",
 }
-LEASE_SECONDS = 120.0
+# How long a replica holds a job while it looks at it: long enough to download and record
+# large result files; released at once when the look ends, so it matters only for a replica
+# that died mid-look (its job waits this long for another).
+LEASE_SECONDS = 600.0
 
 
 def _id(prefix: str) -> str:
