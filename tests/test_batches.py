@@ -75,6 +75,7 @@ def config(upstream: str, db: Path, **sections: Any) -> dict[str, Any]:
                 "region": "us",
             },
             "azure": {**azure, "api_version": "2024-10-21", "region": "eu"},
+            "azure-v1": {**azure, "api_style": "v1", "region": "eu"},
             "mistral": {
                 "type": "mistral",
                 "api_key": MISTRAL_KEY,
@@ -92,6 +93,16 @@ def config(upstream: str, db: Path, **sections: Any) -> dict[str, Any]:
                     {
                         "provider": "azure",
                         "deployment": "gpt-4o-global-batch",
+                        "base_model": "gpt-4o",
+                        "capabilities": {"batch": True},
+                    }
+                ]
+            },
+            "gpt-4o-next": {
+                "deployments": [
+                    {
+                        "provider": "azure-v1",
+                        "deployment": "gpt-4o-batch-v1",
                         "base_model": "gpt-4o",
                         "capabilities": {"batch": True},
                     }
@@ -173,20 +184,24 @@ def batch_cost(results: list[dict[str, Any]], rates: tuple[Decimal, Decimal]) ->
 
 
 @pytest.mark.parametrize(
-    ("model", "dialect", "rates"),
+    ("model", "dialect", "root", "rates"),
     [
-        ("gpt-4o-mini", "openai", GPT_4O_MINI),
-        ("mistral-small", "mistral", MISTRAL_SMALL),
-        ("gpt-4o", "azure", GPT_4O),
+        ("gpt-4o-mini", "openai", "/v1/", GPT_4O_MINI),
+        ("mistral-small", "mistral", "/mistral/v1/", MISTRAL_SMALL),
+        ("gpt-4o", "azure", "/openai/files", GPT_4O),
+        ("gpt-4o-next", "azure", "/openai/v1/", GPT_4O),  # Azure's v1 API style
     ],
 )
-async def test_a_batch_runs_end_to_end_through_the_openai_sdk(gateway, emu, model, dialect, rates):
+async def test_a_batch_runs_end_to_end_through_the_openai_sdk(
+    gateway, emu, model, dialect, root, rates
+):
     base_url, _ = gateway
     client = sdk(base_url)
     batch = await asyncio.to_thread(submit, client, model)
     assert batch.status == "validating" and batch.request_counts.total == 3
     job = emu.only_job()
     assert job.dialect == dialect
+    assert emu.requests[0].path.startswith(root)  # the upload
 
     emu.start(job)
     seen = await asyncio.to_thread(retrieve, client, batch.id)
