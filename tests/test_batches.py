@@ -547,3 +547,22 @@ async def test_replicas_on_postgresql_and_redis_settle_a_job_once(emu, redis_url
     assert sum(looked) == 1
     assert len(records) == 3
     assert spent == sum((r.cost_usd or Decimal(0) for r in records), Decimal(0)) > 0
+
+
+def test_a_job_that_fails_upstream_costs_nothing_and_releases_its_reservation(gateway, emu):
+    base_url, _ = gateway
+    worst = reservation(10, 1000, len(b"question number 0"))
+    key = Admin(base_url).create_key(budget_usd=str(worst * Decimal("1.5")))
+    client = sdk(base_url, key["key"])
+    batch = submit(client, "mistral-small", 10, 1000)
+    emu.only_job().status = "failed"  # e.g. its input failed the provider's validation
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "failed" and done.failed_at is not None
+    assert gateway_costs_or_none(base_url, batch.id, key["key"]) == Decimal(0)
+    assert submit(client, "mistral-small", 10, 1000).status == "validating"  # released
+
+
+def gateway_costs_or_none(base_url: str, batch_id: str, key: str) -> Decimal | None:
+    answer = httpx.get(f"{base_url}/batches/{batch_id}", headers={"authorization": f"Bearer {key}"})
+    cost = answer.headers.get("x-gateway-cost")
+    return None if cost is None else Decimal(cost)
