@@ -35,6 +35,7 @@ from providers.base import (
     openai_style_error,
 )
 from providers.openai import OpenAIProvider, OpenAIStreamTranslator
+from providers.openai_batch import OpenAIBatches
 
 # A dated version, optionally "-preview", or the v1 API's "preview" / "latest".
 _API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2})(-preview)?$|^(preview|latest)$")
@@ -215,6 +216,21 @@ class AzureProvider(OpenAIProvider):
             self.capabilities,
             json_schema=api_version_at_least(settings, JSON_SCHEMA_SINCE),
             usage_in_stream=self.stream_options_accepted,
+        )
+        self.batches = self.batch_dialect()
+
+    def batch_dialect(self) -> OpenAIBatches:
+        """Files and batches live at the resource, not under a deployment; the lines name the
+        Global Batch deployment (``capabilities: {batch: true}`` on it) and say
+        ``/chat/completions``."""
+        if not hasattr(self, "_query"):  # called by OpenAIProvider.__init__, before ours ran
+            return OpenAIBatches("", {})
+        root = "openai/v1" if self.azure.api_style == "v1" else "openai"
+        return OpenAIBatches(
+            f"{self.endpoint}/{root}",
+            self.headers,
+            query=self._query,
+            line_url="/chat/completions",
         )
 
     def auth_headers(self) -> dict[str, str]:

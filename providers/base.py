@@ -7,6 +7,7 @@ got through the transport; they never open sockets. A new provider is one module
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -44,6 +45,7 @@ class Capabilities:
     usage_in_stream: bool = True
     assistant_prefill: bool = False
     fim: bool = False  # fill-in-the-middle (Mistral's /v1/fim/completions)
+    batch: bool = False  # runs batch jobs at batch prices (see ``Provider.batches``)
 
     def lacks(self, needs: frozenset[str]) -> list[str]:
         """The needed features (capability field names) this provider does not have."""
@@ -77,6 +79,16 @@ class Deployment:
         if own is not None and own.assistant_prefill is not None:
             return own.assistant_prefill
         return self.provider.capabilities.assistant_prefill
+
+    @property
+    def can_batch(self) -> bool:
+        """Whether batch jobs can run here (its config's say, else its provider's)."""
+        if self.provider.batches is None:
+            return False
+        own = self.config.capabilities if self.config is not None else None
+        if own is not None and own.batch is not None:
+            return own.batch
+        return self.provider.capabilities.batch
 
     def lacks(self, needs: frozenset[str]) -> list[str]:
         """The needed features its provider lacks, with this deployment's own config."""
@@ -152,6 +164,8 @@ class Provider(ABC):
     capabilities: Capabilities = Capabilities()
     # Providers that answer in-process (mock) bring their own transport.
     transport: Transport | None = None
+    # How its files and batch jobs API is spoken; None: it runs no batch jobs.
+    batches: BatchDialect | None = None
     # Whether a deployment's configured name is its model's name. Azure's is not (it is the
     # name its owner gave the deployment), so only its base_model or the model that answered
     # can price it.
@@ -241,6 +255,84 @@ class Provider(ABC):
     ) -> GatewayError:
         """Map an upstream error answer to a GatewayError (default: OpenAI error shape)."""
         return openai_style_error(status, headers, body, self, deployment)
+
+
+@dataclass(slots=True)
+class UpstreamBatch:
+    """A provider's batch job, in OpenAI's terms: ``status`` is one of OpenAI's batch statuses
+    and the file ids are the provider's own."""
+
+    id: str
+    status: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    errors: list[JSON] | None = None
+
+
+class BatchDialect(ABC):
+    """How one provider's files and batch jobs API is spoken (sans-I/O, like chat): requests
+    to upload an input file, create, read and cancel a job and download a result file; its
+    answers read back in OpenAI's terms. Input and result lines travel in OpenAI's batch line
+    shape through the gateway and are translated here."""
+
+    @abstractmethod
+    def upload_request(
+        self, deployment: Deployment, filename: str, content: bytes
+    ) -> UpstreamRequest: ...
+
+    def uploaded_id(self, body: bytes) -> str:
+        """The id of the file an upload answer describes."""
+        data = orjson.loads(body)
+        return str(data["id"])
+
+    @abstractmethod
+    def input_line(self, custom_id: str, body: JSON, deployment: Deployment) -> JSON:
+        """One input line for this deployment; ``body`` is the line's chat request as the
+        provider's chat adapter translated it for ``deployment``."""
+
+    @abstractmethod
+    def create_request(
+        self, deployment: Deployment, file_id: str, endpoint: str, metadata: dict[str, str]
+    ) -> UpstreamRequest: ...
+
+    @abstractmethod
+    def get_request(self, deployment: Deployment, batch_id: str) -> UpstreamRequest: ...
+
+    @abstractmethod
+    def cancel_request(self, deployment: Deployment, batch_id: str) -> UpstreamRequest: ...
+
+    @abstractmethod
+    def read_batch(self, body: bytes) -> UpstreamBatch:
+        """A batch job answer (create, read or cancel) in OpenAI's terms."""
+
+    @abstractmethod
+    def content_request(self, deployment: Deployment, file_id: str) -> UpstreamRequest: ...
+
+    def result_line(self, line: JSON) -> JSON:
+        """One result line in OpenAI's shape (``custom_id``, ``response.body``, ``error``)."""
+        return line
+
+
+def multipart_body(fields: Mapping[str, str], filename: str, content: bytes) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body with text ``fields`` and one ``file`` part, and its
+    content type (the adapters build upload bodies themselves: they import no HTTP client)."""
+    boundary = f"gateway-{uuid.uuid4().hex}"
+    parts: list[bytes] = []
+    for name, value in fields.items():
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+        parts.append(f"{head}{value}\r\n".encode())
+    safe = filename.replace('"', "").replace("\r", "").replace("\n", "") or "input.jsonl"
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{safe}"\r\n'
+        "Content-Type: application/jsonl\r\n\r\n".encode()
+        + content
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def parse_json_object(body: bytes, provider: Provider, deployment: Deployment) -> JSON:
@@ -370,6 +462,7 @@ def filtered_categories(body: bytes) -> str:
 
 
 __all__ = [
+    "BatchDialect",
     "Capabilities",
     "Deployment",
     "EchoFilter",
@@ -379,8 +472,10 @@ __all__ = [
     "StreamTranslator",
     "TimeoutSettings",
     "TokenizerFamily",
+    "UpstreamBatch",
     "describe_body",
     "filtered_categories",
+    "multipart_body",
     "openai_style_error",
     "parse_json_object",
     "retry_headers",

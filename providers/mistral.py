@@ -42,6 +42,7 @@ from providers.base import (
     parse_json_object,
     retry_headers,
 )
+from providers.mistral_batch import MistralBatches
 
 LA_PLATEFORME_URL = "https://api.mistral.ai/v1"
 Platform = Literal["la_plateforme", "azure_serverless", "azure_foundry"]
@@ -257,7 +258,11 @@ class MistralProvider(Provider):
     type_name: ClassVar[str] = "mistral"
     settings_model: ClassVar[type[ProviderSettings]] = MistralSettings
     capabilities = Capabilities(
-        streamed_tool_call_deltas=False, logprobs=False, assistant_prefill=True, fim=True
+        streamed_tool_call_deltas=False,
+        logprobs=False,
+        assistant_prefill=True,
+        fim=True,
+        batch=True,
     )
     tokenizer: ClassVar[TokenizerFamily] = "mistral"
     telemetry_name: ClassVar[str | None] = "mistral_ai"
@@ -300,6 +305,8 @@ class MistralProvider(Provider):
         headers.update(settings.headers)
         self.json_headers = {**headers, "accept": "application/json"}
         self.stream_headers = {**headers, "accept": "text/event-stream"}
+        if self.platform == "la_plateforme":  # Azure AI's Mistral models have no batch API
+            self.batches = MistralBatches(self.root, self.json_headers)
 
     def _root(self, base_url: str) -> str:
         root = base_url.rstrip("/").removesuffix("/chat/completions")

@@ -17,6 +17,7 @@ from providers.base import (
     StreamTranslator,
     parse_json_object,
 )
+from providers.openai_batch import OpenAIBatches
 
 
 class OpenAISettings(ProviderSettings):
@@ -63,7 +64,7 @@ class OpenAIProvider(Provider):
 
     type_name: ClassVar[str] = "openai"
     settings_model: ClassVar[type[ProviderSettings]] = OpenAISettings
-    capabilities = Capabilities()
+    capabilities = Capabilities(batch=True)
 
     def __init__(self, name: str, settings: ProviderSettings) -> None:
         super().__init__(name, settings)
@@ -71,6 +72,11 @@ class OpenAIProvider(Provider):
         self.headers = self.auth_headers()
         self.headers["content-type"] = "application/json"
         self.headers.update(settings.headers)
+        self.batches = self.batch_dialect()
+
+    def batch_dialect(self) -> OpenAIBatches:
+        """Its files and batches API: ``/files`` and ``/batches`` beside chat."""
+        return OpenAIBatches(self.base_url, self.headers)
 
     def auth_headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}

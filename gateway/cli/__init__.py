@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from gateway.cli.batches import add_batch_commands
 from gateway.cli.keys import add_key_commands
 from gateway.cli.reprice import add_reprice_command
 from gateway.config import GatewayConfig, resolve_config
@@ -28,6 +29,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Work with configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 add_key_commands(app)
+add_batch_commands(app)
 
 WORKER_HEALTHCHECK_SECONDS = 30
 

@@ -45,6 +45,12 @@ class CapabilitySettings(BaseModel):
         "continue_final_message); a cut stream may then be finished here. Default: the "
         "adapter's own (Mistral yes, OpenAI-compatible and Azure no).",
     )
+    batch: bool | None = Field(
+        default=None,
+        description="Runs batch jobs (files + batches API) at batch prices. Default: the "
+        "adapter's own (OpenAI and Mistral on La Plateforme yes; Azure no: set it on a "
+        "Global Batch deployment).",
+    )
 
 
 class ProviderSettings(BaseModel):
@@ -456,6 +462,29 @@ class LedgerConfig(_Strict):
         return url
 
 
+class BatchConfig(_Strict):
+    """Batch jobs (``/v1/files``, ``/v1/batches``): their state lives in the ledger's database,
+    and one poller across all replicas follows them upstream."""
+
+    enabled: bool = True
+    poll_interval: float = Field(
+        default=30.0, gt=0, description="Seconds between looks at a job that is running."
+    )
+    max_poll_interval: float = Field(
+        default=600.0, gt=0, description="The longest wait between looks (backoff on errors)."
+    )
+    max_file_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=1, description="The largest input file accepted."
+    )
+    price_multiplier: Decimal = Field(
+        default=Decimal("0.5"),
+        gt=0,
+        allow_inf_nan=False,
+        description="Batch price over the standard price where the price catalog has no batch "
+        "price of its own (OpenAI, Azure and Mistral bill batch jobs at half price).",
+    )
+
+
 class MetricsConfig(_Strict):
     """Prometheus metrics at ``GET /metrics`` (see docs/operations.md)."""
 
@@ -534,6 +563,7 @@ class GatewayConfig(_Strict):
     server: ServerConfig = Field(default_factory=ServerConfig)
     redis: RedisConfig | None = None
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    batches: BatchConfig = Field(default_factory=BatchConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

@@ -157,7 +157,8 @@ class MemoryLimits:
             return
         admission.done = True
         for s in admission.scopes:
-            window = self._tokens[s.scope]
+            # setdefault: a batch job's reservation may be settled by a later process
+            window = self._tokens.setdefault(s.scope, SlidingWindow())
             window.counts[admission.window] = (
                 window.counts.get(admission.window, 0) + tokens - admission.tokens
             )

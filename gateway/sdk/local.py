@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from pydantic import PrivateAttr
 
@@ -42,6 +42,7 @@ from gateway.sdk.admin import (
     SpendReportRow,
     moment_text,
 )
+from gateway.sdk.batches import AsyncBatches, AsyncFiles, BatchCall, Batches, Files
 from gateway.sdk.resources import (
     AsyncChat,
     AsyncEmbeddings,
@@ -61,6 +62,9 @@ from gateway.types import (
     Model,
 )
 from gateway.wire import Transport
+
+if TYPE_CHECKING:
+    from gateway.batch import Batches as BatchService
 
 ConfigSource = str | Path | dict[str, Any] | GatewayConfig | None
 R = TypeVar("R")
@@ -123,6 +127,7 @@ class LocalBackend:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._batches: BatchService | None = None
 
     # -- models ----------------------------------------------------------------------------
     def _call(self, request: ModelRequest) -> tuple[dict[str, Any], Call]:
@@ -166,6 +171,53 @@ class LocalBackend:
     async def models(self, timeout: object = None) -> list[Model]:  # noqa: ASYNC109
         # In-process the list is at hand: there is nothing to wait for.
         return [Model.model_validate(m) for m in self.engine.models()]
+
+    # -- files and batches -----------------------------------------------------------------
+    async def batch_api(self, call: BatchCall) -> Any:
+        """A Files or Batches operation on the engine's batch service, as the master key
+        (in-process, the caller owns the gateway); a job not yet ended is looked at upstream
+        when it is read, as the HTTP route does."""
+        from gateway.auth import MASTER
+        from gateway.batch import batch_object, file_object
+
+        await self.engine.start()
+        if self._batches is None:
+            from gateway.batch import Batches
+
+            if self.engine.ledger is None:
+                raise ledger_disabled()
+            self._batches = Batches(self.engine)
+        batches, args = self._batches, call.args
+        op = call.op
+        if op == "files.create":
+            return await batches.upload(MASTER, args["filename"], args["purpose"], args["content"])
+        if op == "files.list":
+            return {"object": "list", "data": await batches.files(MASTER)}
+        if op == "files.retrieve":
+            return file_object(await batches.file(MASTER, args["file_id"]))
+        if op == "files.content":
+            return await batches.content(MASTER, args["file_id"])
+        if op == "files.delete":
+            return await batches.delete_file(MASTER, args["file_id"])
+        if op == "batches.create":
+            row = await batches.create(
+                MASTER,
+                args["input_file_id"],
+                args["endpoint"],
+                args["completion_window"],
+                args.get("metadata"),
+            )
+        elif op == "batches.list":
+            rows = await batches.list(MASTER, args["limit"])
+            return {"object": "list", "data": [batch_object(r) for r in rows]}
+        elif op == "batches.cancel":
+            row = await batches.cancel(MASTER, args["batch_id"])
+        else:  # batches.retrieve
+            row = await batches.get(MASTER, args["batch_id"])
+            if not row.settled:
+                await batches.sync(row.id)
+                row = await batches.get(MASTER, args["batch_id"])
+        return batch_object(row)
 
     # -- spend -----------------------------------------------------------------------------
     async def _ledger(self) -> Ledger:
@@ -247,6 +299,8 @@ class AsyncGateway:
         self.models: AsyncModels[float] = AsyncModels(backend)
         self.spend = AsyncSpend(backend)
         self.keys = AsyncKeys(backend)
+        self.files: AsyncFiles[float] = AsyncFiles(backend)
+        self.batches: AsyncBatches[float] = AsyncBatches(backend)
 
     async def aclose(self) -> None:
         await self.engine.aclose()
@@ -355,6 +409,9 @@ class BlockingBackend:
     def rotate_key(self, key_id: str) -> Any:
         return self._run(self._inner.rotate_key(key_id))
 
+    def batch_api(self, call: BatchCall) -> Any:
+        return self._run(self._inner.batch_api(call))
+
 
 class Gateway:
     """The gateway engine in-process, for synchronous code."""
@@ -369,6 +426,8 @@ class Gateway:
         self.models: Models[float] = Models(backend)
         self.spend = Spend(backend)
         self.keys = Keys(backend)
+        self.files: Files[float] = Files(backend)
+        self.batches: Batches[float] = Batches(backend)
 
     def close(self) -> None:
         """Close upstream connections and stop the loop thread; safe to call twice."""

@@ -90,6 +90,9 @@ class ApiRequest:
     stream: bool = False
     hide_usage: bool = False  # usage was asked for only to learn the cost: keep it from the caller
     root: bool = False  # the path is under the server's root (``/admin/…``), not ``/v1``
+    # A multipart upload (``files.create``): form fields and (filename, content, type) parts.
+    form: dict[str, str] | None = None
+    files: dict[str, tuple[str, bytes, str]] | None = None
 
 
 def api_request(request: ModelRequest) -> ApiRequest:
@@ -417,6 +420,8 @@ class Settings:
             call.method,
             base + call.path,
             json=call.body,
+            data=call.form,
+            files=call.files,
             params=call.params or None,
             headers={**self.headers, "x-client-request-id": uuid.uuid4().hex, **call.headers},
             timeout=chosen if chosen is not None else httpx.USE_CLIENT_DEFAULT,

@@ -17,8 +17,10 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+import orjson
 
 from gateway.facts import GatewayFacts
 from gateway.sdk.admin import (
@@ -37,6 +39,14 @@ from gateway.sdk.admin import (
     report_request,
     revoke_request,
     rotate_request,
+)
+from gateway.sdk.batches import (
+    ROUTES,
+    AsyncBatches,
+    AsyncFiles,
+    BatchCall,
+    Batches,
+    Files,
 )
 from gateway.sdk.protocol import (
     ApiRequest,
@@ -86,6 +96,31 @@ __all__ = [
 ]
 
 
+def batch_request(call: BatchCall) -> tuple[ApiRequest, Parser]:
+    """A Files or Batches operation as its HTTP request, and how its answer is read."""
+    method, path = ROUTES[call.op]
+    args = dict(call.args)
+    path = path.format(**{k: quote(str(v), safe="") for k, v in args.items()})
+    if call.op == "files.create":
+        upload = {"file": (args["filename"], args["content"], "application/jsonl")}
+        request = ApiRequest(method, path, form={"purpose": args["purpose"]}, files=upload)
+    elif call.op == "batches.create":
+        request = ApiRequest(method, path, args)
+    elif call.op == "batches.list":
+        request = ApiRequest(method, path, params={"limit": str(args["limit"])})
+    else:
+        request = ApiRequest(method, path)
+    return request, (_raw if call.op == "files.content" else _json)
+
+
+def _raw(body: bytes, headers: Headers) -> bytes:
+    return body
+
+
+def _json(body: bytes, headers: Headers) -> Any:
+    return orjson.loads(body)
+
+
 def parse_models(body: bytes, headers: Headers) -> list[Model]:
     return ModelList.model_validate_json(body).data
 
@@ -125,6 +160,9 @@ class _Operations:
 
     def rotate_key(self, key_id: str) -> Any:
         return self._run(rotate_request(key_id), parse_created)
+
+    def batch_api(self, call: BatchCall) -> Any:
+        return self._run(*batch_request(call), call.timeout)
 
 
 # --- sync -----------------------------------------------------------------------------------
@@ -255,6 +293,8 @@ class GatewayClient:
         self.models: Models[Timeout] = Models(self._backend)
         self.spend = Spend(self._backend)
         self.keys = Keys(self._backend)
+        self.files: Files[Timeout] = Files(self._backend)
+        self.batches: Batches[Timeout] = Batches(self._backend)
 
     def send(self, call: ApiRequest, *, timeout: Timeout | None = None) -> httpx.Response:
         """Send a request, retrying as the policy says; an error answer raises its exception.
@@ -412,6 +452,8 @@ class AsyncGatewayClient:
         self.models: AsyncModels[Timeout] = AsyncModels(self._backend)
         self.spend = AsyncSpend(self._backend)
         self.keys = AsyncKeys(self._backend)
+        self.files: AsyncFiles[Timeout] = AsyncFiles(self._backend)
+        self.batches: AsyncBatches[Timeout] = AsyncBatches(self._backend)
 
     async def send(self, call: ApiRequest, *, timeout: Timeout | None = None) -> httpx.Response:  # noqa: ASYNC109
         """Send a request, retrying as the policy says; an error answer raises its exception.

@@ -26,6 +26,7 @@ from gateway.observability import instrument
 from gateway.reload import ConfigReloader
 from gateway.server.admin import add_admin_routes
 from gateway.server.asgi import CALLER, Caller, GatewayApp
+from gateway.server.batches import add_batch_routes
 from gateway.server.http import Gatekeeper, cut_response, error_response, internal_error
 from gateway.server.lifecycle import Lifecycle
 from gateway.server.native import add_native_routes
@@ -82,17 +83,22 @@ def create_app(
     reloader = ConfigReloader(eng, config_source(config, engine))
     lifecycle = Lifecycle(readiness, reloader, drain_delay=cfg.server.drain_delay)
     observability = instrument(eng)
+    batch_poller = None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await eng.start()
         lifecycle.install()
         await observability.start()
+        if batch_poller is not None:
+            batch_poller.start()
         if settle_gc:
             settle_heap()
         yield
         readiness.draining = True
         lifecycle.uninstall()
+        if batch_poller is not None:
+            await batch_poller.aclose()
         if owned:
             await eng.aclose()
             await reloader.aclose()
@@ -116,6 +122,7 @@ def create_app(
     add_spend_routes(app, eng, gate)
     add_admin_routes(app, eng, gate)
     add_native_routes(app, eng, gate)
+    batch_poller = add_batch_routes(app, eng, gate)
     if cfg.ui.enabled:
         from gateway.ui import add_ui_routes  # the dashboard at /ui (Jinja2, loaded only then)
 
