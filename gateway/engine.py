@@ -26,9 +26,20 @@ from gateway.limits import BudgetShortfall, Limits, limits_for, period_start
 from gateway.resilience import read_answer, run_plan, within
 from gateway.routing import HealthBoard, Plan, Router, Ticket
 from gateway.setup import Setup
-from gateway.streams import ChunkStream, StreamOpener, unencodable, upstream_request
+from gateway.streams import (
+    ChunkStream,
+    StreamOpener,
+    unencodable,
+    upstream_answer,
+    upstream_request,
+)
 from gateway.transport import AiohttpTransport
-from gateway.types import CompletionRequest, EmbeddingRequest, FimCompletionRequest
+from gateway.types import (
+    CompletionRequest,
+    EmbeddingRequest,
+    FimCompletionRequest,
+    TextCompletionRequest,
+)
 from gateway.wire import JSON, Transport
 from providers.base import Deployment
 
@@ -125,7 +136,7 @@ class Engine:
             call.dropped_params = upstream.dropped_params
             timeouts = plan.policy.upstream_timeouts(dep, stream=False)
             raw = await read_answer(self.transport, dep, upstream, timeouts, call.tries)
-            return dep.provider.chat_response(raw, dep, upstream)
+            return upstream_answer(request, raw, dep, upstream)
 
         return await within(
             deadline,
@@ -394,7 +405,7 @@ def cap_output(request: CompletionRequest, cap: int, deployments: list[Deploymen
     """Lower ``request``'s output cap to ``cap``, in the field the caller used; else
     ``max_completion_tokens`` for reasoning models (which refuse ``max_tokens``) and
     ``max_tokens`` for others (every OpenAI-compatible server knows it)."""
-    if isinstance(request, FimCompletionRequest):
+    if isinstance(request, FimCompletionRequest | TextCompletionRequest):
         request.max_tokens = cap
     elif request.max_completion_tokens is None and request.max_tokens is None:
         if any(is_reasoning_model(d.base_model, d.model) for d in deployments):

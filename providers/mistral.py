@@ -332,6 +332,10 @@ class MistralProvider(Provider):
             "fim/completions", body, FIM_FIELDS, lambda _, v, __: v, deployment, stream, None
         )
 
+    def fim_model(self, deployment: Deployment) -> bool:
+        """Mistral completes fill-in-the-middle with its codestral models only."""
+        return (deployment.base_model or deployment.model).lower().startswith("codestral")
+
     def _rebuilt(
         self,
         operation: str,

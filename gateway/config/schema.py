@@ -45,6 +45,14 @@ class CapabilitySettings(BaseModel):
         "continue_final_message); a cut stream may then be finished here. Default: the "
         "adapter's own (Mistral yes, OpenAI-compatible and Azure no).",
     )
+    completions: bool | None = Field(
+        default=None,
+        description="Serves OpenAI's legacy /completions route itself (vLLM, Ollama, "
+        "gpt-3.5-turbo-instruct), so /v1/completions is sent there unchanged. Default: the "
+        "adapter's own (OpenAI and Azure for gpt-3.5-turbo-instruct, davinci-002 and "
+        "babbage-002); elsewhere the gateway translates it (FIM on Mistral's codestral, chat "
+        "otherwise).",
+    )
 
 
 class ProviderSettings(BaseModel):

@@ -26,6 +26,7 @@ from gateway.observability import instrument
 from gateway.reload import ConfigReloader
 from gateway.server.admin import add_admin_routes
 from gateway.server.asgi import CALLER, Caller, GatewayApp
+from gateway.server.completions import add_completions_routes
 from gateway.server.http import Gatekeeper, cut_response, error_response, internal_error
 from gateway.server.lifecycle import Lifecycle
 from gateway.server.native import add_native_routes
@@ -113,6 +114,7 @@ def create_app(
     # The handlers read and validate the body themselves: the hot ones are served without the
     # framework (see gateway/server/asgi.py), the others as plain Starlette routes.
     add_openai_routes(app, eng, gate)
+    add_completions_routes(app, eng, gate)
     add_spend_routes(app, eng, gate)
     add_admin_routes(app, eng, gate)
     add_native_routes(app, eng, gate)
