@@ -39,6 +39,7 @@ from gateway.types import (
     EmbeddingRequest,
     FimCompletionRequest,
     TextCompletionRequest,
+    embeddings_encoded,
 )
 from gateway.wire import JSON, Transport
 from providers.base import Deployment
@@ -177,7 +178,9 @@ class Engine:
         return await self.calls.run(call, self._embeddings(setup, request, call))
 
     async def _embeddings(self, setup: Setup, request: EmbeddingRequest, call: Call) -> JSON:
-        result = await self._embed(setup, request, call)
+        result = embeddings_encoded(
+            await self._embed(setup, request, call), request.encoding_format
+        )
         call.upstream_model = result.get("model")
         call.usage = result.get("usage")
         if not usage_readable(call.usage, embedding=True):

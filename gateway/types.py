@@ -8,6 +8,9 @@ Every model allows extra fields: providers add fields over time and the gateway 
 
 from __future__ import annotations
 
+import base64
+import sys
+from array import array
 from collections.abc import Callable
 from typing import Annotated, ClassVar, Literal
 
@@ -346,6 +349,29 @@ class EmbeddingRequest(_Open):
 
     def needs(self) -> frozenset[str]:
         return frozenset({"embeddings"})
+
+
+def embeddings_encoded(answer: JSON, encoding_format: str | None) -> JSON:
+    """``answer``'s vectors, in place, in the format the caller asked for, whatever the provider
+    sent: ``base64`` is the bytes of little-endian float32 values (as OpenAI sends them), any
+    other format a list of floats. A vector that is neither is left as it is."""
+    base64_asked = encoding_format == "base64"
+    for item in answer.get("data") or ():
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        try:
+            if base64_asked and isinstance(vector, list):
+                values = array("f", vector)
+                if sys.byteorder == "big":
+                    values.byteswap()
+                item["embedding"] = base64.b64encode(values.tobytes()).decode()
+            elif not base64_asked and isinstance(vector, str):
+                values = array("f", base64.b64decode(vector, validate=True))
+                if sys.byteorder == "big":
+                    values.byteswap()
+                item["embedding"] = values.tolist()
+        except (TypeError, ValueError, OverflowError):
+            continue  # not a vector of numbers: passed on unchanged
+    return answer
 
 
 # --- responses ------------------------------------------------------------------------------

@@ -506,8 +506,8 @@ class MistralProvider(Provider):
         dropped: list[str] = []
         out: JSON = {"model": deployment.model}
         for key, value in body.items():
-            if key == "model" or value is None:
-                continue
+            if key == "model" or value is None or (key, value) == ("encoding_format", "base64"):
+                continue  # Mistral answers floats: the gateway encodes them as base64 itself
             target = EMBEDDING_RENAMES.get(key, key)
             if not _accepted(key, target, value, body, EMBEDDING_FIELDS):
                 _note(dropped, key, value)
