@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from mistralai.client import Mistral
 
 from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators import mistral_api
@@ -142,3 +143,45 @@ def test_openai_sdks_default_request_still_reads_floats(client, openai_emu):
     floats = client.embeddings.create(model="embed-small", input="a b", encoding_format="float")
     assert openai_emu.requests[0].body["encoding_format"] == "base64"
     assert default.data[0].embedding == pytest.approx(floats.data[0].embedding, rel=1e-6)
+
+
+# --- Mistral's model cards --------------------------------------------------------------------
+
+
+@pytest.fixture
+def mistral_client(gateway: str) -> Mistral:
+    return Mistral(api_key=MASTER, server_url=gateway)
+
+
+def test_mistralai_models_list_reads_model_cards(mistral_client):
+    listing = mistral_client.models.list()
+    cards = {card.id: card for card in listing.data or ()}
+    assert sorted(cards) == sorted(
+        ["gpt-4o", "embed-small", "codestral", "mistral-large", "mistral-embed", "mock"]
+    )
+    assert all(card.type == "base" for card in cards.values())
+    codestral = cards["codestral"].capabilities
+    assert codestral.completion_fim and codestral.completion_chat
+    large = cards["mistral-large"].capabilities
+    assert large.completion_chat and large.function_calling and not large.completion_fim
+    embed = cards["mistral-embed"].capabilities
+    assert not embed.completion_chat and not embed.function_calling
+    assert cards["gpt-4o"].max_context_length == 128000
+    assert cards["codestral"].max_context_length == 256000
+
+
+def test_mistralai_models_retrieve_reads_one_card(mistral_client):
+    card = mistral_client.models.retrieve(model_id="codestral")
+    assert card.id == "codestral" and card.type == "base"
+    assert card.capabilities.completion_fim
+
+
+def test_mistral_model_cards_need_the_gateways_key(gateway):
+    resp = httpx.get(gateway + "/v1/models", headers={"user-agent": "mistral-client-python/1"})
+    assert resp.status_code == 401
+
+
+def test_openai_clients_keep_openais_model_list(gateway, client):
+    assert {m.id for m in client.models.list()} >= {"gpt-4o", "codestral"}
+    raw = httpx.get(gateway + "/v1/models", headers={"authorization": f"Bearer {MASTER}"})
+    assert raw.json()["data"][0].keys() == {"id", "object", "created", "owned_by"}

@@ -29,6 +29,7 @@ from gateway.server.asgi import CALLER, Caller, GatewayApp
 from gateway.server.completions import add_completions_routes
 from gateway.server.http import Gatekeeper, cut_response, error_response, internal_error
 from gateway.server.lifecycle import Lifecycle
+from gateway.server.mistral_models import add_mistral_model_routes
 from gateway.server.native import add_native_routes
 from gateway.server.openai import add_openai_routes
 from gateway.server.operations import add_operations_routes
@@ -118,6 +119,7 @@ def create_app(
     add_spend_routes(app, eng, gate)
     add_admin_routes(app, eng, gate)
     add_native_routes(app, eng, gate)
+    add_mistral_model_routes(app, eng, gate)
     if cfg.ui.enabled:
         from gateway.ui import add_ui_routes  # the dashboard at /ui (Jinja2, loaded only then)
 
