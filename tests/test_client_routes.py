@@ -185,3 +185,27 @@ def test_openai_clients_keep_openais_model_list(gateway, client):
     assert {m.id for m in client.models.list()} >= {"gpt-4o", "codestral"}
     raw = httpx.get(gateway + "/v1/models", headers={"authorization": f"Bearer {MASTER}"})
     assert raw.json()["data"][0].keys() == {"id", "object", "created", "owned_by"}
+
+
+# --- unknown routes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/assistants"), ("GET", "/v2/models")])
+def test_unknown_route_404_names_the_routes_there_are(gateway, method, path):
+    resp = httpx.request(method, gateway + path, headers={"authorization": f"Bearer {MASTER}"})
+    assert resp.status_code == 404
+    error = resp.json()["error"]
+    assert error["code"] == "unknown_route"
+    message = error["message"]
+    assert message.startswith(f"no route {method} {path}; the API routes are ")
+    for route in (
+        "POST /v1/chat/completions",
+        "POST /v1/completions",
+        "POST /v1/embeddings",
+        "GET /v1/models",
+        "GET /v1/models/{model_id}",
+        "POST /v1/fim/completions",
+    ):
+        assert route in message
+    assert "(each also without the /v1 prefix)" in message
+    assert "/admin" in message and "/openai" in message

@@ -34,6 +34,7 @@ from gateway.server.native import add_native_routes
 from gateway.server.openai import add_openai_routes
 from gateway.server.operations import add_operations_routes
 from gateway.server.readiness import Readiness
+from gateway.server.route_map import unknown_route
 from gateway.server.spend import add_spend_routes
 
 log = logging.getLogger("gateway.server")
@@ -129,13 +130,7 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
-            err = GatewayError(
-                f"no route {request.method} {request.url.path}; this gateway "
-                "serves the OpenAI API under /v1",
-                status=404,
-                type="invalid_request_error",
-                code="unknown_route",
-            )
+            err = unknown_route(app, request.method, request.url.path)
         else:
             err = GatewayError(
                 str(exc.detail), status=exc.status_code, type="invalid_request_error"
