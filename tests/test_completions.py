@@ -376,3 +376,22 @@ def test_a_body_that_is_not_a_completion_request_is_a_400(gateway):
         headers={"authorization": f"Bearer {MASTER}"},
     )
     assert resp.status_code == 400 and "prompt" in resp.json()["error"]["message"]
+
+
+def test_a_budget_reserves_for_every_candidate_best_of_generates(gateway, openai_emu):
+    created = httpx.post(
+        gateway + "/admin/keys",
+        json={"name": "small-budget", "budget_usd": "0.001"},
+        headers={"authorization": f"Bearer {MASTER}"},
+    )
+    assert created.status_code == 201, created.text
+    headers = {"authorization": f"Bearer {created.json()['key']}"}
+    body = {"model": "instruct", "prompt": "hi", "max_tokens": 200}
+    once = httpx.post(gateway + "/v1/completions", json=body, headers=headers)
+    assert once.status_code == 200, once.text
+    assert openai_emu.requests[-1].body["max_tokens"] == 200  # 200 x $2/1M fits $0.001
+    five = httpx.post(gateway + "/v1/completions", json={**body, "best_of": 5}, headers=headers)
+    assert five.status_code == 200, five.text
+    capped = int(five.headers["x-gateway-budget-capped-max-tokens"])
+    assert capped < 100  # five candidates of 200 tokens would not fit: each gets a fifth
+    assert openai_emu.requests[-1].body["max_tokens"] == capped
