@@ -83,6 +83,7 @@ def gateway(
                     "base_url": mistral_upstream.url + "/v1",
                 },
                 "mock": {"type": "mock", "completion_tokens": 4},
+                "mock-native": {"type": "mock", "capabilities": {"completions": True}},
             },
             "models": {
                 "instruct": one("openai", "gpt-3.5-turbo-instruct"),
@@ -96,6 +97,7 @@ def gateway(
                 "codestral": one("mistral", "codestral-latest"),
                 "mistral-large": one("mistral", "mistral-large-latest"),
                 "mock": one("mock", "mock-1"),
+                "mock-native": one("mock-native", "mock-echo"),
             },
         }
     )
@@ -295,6 +297,13 @@ def test_builtin_mock_answers_completions_streamed_and_not(client):
     assert "".join(c.choices[0].text for c in chunks) == answer.choices[0].text
 
 
+def test_builtin_mock_declared_with_completions_answers_them_natively(client):
+    answer = client.completions.create(model="mock-native", prompt="hello you", echo=True)
+    assert answer.choices[0].text == "hello you hello you"
+    chunks = list(client.completions.create(model="mock-native", prompt="a b", stream=True))
+    assert [c.choices[0].text for c in chunks] == ["a", " b", ""]
+
+
 # --- the same pipeline as chat -------------------------------------------------------------------
 
 
@@ -360,7 +369,7 @@ def test_what_a_chat_model_cannot_do_is_a_400_naming_the_models_that_can(
     assert error["code"] == "unsupported_feature"
     assert needs in error["message"]
     able = error["message"].rsplit("models that can serve this request: ", 1)[1]
-    expected = ["instruct", "local-llama"]
+    expected = ["instruct", "local-llama", "mock-native"]
     if "suffix" in extra:
         expected = ["codestral", *expected]
     assert able.split(", ") == expected
