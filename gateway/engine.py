@@ -42,10 +42,17 @@ from gateway.streams import (
     ReplayStream,
     StreamOpener,
     unencodable,
+    upstream_answer,
     upstream_request,
 )
 from gateway.transport import AiohttpTransport
-from gateway.types import CompletionRequest, EmbeddingRequest, FimCompletionRequest
+from gateway.types import (
+    CompletionRequest,
+    EmbeddingRequest,
+    FimCompletionRequest,
+    TextCompletionRequest,
+    embeddings_encoded,
+)
 from gateway.wire import JSON, Transport
 from providers.base import Deployment
 
@@ -160,7 +167,7 @@ class Engine:
             call.dropped_params = upstream.dropped_params
             timeouts = plan.policy.upstream_timeouts(dep, stream=False)
             raw = await read_answer(self.transport, dep, upstream, timeouts, call.tries)
-            return dep.provider.chat_response(raw, dep, upstream)
+            return upstream_answer(request, raw, dep, upstream)
 
         return await within(
             deadline,
@@ -221,7 +228,9 @@ class Engine:
     async def _embeddings(
         self, setup: Setup, request: EmbeddingRequest, call: Call, plan: Plan | None = None
     ) -> JSON:
-        result = await self._embed(setup, request, call, plan)
+        result = embeddings_encoded(
+            await self._embed(setup, request, call, plan), request.encoding_format
+        )
         call.upstream_model = result.get("model")
         call.usage = result.get("usage")
         if not usage_readable(call.usage, embedding=True):
@@ -311,6 +320,8 @@ class Engine:
             ticket = cache.embeddings_ticket(request, tenant, directive)
         elif isinstance(request, FimCompletionRequest):
             ticket = cache.fim_ticket(request, tenant, directive)
+        elif isinstance(request, TextCompletionRequest):
+            ticket = cache.completions_ticket(request, tenant, directive)
         else:
             ticket = cache.chat_ticket(request, tenant, directive)
         call.cache = ticket
@@ -546,7 +557,7 @@ def cap_output(request: CompletionRequest, cap: int, deployments: list[Deploymen
     """Lower ``request``'s output cap to ``cap``, in the field the caller used; else
     ``max_completion_tokens`` for reasoning models (which refuse ``max_tokens``) and
     ``max_tokens`` for others (every OpenAI-compatible server knows it)."""
-    if isinstance(request, FimCompletionRequest):
+    if isinstance(request, FimCompletionRequest | TextCompletionRequest):
         request.max_tokens = cap
     elif request.max_completion_tokens is None and request.max_tokens is None:
         if any(is_reasoning_model(d.base_model, d.model) for d in deployments):

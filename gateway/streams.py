@@ -37,7 +37,7 @@ from gateway.resilience import UpstreamStream, has_output, open_response, run_pl
 from gateway.routing import HealthBoard, Plan, Ticket
 from gateway.types import CompletionRequest
 from gateway.wire import JSON, Transport, UpstreamRequest
-from providers.base import Deployment, EchoFilter
+from providers.base import Deployment, EchoFilter, StreamTranslator
 
 BodyFactory = Callable[[], JSON]
 log = logging.getLogger("gateway.streams")
@@ -57,11 +57,33 @@ def upstream_request(
 ) -> UpstreamRequest:
     """The request's upstream request, built by the adapter method for its operation."""
     provider = dep.provider
-    build = provider.fim_request if request.operation == "fim" else provider.chat_request
+    build = provider.chat_request
+    if request.operation == "fim":
+        build = provider.fim_request
+    elif request.operation == "completions":
+        build = provider.completions_request
     try:
         return build(body, dep, stream=stream)
     except TypeError as exc:  # orjson's encode error: over 254 levels, a lone surrogate
         raise unencodable(exc) from exc
+
+
+def upstream_answer(
+    request: CompletionRequest, raw: bytes, dep: Deployment, upstream: UpstreamRequest
+) -> JSON:
+    """The answer to ``upstream`` as a chat.completion, parsed by the adapter for its operation."""
+    if request.operation == "completions":
+        return dep.provider.completions_response(raw, dep, upstream)
+    return dep.provider.chat_response(raw, dep, upstream)
+
+
+def stream_translator(
+    request: CompletionRequest, dep: Deployment, upstream: UpstreamRequest
+) -> StreamTranslator:
+    """A translator of the streamed answer to ``upstream`` into chat chunks."""
+    if request.operation == "completions":
+        return dep.provider.completions_stream(dep, upstream)
+    return dep.provider.chat_stream(dep, upstream)
 
 
 def unencodable(exc: TypeError) -> InvalidRequestError:
@@ -121,7 +143,7 @@ class StreamOpener:
                         self.transport, dep, upstream, timeouts, call.tries
                     )
                     started = time.perf_counter()
-                    translator = dep.provider.chat_stream(dep, upstream)
+                    translator = stream_translator(self.request, dep, upstream)
                     stream = UpstreamStream(response, translator, dep, deadline)
                     await stream.until_output()
             except TimeoutError:

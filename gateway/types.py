@@ -8,8 +8,11 @@ Every model allows extra fields: providers add fields over time and the gateway 
 
 from __future__ import annotations
 
+import base64
+import sys
+from array import array
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -212,8 +215,120 @@ class FimCompletionRequest(_Open):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+# What a legacy text completion needs of a deployment (see providers.base.Deployment):
+# any way to answer it (OpenAI's /completions route, FIM, or chat), a way that honours a
+# suffix (the route or FIM), or the route itself (echo, best_of, logprobs, several prompts).
+TEXT_COMPLETION = "text_completion"
+TEXT_COMPLETION_SUFFIX = "text_completion_suffix"
+TEXT_COMPLETION_NATIVE = "text_completion_native"
+
+TokenPrompt = Annotated[list[int], Field(min_length=1)]
+
+
+def text_completion_needs(body: JSON) -> frozenset[str]:
+    """What a /v1/completions body needs of a deployment (the adapter decides with it how to
+    send the request, the router which deployments may)."""
+    needs = {TEXT_COMPLETION}
+    if body.get("stream"):
+        needs.add("streaming")
+    if body.get("suffix"):
+        needs.add(TEXT_COMPLETION_SUFFIX)
+    prompt = body.get("prompt")
+    several = isinstance(prompt, list) and any(not isinstance(p, str) for p in prompt[:2])
+    several = several or (isinstance(prompt, list) and len(prompt) > 1)
+    if (
+        several
+        or body.get("echo")
+        or (body.get("best_of") or 1) > 1
+        or body.get("logprobs") is not None
+    ):
+        needs.add(TEXT_COMPLETION_NATIVE)
+    if (body.get("n") or 1) > 1:
+        needs.add("multiple_choices")
+    return frozenset(needs)
+
+
+class TextCompletionRequest(_Open):
+    """POST /v1/completions body (OpenAI's legacy text completions). Inside the gateway it is
+    answered as a chat.completion (``text`` as the message's content), so it takes the chat
+    path through the engine; the adapter sends it to the provider's own /completions route,
+    as FIM, or as one user message (``Provider.completions_request``)."""
+
+    operation: ClassVar[Literal["completions"]] = "completions"
+
+    model: str = Field(min_length=1)
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1)]
+        | TokenPrompt
+        | Annotated[list[TokenPrompt], Field(min_length=1)]
+    )
+    suffix: str | None = None
+    echo: bool | None = None
+    best_of: int | None = Field(default=None, ge=0, le=20)
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    # The wire's ``n`` (answers per prompt); ``n`` below is what the call can be billed for.
+    per_prompt: int | None = Field(default=None, ge=1, le=128, alias="n")
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    fallbacks: list[str] | None = None
+    gateway_timeout: float | None = Field(default=None, gt=0)
+
+    # What the engine reads from a chat request; a text completion has none of these.
+    max_completion_tokens: ClassVar[None] = None
+    tools: ClassVar[None] = None
+
+    @property
+    def n(self) -> int:
+        """The answers the call generates, and may be billed for: ``n`` (or ``best_of``, the
+        candidates generated to pick from) for each prompt."""
+        return max(self.per_prompt or 1, self.best_of or 1) * len(self.prompts())
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts, one per item (a string, or a list of token ids)."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        out: list[str | list[int]] = []
+        for item in prompt:
+            if isinstance(item, int):
+                return [[i for i in prompt if isinstance(i, int)]]  # one prompt as token ids
+            out.append(item)
+        return out
+
+    def upstream_body(self) -> JSON:
+        return self.model_dump(exclude_unset=True, exclude=set(GATEWAY_FIELDS), by_alias=True)
+
+    def prompt_messages(self) -> list[JSON]:
+        texts = [p if isinstance(p, str) else " ".join(map(str, p)) for p in self.prompts()]
+        return [{"role": "user", "content": "\n".join(texts) + (self.suffix or "")}]
+
+    def estimated_tokens(self) -> int:
+        return self.prompt_token_bound() // 4 + (self.max_tokens or 0) * self.n
+
+    def prompt_token_bound(self, media: Callable[[JSON], int] = json_size) -> int:
+        size = len((self.suffix or "").encode()) + 16
+        for p in self.prompts():
+            # A token id is one token; text at most one a byte.
+            size += len(p) if isinstance(p, list) else len(p.encode())
+        return size
+
+    def needs(self) -> frozenset[str]:
+        return text_completion_needs(self.upstream_body())
+
+    @property
+    def wants_stream_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
 # A request that is answered with a chat.completion (or its chunks).
-CompletionRequest = ChatCompletionRequest | FimCompletionRequest
+CompletionRequest = ChatCompletionRequest | FimCompletionRequest | TextCompletionRequest
 
 
 class EmbeddingRequest(_Open):
@@ -234,6 +349,29 @@ class EmbeddingRequest(_Open):
 
     def needs(self) -> frozenset[str]:
         return frozenset({"embeddings"})
+
+
+def embeddings_encoded(answer: JSON, encoding_format: str | None) -> JSON:
+    """``answer``'s vectors, in place, in the format the caller asked for, whatever the provider
+    sent: ``base64`` is the bytes of little-endian float32 values (as OpenAI sends them), any
+    other format a list of floats. A vector that is neither is left as it is."""
+    base64_asked = encoding_format == "base64"
+    for item in answer.get("data") or ():
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        try:
+            if base64_asked and isinstance(vector, list):
+                values = array("f", vector)
+                if sys.byteorder == "big":
+                    values.byteswap()
+                item["embedding"] = base64.b64encode(values.tobytes()).decode()
+            elif not base64_asked and isinstance(vector, str):
+                values = array("f", base64.b64decode(vector, validate=True))
+                if sys.byteorder == "big":
+                    values.byteswap()
+                item["embedding"] = values.tolist()
+        except (TypeError, ValueError, OverflowError):
+            continue  # not a vector of numbers: passed on unchanged
+    return answer
 
 
 # --- responses ------------------------------------------------------------------------------

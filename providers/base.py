@@ -23,7 +23,23 @@ from gateway.errors import (
     RateLimitError,
     UpstreamError,
 )
+from gateway.types import (
+    TEXT_COMPLETION,
+    TEXT_COMPLETION_NATIVE,
+    TEXT_COMPLETION_SUFFIX,
+    text_completion_needs,
+)
 from gateway.wire import JSON, SSEEvent, Timeouts, Transport, UpstreamRequest
+from providers.text_completions import (
+    NATIVE_COMPLETION,
+    TEXT_COMPLETION_NEEDS,
+    CompletionMode,
+    chat_body,
+    chat_chunk,
+    chat_shaped,
+    fim_body,
+    serves,
+)
 
 # Which offline token table counts a provider's tokens when a model's name does not say.
 TokenizerFamily = Literal["openai", "mistral"]
@@ -92,10 +108,43 @@ class Deployment:
 
     def lacks(self, needs: frozenset[str]) -> list[str]:
         """The needed features its provider lacks, with this deployment's own config."""
-        missing = [n for n in self.provider.capabilities.lacks(needs) if n != "assistant_prefill"]
+        text = needs & TEXT_COMPLETION_NEEDS
+        missing = [
+            n for n in self.provider.capabilities.lacks(needs - text) if n != "assistant_prefill"
+        ]
         if "assistant_prefill" in needs and not self.can_prefill:
             missing = sorted([*missing, "assistant_prefill"])
+        if text and self.completion_mode(needs) is None:
+            # The most demanding need names what is missing.
+            order = (TEXT_COMPLETION_NATIVE, TEXT_COMPLETION_SUFFIX, TEXT_COMPLETION)
+            missing.append(next(n for n in order if n in text))
         return missing
+
+    def completion_modes(self) -> list[CompletionMode]:
+        """How this deployment answers a legacy text completion, best first: its provider's
+        own /completions route (its config's say, else its adapter's), FIM, chat."""
+        modes: list[CompletionMode] = []
+        own = self.config.capabilities if self.config is not None else None
+        native = own.completions if own is not None else None
+        if native is None:
+            native = self.provider.settings.capabilities.completions
+        if native is None:
+            native = self.provider.native_completions(self)
+        if native:
+            modes.append("native")
+        capabilities = self.provider.capabilities
+        if capabilities.fim and self.provider.fim_model(self):
+            modes.append("fim")
+        if capabilities.chat:
+            modes.append("chat")
+        return modes
+
+    def completion_mode(self, needs: frozenset[str]) -> CompletionMode | None:
+        """The way this deployment answers a text completion with these needs (None: none)."""
+        for mode in self.completion_modes():
+            if serves(mode, needs):
+                return mode
+        return None
 
 
 class StreamTranslator(ABC):
@@ -107,6 +156,20 @@ class StreamTranslator(ABC):
     @abstractmethod
     def feed(self, event: SSEEvent) -> list[JSON]:
         """Canonical chunks for one upstream event (often one, sometimes none or two)."""
+
+
+class TextCompletionStream(StreamTranslator):
+    """A stream from a provider's own ``/completions`` route as chat chunks: each choice's
+    ``text`` becomes its delta's content (the provider's translator reads the events)."""
+
+    def __init__(self, inner: StreamTranslator) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def feed(self, event: SSEEvent) -> list[JSON]:
+        chunks = self._inner.feed(event)
+        self.finished = self._inner.finished
+        return [chat_chunk(chunk) for chunk in chunks]
 
 
 class EchoFilter(Protocol):
@@ -230,6 +293,64 @@ class Provider(ABC):
         raise UpstreamError(
             f"provider '{self.name}' ({self.type_name}) does not serve fill-in-the-middle "
             "completions",
+            status=400,
+            type="invalid_request_error",
+            code="unsupported_operation",
+            retryable=False,
+        )
+
+    def fim_model(self, deployment: Deployment) -> bool:
+        """Whether the deployment's model completes fill-in-the-middle, on a provider whose
+        ``Capabilities.fim`` says it serves FIM at all."""
+        return True
+
+    # -- legacy text completions --------------------------------------------------------
+    def native_completions(self, deployment: Deployment) -> bool:
+        """Whether the deployment's model is served on the provider's own ``/completions``
+        route (unless its config says; see ``Deployment.completion_modes``)."""
+        return False
+
+    def completions_request(
+        self, body: JSON, deployment: Deployment, *, stream: bool
+    ) -> UpstreamRequest:
+        """Build a legacy text completion (``/v1/completions`` body): to the provider's own
+        route, as FIM, or as chat, whichever of the deployment's ways serves it first."""
+        mode = deployment.completion_mode(text_completion_needs(body))
+        if mode == "native":
+            return self.native_completions_request(body, deployment, stream=stream)
+        if mode == "fim":
+            return self.fim_request(fim_body(body), deployment, stream=stream)
+        if mode == "chat":
+            return self.chat_request(chat_body(body), deployment, stream=stream)
+        raise self._unsupported("this text completion")
+
+    def native_completions_request(
+        self, body: JSON, deployment: Deployment, *, stream: bool
+    ) -> UpstreamRequest:
+        """The request to the provider's own ``/completions`` route, its ``context``
+        ``NATIVE_COMPLETION``. Adapters whose providers have the route override this."""
+        raise self._unsupported("legacy /completions requests")
+
+    def completions_response(
+        self, body: bytes, deployment: Deployment, request: UpstreamRequest
+    ) -> JSON:
+        """A text completion's answer to ``request`` as a chat.completion dict."""
+        if request.context is NATIVE_COMPLETION:
+            return chat_shaped(parse_json_object(body, self, deployment))
+        return self.chat_response(body, deployment, request)
+
+    def completions_stream(
+        self, deployment: Deployment, request: UpstreamRequest
+    ) -> StreamTranslator:
+        """A fresh translator for the streaming answer to a text completion ``request``."""
+        translator = self.chat_stream(deployment, request)
+        if request.context is NATIVE_COMPLETION:
+            return TextCompletionStream(translator)
+        return translator
+
+    def _unsupported(self, what: str) -> UpstreamError:
+        return UpstreamError(
+            f"provider '{self.name}' ({self.type_name}) does not serve {what}",
             status=400,
             type="invalid_request_error",
             code="unsupported_operation",
@@ -470,6 +591,7 @@ __all__ = [
     "Provider",
     "ProviderSettings",
     "StreamTranslator",
+    "TextCompletionStream",
     "TimeoutSettings",
     "TokenizerFamily",
     "UpstreamBatch",

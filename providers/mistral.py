@@ -339,6 +339,10 @@ class MistralProvider(Provider):
             "fim/completions", body, FIM_FIELDS, lambda _, v, __: v, deployment, stream, None
         )
 
+    def fim_model(self, deployment: Deployment) -> bool:
+        """Mistral completes fill-in-the-middle with its codestral models only."""
+        return (deployment.base_model or deployment.model).lower().startswith("codestral")
+
     def _rebuilt(
         self,
         operation: str,
@@ -509,8 +513,8 @@ class MistralProvider(Provider):
         dropped: list[str] = []
         out: JSON = {"model": deployment.model}
         for key, value in body.items():
-            if key == "model" or value is None:
-                continue
+            if key == "model" or value is None or (key, value) == ("encoding_format", "base64"):
+                continue  # Mistral answers floats: the gateway encodes them as base64 itself
             target = EMBEDDING_RENAMES.get(key, key)
             if not _accepted(key, target, value, body, EMBEDDING_FIELDS):
                 _note(dropped, key, value)

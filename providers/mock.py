@@ -78,7 +78,8 @@ class _MockResponse:
 
 
 class MockTransport:
-    """Answers chat and embedding requests in-process, in OpenAI's wire format."""
+    """Answers chat, legacy completion and embedding requests in-process, in OpenAI's wire
+    format."""
 
     def __init__(self, settings: MockSettings) -> None:
         self.settings = settings
@@ -89,10 +90,14 @@ class MockTransport:
         body = orjson.loads(request.body or b"{}")
         if request.url.endswith("/embeddings"):
             return _MockResponse(200, orjson.dumps(self._embeddings(body)), None, 0)
-        answer = self._chat(body)
+        legacy = request.url.endswith("/completions") and not request.url.endswith(
+            "/chat/completions"
+        )
+        answer = self._text_completion(body) if legacy else self._chat(body)
         if not body.get("stream"):
             return _MockResponse(200, orjson.dumps(answer), None, 0)
-        events = [b"data: " + orjson.dumps(c) + b"\n\n" for c in self._chunks(answer, body)]
+        chunks = self._text_chunks(answer, body) if legacy else self._chunks(answer, body)
+        events = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks]
         events.append(b"data: [DONE]\n\n")
         return _MockResponse(200, None, events, self.settings.chunk_delay_ms / 1000)
 
@@ -145,6 +150,31 @@ class MockTransport:
                 "total_tokens": prompt_tokens + completion_tokens * len(choices),
             },
         }
+
+    def _text_completion(self, body: JSON) -> JSON:
+        """OpenAI's legacy /completions answer (a deployment declared with
+        ``capabilities: {completions: true}``): the chat answer to the prompt, as text."""
+        prompt = body.get("prompt")
+        text = prompt if isinstance(prompt, str) else _text([{"text": p} for p in prompt or ()])
+        answer = self._chat({**body, "messages": [{"role": "user", "content": text}]})
+        answer["object"] = "text_completion"
+        for choice in answer["choices"]:
+            said = choice.pop("message").get("content") or ""
+            choice["text"] = f"{text} {said}" if body.get("echo") else said
+        return answer
+
+    def _text_chunks(self, answer: JSON, body: JSON) -> list[JSON]:
+        head = {k: answer[k] for k in ("id", "object", "created", "model")}
+        out: list[JSON] = []
+        for choice in answer["choices"]:
+            for j, word in enumerate(choice["text"].split(" ")):
+                piece = {"text": word if j == 0 else " " + word, "index": choice["index"]}
+                out.append({**head, "choices": [{**piece, "finish_reason": None}]})
+            end = {"text": "", "index": choice["index"], "finish_reason": choice["finish_reason"]}
+            out.append({**head, "choices": [end]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            out.append({**head, "choices": [], "usage": answer["usage"]})
+        return out
 
     def _chunks(self, answer: JSON, body: JSON) -> list[JSON]:
         head = {k: answer[k] for k in ("id", "created", "model")}

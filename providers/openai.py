@@ -18,6 +18,7 @@ from providers.base import (
     parse_json_object,
 )
 from providers.openai_batch import OpenAIBatches
+from providers.text_completions import NATIVE_COMPLETION, has_native_route
 
 
 class OpenAISettings(ProviderSettings):
@@ -134,6 +135,22 @@ class OpenAIProvider(Provider):
     def echo_filter(self, prefix: str) -> EchoedPrefix:
         """OpenAI-compatible servers that continue a prefill differ: some repeat it first."""
         return EchoedPrefix(prefix)
+
+    def native_completions(self, deployment: Deployment) -> bool:
+        return has_native_route(deployment.base_model or deployment.model)
+
+    def native_completions_request(
+        self, body: JSON, deployment: Deployment, *, stream: bool
+    ) -> UpstreamRequest:
+        """``/completions``, the body as chat's is prepared (model, stream, usage asked)."""
+        body = self.prepare_chat_body(body, deployment, stream=stream)
+        return UpstreamRequest(
+            "POST",
+            self.url(deployment, "completions"),
+            self.headers,
+            orjson.dumps(body),
+            context=NATIVE_COMPLETION,
+        )
 
     def embeddings_request(self, body: JSON, deployment: Deployment) -> UpstreamRequest:
         body["model"] = deployment.model

@@ -410,3 +410,23 @@ def test_redis_cache_is_shared_by_two_gateways(start_gateway, openai_emu, tmp_pa
         from tests.replica_helpers import forget_redis_keys
 
         forget_redis_keys(redis_url, prefix)
+
+
+def test_legacy_text_completions_are_cached_by_their_whole_body(
+    start_gateway, openai_emu, tmp_path
+):
+    """/v1/completions (answered through chat here) is cached like FIM; several answers
+    (``n`` > 1) are never cached."""
+    base = cached_gateway(start_gateway, openai_emu, tmp_path)
+
+    def complete(**extra: Any) -> httpx.Response:
+        body = {"model": "gpt-4o", "prompt": "Say hi", "temperature": 0, **extra}
+        return httpx.post(
+            base + "/completions", json=body, headers={"authorization": f"Bearer {MASTER_KEY}"}
+        )
+
+    first, second = complete(), complete()
+    assert [first.status_code, second.status_code] == [200, 200], first.text
+    assert [first.headers["x-gateway-cache"], second.headers["x-gateway-cache"]] == ["miss", "hit"]
+    assert second.json()["choices"][0]["text"] == first.json()["choices"][0]["text"]
+    assert complete(n=2).headers["x-gateway-cache"] == "bypass"

@@ -21,7 +21,12 @@ from gateway.cache.keys import cache_key, chat_form, embeddings_form, fim_form
 from gateway.cache.store import CacheStore, MemoryStore, RedisStore
 from gateway.config import CacheConfig, GatewayConfig
 from gateway.errors import InvalidRequestError
-from gateway.types import ChatCompletionRequest, EmbeddingRequest, FimCompletionRequest
+from gateway.types import (
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    FimCompletionRequest,
+    TextCompletionRequest,
+)
 from gateway.wire import JSON
 
 CacheStatus = Literal["hit", "miss", "bypass"]
@@ -146,6 +151,23 @@ class ResponseCache:
             "chat",
             request.model,
             lambda: chat_form(request.upstream_body()),
+            tenant,
+            directive,
+            refusal,
+        )
+
+    def completions_ticket(
+        self, request: TextCompletionRequest, tenant: Tenant, directive: Directive
+    ) -> CacheTicket:
+        """A legacy text completion: cached like FIM, by its whole body."""
+        if request.n > 1:
+            refusal: str | None = "several prompts, n or best_of ask for several answers"
+        else:
+            refusal = self._sampled(request.model, request.temperature, directive)
+        return self.ticket(
+            "completions",
+            request.model,
+            lambda: fim_form(request.model_dump(mode="json", exclude_none=True, by_alias=True)),
             tenant,
             directive,
             refusal,

@@ -51,6 +51,14 @@ class CapabilitySettings(BaseModel):
         "adapter's own (OpenAI and Mistral on La Plateforme yes; Azure no: set it on a "
         "Global Batch deployment).",
     )
+    completions: bool | None = Field(
+        default=None,
+        description="Serves OpenAI's legacy /completions route itself (vLLM, Ollama, "
+        "gpt-3.5-turbo-instruct), so /v1/completions is sent there unchanged. Default: the "
+        "adapter's own (OpenAI and Azure for gpt-3.5-turbo-instruct, davinci-002 and "
+        "babbage-002); elsewhere the gateway translates it (FIM on Mistral's codestral, chat "
+        "otherwise).",
+    )
 
 
 class ProviderSettings(BaseModel):

@@ -15,7 +15,12 @@ import math
 
 import orjson
 
-from gateway.types import ChatCompletionRequest, EmbeddingRequest, FimCompletionRequest
+from gateway.types import (
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    FimCompletionRequest,
+    TextCompletionRequest,
+)
 from providers.base import Deployment
 
 # How much of a FIM prompt names its prefix (a file's head, in practice).
@@ -23,7 +28,10 @@ FIM_PREFIX_CHARS = 2048
 
 
 def affinity_key(
-    request: ChatCompletionRequest | FimCompletionRequest | EmbeddingRequest,
+    request: ChatCompletionRequest
+    | FimCompletionRequest
+    | TextCompletionRequest
+    | EmbeddingRequest,
 ) -> str | None:
     """What names the request's shared prefix: its ``prompt_cache_key`` (OpenAI's field) if
     it sends one; else its tools and leading system/developer messages (or, without any, its
@@ -33,6 +41,10 @@ def affinity_key(
     if isinstance(named, str) and named:
         return "key:" + named
     if isinstance(request, FimCompletionRequest):
+        data = request.prompt[:FIM_PREFIX_CHARS].encode()
+    elif isinstance(request, TextCompletionRequest):
+        if not isinstance(request.prompt, str):
+            return None
         data = request.prompt[:FIM_PREFIX_CHARS].encode()
     elif isinstance(request, ChatCompletionRequest):
         head = []

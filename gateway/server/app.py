@@ -27,12 +27,15 @@ from gateway.reload import ConfigReloader
 from gateway.server.admin import add_admin_routes
 from gateway.server.asgi import CALLER, Caller, GatewayApp
 from gateway.server.batches import add_batch_routes
+from gateway.server.completions import add_completions_routes
 from gateway.server.http import Gatekeeper, cut_response, error_response, internal_error
 from gateway.server.lifecycle import Lifecycle
+from gateway.server.mistral_models import add_mistral_model_routes
 from gateway.server.native import add_native_routes
 from gateway.server.openai import add_openai_routes
 from gateway.server.operations import add_operations_routes
 from gateway.server.readiness import Readiness
+from gateway.server.route_map import unknown_route
 from gateway.server.spend import add_spend_routes
 
 log = logging.getLogger("gateway.server")
@@ -119,10 +122,12 @@ def create_app(
     # The handlers read and validate the body themselves: the hot ones are served without the
     # framework (see gateway/server/asgi.py), the others as plain Starlette routes.
     add_openai_routes(app, eng, gate)
+    add_completions_routes(app, eng, gate)
     add_spend_routes(app, eng, gate)
     add_admin_routes(app, eng, gate)
     add_native_routes(app, eng, gate)
     batch_poller = add_batch_routes(app, eng, gate)
+    add_mistral_model_routes(app, eng, gate)
     if cfg.ui.enabled:
         from gateway.ui import add_ui_routes  # the dashboard at /ui (Jinja2, loaded only then)
 
@@ -132,13 +137,7 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
-            err = GatewayError(
-                f"no route {request.method} {request.url.path}; this gateway "
-                "serves the OpenAI API under /v1",
-                status=404,
-                type="invalid_request_error",
-                code="unknown_route",
-            )
+            err = unknown_route(app, request.method, request.url.path)
         else:
             err = GatewayError(
                 str(exc.detail), status=exc.status_code, type="invalid_request_error"

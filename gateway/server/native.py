@@ -82,13 +82,18 @@ def add_native_routes(app: FastAPI, engine: Engine, gate: Gatekeeper) -> None:
 
 
 class ClientRoute(Route):
-    """A POST route taken only by clients whose User-Agent contains one of ``agents``; the
-    others fall through to the next route of the same path."""
+    """A route (POST unless told) taken only by clients whose User-Agent contains one of
+    ``agents``; the others fall through to the next route of the same path."""
 
     def __init__(
-        self, path: str, endpoint: Callable[..., Any], *, agents: tuple[bytes, ...]
+        self,
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        agents: tuple[bytes, ...],
+        methods: tuple[str, ...] = ("POST",),
     ) -> None:
-        super().__init__(path, endpoint, methods=["POST"])
+        super().__init__(path, endpoint, methods=list(methods))
         self.agents = agents
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
