@@ -200,7 +200,7 @@ class ChunkStream:
         # could continue it; otherwise nothing grows with the answer.
         self._continuable = (
             opener.routing.continue_streams
-            and self._call.operation == "chat"
+            and self._call.operation in ("chat", "responses")
             and any(d.can_prefill for d in plan.attempts)
         )
         self._broken: list[_Broken] = []
@@ -454,7 +454,7 @@ class ChunkStream:
         """Open a stream that continues ``text`` on a later, prefill-capable deployment;
         if there is none, or it fails too, the original error stands."""
         call = self._call
-        if not self._opener.routing.continue_streams or call.operation != "chat":
+        if not self._opener.routing.continue_streams or call.operation not in ("chat", "responses"):
             raise error  # a FIM answer would continue its prompt, not the messages
         attempts = self._plan.attempts
         later = (

@@ -84,7 +84,7 @@ class StreamOptions(_Open):
 class ChatCompletionRequest(_Open):
     """POST /v1/chat/completions body. Unknown fields are kept and passed to the adapter."""
 
-    operation: ClassVar[Literal["chat", "fim"]] = "chat"
+    operation: ClassVar[Literal["chat", "fim", "responses"]] = "chat"
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -170,7 +170,7 @@ class FimCompletionRequest(_Open):
     that it leads into ``suffix``. The answer is a chat.completion, so it takes the chat path
     through the engine; only the upstream request differs (``Provider.fim_request``)."""
 
-    operation: ClassVar[Literal["chat", "fim"]] = "fim"
+    operation: ClassVar[Literal["chat", "fim", "responses"]] = "fim"
 
     model: str = Field(min_length=1)
     prompt: str

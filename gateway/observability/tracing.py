@@ -33,7 +33,12 @@ if TYPE_CHECKING:
     from gateway.errors import GatewayError
 
 # gen_ai.operation.name values, by the ledger's operation.
-GENAI_OPERATION = {"chat": "chat", "embeddings": "embeddings", "fim": "text_completion"}
+GENAI_OPERATION = {
+    "chat": "chat",
+    "embeddings": "embeddings",
+    "fim": "text_completion",
+    "responses": "chat",
+}
 # The W3C trace headers of the request being served (set by TraceContextMiddleware).
 _CALLER_TRACE: ContextVar[dict[str, str] | None] = ContextVar("caller_trace", default=None)
 _TRACE_HEADERS = (b"traceparent", b"tracestate")
