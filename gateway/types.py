@@ -330,3 +330,70 @@ class Model(_Open):
 class ModelList(_Open):
     object: str = "list"
     data: list[Model]
+
+
+# --- the Responses API ----------------------------------------------------------------------
+
+
+class ResponseUsage(_Open):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    input_tokens_details: JSON | None = None
+    output_tokens_details: JSON | None = None
+
+
+class ResponseItem(_Open):
+    """An output (or input) item: a ``message``, a ``function_call``, … (fields by type)."""
+
+    type: str
+    id: str | None = None
+    status: str | None = None
+    role: str | None = None
+    content: list[JSON] | str | None = None
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ResponseObject(_WithFacts):
+    """A Responses API response (``object: response``)."""
+
+    id: str
+    object: str = "response"
+    created_at: int
+    status: str
+    model: str
+    output: list[ResponseItem] = Field(default_factory=list)
+    usage: ResponseUsage | None = None
+    previous_response_id: str | None = None
+    error: JSON | None = None
+    incomplete_details: JSON | None = None
+
+    @property
+    def output_text(self) -> str:
+        """The text of every ``output_text`` part of the output's messages, joined."""
+        return "".join(
+            str(part.get("text") or "")
+            for item in self.output
+            if item.type == "message" and isinstance(item.content, list)
+            for part in item.content
+            if part.get("type") == "output_text"
+        )
+
+
+class ResponseStreamEvent(_Open):
+    """One event of a streamed response (``response.output_text.delta``, …); the ones that
+    carry the whole response (``response.created``, ``response.completed``, …) have it in
+    ``response``."""
+
+    type: str
+    sequence_number: int = 0
+    response: ResponseObject | None = None
+    delta: str | None = None
+
+
+class ResponseDeleted(_Open):
+    id: str
+    object: str = "response.deleted"
+    deleted: bool = True

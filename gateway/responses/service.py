@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gateway.call import Call
 from gateway.engine import Engine
-from gateway.errors import GatewayError, InvalidRequestError
+from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.ledger.responses import (
     DatabaseResponseStore,
     MemoryResponseStore,
@@ -165,10 +165,6 @@ class Responses:
 
 
 def not_found(response_id: str) -> GatewayError:
-    return GatewayError(
-        f"response with id '{response_id}' not found",
-        status=404,
-        type="invalid_request_error",
-        code="not_found",
-        param="response_id",
+    return NotFoundError(
+        f"response with id '{response_id}' not found", code="not_found", param="response_id"
     )
