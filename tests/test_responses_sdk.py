@@ -13,6 +13,7 @@ import pytest
 
 from gateway import AsyncGateway, AsyncGatewayClient, Gateway, GatewayClient, NotFoundError
 from gateway.errors import InvalidRequestError
+from gateway.sdk.local import LocalResponse
 from gateway.types import ResponseDeleted, ResponseObject
 from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator
@@ -48,7 +49,7 @@ def gateway_url(
 
 def test_local_create_is_typed_with_facts_and_the_call(gw, openai_emu):
     response = gw.responses.create(model="gpt-4o", input="hello", instructions="short")
-    assert isinstance(response, ResponseObject)
+    assert isinstance(response, LocalResponse)
     assert response.output_text == "echo: hello"
     assert response.usage is not None and response.usage.input_tokens == 2
     assert response.facts.provider == "openai"
