@@ -378,3 +378,42 @@ def test_a_request_without_a_key_is_refused(gateway_url):
     assert answer.status_code == 401
     answer = httpx.get(gateway_url + "/responses/resp_x")
     assert answer.status_code == 401
+
+
+def test_a_tool_conversation_moves_from_openai_to_mistral(client, openai_emu, mistral_emu):
+    first = client.responses.create(model="gpt-4o", input="weather?", tools=[WEATHER_TOOL])
+    call = next(item for item in first.output if item.type == "function_call")
+    openai_emu.fail_next(Fault(status=503, body=b'{"error": {"message": "busy"}}'))
+    raw = client.responses.with_raw_response.create(
+        model="gpt-4o",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        tools=[WEATHER_TOOL],
+        extra_body={"fallbacks": ["mistral-large"]},
+    )
+    assert raw.headers["x-gateway-provider"] == "mistral"
+    assert raw.parse().status == "completed"
+    sent = mistral_emu.requests[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    # Mistral's 9-character tool-call ids, the same on the call and its output
+    assert sent[1]["tool_calls"][0]["id"] == sent[2]["tool_call_id"]
+    assert len(sent[2]["tool_call_id"]) == 9
+
+
+def test_a_stream_cut_mid_answer_ends_with_response_failed(client, openai_emu):
+    openai_emu.fail_next(Fault(status=200, cut_after=3))
+    events = list(client.responses.create(model="gpt-4o", input="a b c d e f", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created"
+    assert kinds[-2:] == ["error", "response.failed"]
+    failed = events[-1].response
+    assert failed.status == "failed"
+    assert failed.error is not None and failed.error.code
+
+
+def test_a_key_over_its_budget_is_refused_like_chat(gateway_url, admin, openai_emu):
+    key = admin.create_key(name="poor", budget_usd="0.0000001")
+    with pytest.raises(openai.RateLimitError) as err:
+        key_client(gateway_url, key["key"]).responses.create(model="gpt-4o", input="hello")
+    assert err.value.code == "budget_exceeded"
+    assert openai_emu.requests == []
