@@ -9,13 +9,13 @@ Every model allows extra fields: providers add fields over time and the gateway 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from gateway.facts import GatewayFacts
-from gateway.wire import JSON
+from gateway.wire import JSON, UpstreamRequest
 
 # Fields a caller may put in the body for the gateway itself; never sent upstream.
 GATEWAY_FIELDS = frozenset({"fallbacks", "gateway_timeout"})
@@ -164,6 +164,15 @@ class ChatCompletionRequest(_Open):
     def wants_stream_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def native_request(self, deployment: Any) -> UpstreamRequest | None:
+        """The request in another API a deployment serves natively (a Responses API request
+        sent to the provider's own route), or None: it is sent as chat."""
+        return None
+
+    def native_answer(self, body: bytes, deployment: Any) -> JSON:
+        """The answer to ``native_request`` as a chat.completion dict."""
+        raise NotImplementedError
+
 
 class FimCompletionRequest(_Open):
     """POST /v1/fim/completions body (Mistral's fill-in-the-middle): complete ``prompt`` so
@@ -210,6 +219,12 @@ class FimCompletionRequest(_Open):
     @property
     def wants_stream_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def native_request(self, deployment: Any) -> UpstreamRequest | None:
+        return None
+
+    def native_answer(self, body: bytes, deployment: Any) -> JSON:
+        raise NotImplementedError
 
 
 # A request that is answered with a chat.completion (or its chunks).

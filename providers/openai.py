@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 import orjson
+from pydantic import Field
 
 from gateway.errors import MalformedEventError, StreamInterruptedError
 from gateway.wire import JSON, SSEEvent, UpstreamRequest
@@ -25,6 +27,12 @@ class OpenAISettings(ProviderSettings):
     base_url: str | None = "https://api.openai.com/v1"
     organization: str | None = None
     project: str | None = None
+    responses_api: bool | None = Field(
+        default=None,
+        description="Send Responses API requests (POST /v1/responses) to this server's own "
+        "/responses route; false: translate them to chat completions. Default: only for "
+        "api.openai.com (OpenAI-compatible servers such as vLLM may lack the route).",
+    )
 
 
 class OpenAIStreamTranslator(StreamTranslator):
@@ -112,6 +120,21 @@ class OpenAIProvider(Provider):
             body["continue_final_message"] = True
             body["add_generation_prompt"] = False
         return body
+
+    def serves_responses(self) -> bool:
+        """Whether this provider has its own Responses API route (see ``responses_api``)."""
+        wanted = getattr(self.settings, "responses_api", None)
+        if wanted is not None:
+            return bool(wanted)
+        return urlsplit(self.base_url).hostname == "api.openai.com"
+
+    def responses_request(self, body: JSON, deployment: Deployment) -> UpstreamRequest | None:
+        if not self.serves_responses():
+            return None
+        body["model"] = deployment.model
+        return UpstreamRequest(
+            "POST", self.url(deployment, "responses"), self.headers, orjson.dumps(body)
+        )
 
     def chat_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
         body = self.prepare_chat_body(body, deployment, stream=stream)

@@ -13,11 +13,11 @@ import time
 from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from gateway.errors import InvalidRequestError
 from gateway.types import GATEWAY_FIELDS, ChatCompletionRequest, _Open
-from gateway.wire import JSON
+from gateway.wire import JSON, UpstreamRequest
 
 # What a response echoes of its request when the request left it out.
 _DEFAULTS: JSON = {
@@ -82,11 +82,41 @@ class ResponsesRequest(_Open):
         return echoed
 
 
+# The key under which a chat.completion made from a native answer carries that answer.
+NATIVE = "gateway_native_response"
+
+
 class ResponsesChatRequest(ChatCompletionRequest):
     """The chat request a Responses request is run as; its calls are recorded as
-    ``operation: responses``."""
+    ``operation: responses``. Where a deployment has its own Responses API (OpenAI, Azure
+    OpenAI), the request goes there as it came instead (``native``: its body, with the
+    conversation's items as ``input``), and the answer is read back as chat for accounting."""
 
     operation: ClassVar[Literal["chat", "fim", "responses"]] = "responses"
+    _native: JSON | None = PrivateAttr(default=None)
+    _builtin_tools: list[str] = PrivateAttr(default_factory=list)
+
+    def native_request(self, deployment: Any) -> UpstreamRequest | None:
+        if self._native is None:
+            return None
+        upstream: UpstreamRequest | None = deployment.provider.responses_request(
+            dict(self._native), deployment
+        )
+        if upstream is None and self._builtin_tools:
+            raise InvalidRequestError(
+                f"tool type {', '.join(map(repr, self._builtin_tools))} needs a deployment "
+                f"with its own Responses API (OpenAI, or Azure OpenAI from api-version "
+                f"2025-03-01-preview); deployment '{deployment.id}' is served through chat "
+                "completions, which take function tools only",
+                param="tools",
+                code="unsupported_tool",
+                retryable=False,
+            )
+        return upstream
+
+    def native_answer(self, body: bytes, deployment: Any) -> JSON:
+        native: JSON = deployment.provider.responses_response(body, deployment)
+        return chat_of_native(native)
 
 
 # --- request → chat -------------------------------------------------------------------------
@@ -184,20 +214,39 @@ def chat_messages(items: list[JSON]) -> list[JSON]:
 
 
 def _tools(tools: list[JSON]) -> list[JSON]:
+    """The function tools in chat's shape (built-in tools are left out)."""
     out: list[JSON] = []
     for tool in tools:
-        kind = tool.get("type")
-        if kind != "function":
-            raise InvalidRequestError(
-                f"tool type '{kind}' is not available through this gateway: its providers are "
-                "served through chat completions, which take function tools only",
-                param="tools",
-            )
+        if tool.get("type") != "function":
+            continue
         function = {
             k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool
         }
         out.append({"type": "function", "function": function})
     return out
+
+
+def builtin_tools(tools: list[JSON] | None) -> list[str]:
+    """The types of the built-in (non-function) tools among ``tools``."""
+    return [str(t.get("type")) for t in tools or () if t.get("type") != "function"]
+
+
+def native_body(request: ResponsesRequest, history: list[JSON]) -> JSON:
+    """The request for a provider's own Responses API: as it came, with the conversation's
+    earlier items in ``input`` (the gateway keeps the state, so nothing is stored upstream;
+    reasoning items and the gateway's item ids mean nothing there and are left out)."""
+    body = request.model_dump(
+        exclude_unset=True,
+        exclude={"previous_response_id", "stream", "store", "metadata", *GATEWAY_FIELDS},
+    )
+    earlier = [
+        {k: v for k, v in item.items() if k != "id"}
+        for item in history
+        if item.get("type") != "reasoning"
+    ]
+    body["input"] = [*earlier, *request.input_items()]
+    body["store"] = False
+    return body
 
 
 def _tool_choice(choice: str | JSON) -> str | JSON:
@@ -240,7 +289,16 @@ def chat_request(request: ResponsesRequest, history: list[JSON]) -> ResponsesCha
     if not messages:
         raise InvalidRequestError("input must not be empty", param="input")
     body: JSON = {"model": request.model, "messages": messages}
-    if request.tools:
+    builtin = builtin_tools(request.tools)
+    if builtin and request.stream:
+        raise InvalidRequestError(
+            f"tool type {', '.join(map(repr, builtin))} is not available in a stream through "
+            "this gateway: streams are served through chat completions, which take function "
+            "tools only; send the request without stream",
+            param="tools",
+            code="unsupported_tool",
+        )
+    if request.tools and len(builtin) < len(request.tools):
         body["tools"] = _tools(request.tools)
     if request.tool_choice is not None:
         body["tool_choice"] = _tool_choice(request.tool_choice)
@@ -263,7 +321,13 @@ def chat_request(request: ResponsesRequest, history: list[JSON]) -> ResponsesCha
     if request.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    return ResponsesChatRequest.model_validate(body)
+    if "tools" not in body:
+        body.pop("tool_choice", None)  # a choice among built-in tools, if any
+    chat = ResponsesChatRequest.model_validate(body)
+    if not request.stream:
+        chat._native = native_body(request, history)
+        chat._builtin_tools = builtin
+    return chat
 
 
 def stored_item(item: JSON) -> JSON:
@@ -392,6 +456,75 @@ def from_chat(response_id: str, request: ResponsesRequest, created_at: int, resu
         usage=usage_of(result.get("usage")),
         finish_reason=choices[0].get("finish_reason"),
     )
+
+
+def chat_usage(usage: JSON | None) -> JSON | None:
+    """Responses usage in chat's shape (what pricing reads)."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = int(usage.get("input_tokens") or 0)
+    completion = int(usage.get("output_tokens") or 0)
+    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
+    reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+
+
+def chat_of_native(native: JSON) -> JSON:
+    """A native response object as the chat.completion the engine accounts for (the
+    response itself rides along under ``NATIVE``)."""
+    text = ""
+    calls: list[JSON] = []
+    for item in native.get("output") or ():
+        if item.get("type") == "message":
+            text += _text_of(item.get("content"))
+        elif item.get("type") == "function_call":
+            calls.append(
+                {
+                    "id": item.get("call_id"),
+                    "type": "function",
+                    "function": {"name": item.get("name"), "arguments": item.get("arguments")},
+                }
+            )
+    reason = str((native.get("incomplete_details") or {}).get("reason") or "")
+    finish = (
+        "tool_calls" if calls else {"max_output_tokens": "length", "": "stop"}.get(reason, reason)
+    )
+    message: JSON = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    answer: JSON = {
+        "id": native.get("id"),
+        "object": "chat.completion",
+        "created": native.get("created_at"),
+        "model": native.get("model"),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+        "usage": chat_usage(native.get("usage")),
+        NATIVE: native,
+    }
+    if native.get("service_tier"):
+        answer["service_tier"] = native["service_tier"]
+    return answer
+
+
+def from_native(response_id: str, request: ResponsesRequest, native: JSON) -> JSON:
+    """A provider's own response object, as the gateway answers it: under the gateway's id
+    (the conversation is the gateway's), for the public model, with the caller's ``store``,
+    ``previous_response_id`` and ``metadata``."""
+    echoed = request.echo()
+    return {
+        **native,
+        "id": response_id,
+        "model": request.model,
+        "previous_response_id": request.previous_response_id,
+        "store": echoed["store"],
+        "metadata": echoed["metadata"],
+    }
 
 
 # --- chat chunks → stream events ------------------------------------------------------------

@@ -27,11 +27,13 @@ from gateway.ledger.responses import (
     retention,
 )
 from gateway.responses.convert import (
+    NATIVE,
     EventWriter,
     ResponsesChatRequest,
     ResponsesRequest,
     chat_request,
     from_chat,
+    from_native,
     new_id,
     stored_item,
 )
@@ -109,7 +111,11 @@ class Responses:
         response object, stored unless ``store`` is false."""
         created = int(time.time())
         result = await self.engine.chat(chat, call)
-        response = from_chat(new_id("resp"), request, created, result)
+        native = result.pop(NATIVE, None)
+        if isinstance(native, dict):
+            response = from_native(new_id("resp"), request, native)
+        else:
+            response = from_chat(new_id("resp"), request, created, result)
         await self.save(request, response, call)
         return response
 
