@@ -417,3 +417,19 @@ def test_a_key_over_its_budget_is_refused_like_chat(gateway_url, admin, openai_e
         key_client(gateway_url, key["key"]).responses.create(model="gpt-4o", input="hello")
     assert err.value.code == "budget_exceeded"
     assert openai_emu.requests == []
+
+
+def test_azure_openai_clients_reach_the_responses_api(gateway_url, openai_emu):
+    root = gateway_url.removesuffix("/v1")
+    azure = openai.AzureOpenAI(
+        azure_endpoint=root, api_key=MASTER_KEY, api_version="2025-03-01-preview", max_retries=0
+    )
+    first = azure.responses.create(model="gpt-4o", input="from azure")
+    assert first.output_text == "echo: from azure"
+    assert azure.responses.retrieve(first.id).id == first.id
+    with pytest.raises(openai.NotFoundError) as err:
+        azure.responses.create(model="no-such-deployment", input="x")
+    assert "no-such-deployment" in str(err.value)
+    v1 = openai.OpenAI(base_url=root + "/openai/v1", api_key=MASTER_KEY, max_retries=0)
+    second = v1.responses.create(model="gpt-4o", input="v1", previous_response_id=first.id)
+    assert second.output_text == "echo: v1"

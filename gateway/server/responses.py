@@ -30,6 +30,7 @@ from gateway.server.http import (
     json_body,
     new_call,
 )
+from gateway.server.native import AzureSurface
 from gateway.wire import JSON
 
 log = logging.getLogger("gateway.server")
@@ -61,14 +62,22 @@ async def events_body(opened: ResponseStream, call: Call) -> AsyncIterator[bytes
 
 
 def add_responses_routes(app: GatewayApp, engine: Engine, gate: Gatekeeper) -> None:
-    """Register the Responses routes on ``app``, under ``/v1`` and at the root."""
+    """Register the Responses routes on ``app``, under ``/v1`` and at the root, and Azure
+    OpenAI's (``/openai/v1/responses``, ``/openai/responses?api-version=…``) for Azure
+    clients, whose ``model`` is a deployment name (``surfaces.azure.deployments``)."""
     service = responses_for(engine)
+    azure = AzureSurface(engine, gate)
 
     async def create(request: Request) -> Response:
         call = new_call(request)
         call.operation = "responses"  # for metrics and logs, should it be refused early
+        on_azure = request.url.path.startswith("/openai/")
+        if on_azure:
+            call.surface = "azure"
         try:
             body = await gate.parse(request, ResponsesRequest, call)
+            if on_azure:
+                body.model = azure.model_for(body.model)
             history = await service.history(owner_of(call), body.previous_response_id)
             chat = service.prepare(body, history)
             apply_gateway_headers(request, chat, call)
@@ -124,7 +133,7 @@ def add_responses_routes(app: GatewayApp, engine: Engine, gate: Gatekeeper) -> N
             return error_response(exc, call.headers())
         return json_body(page)
 
-    for prefix in ("/v1", ""):
+    for prefix in ("/v1", "", "/openai/v1", "/openai"):
         app.add_route(f"{prefix}/responses", create, methods=["POST"])
         app.add_route(f"{prefix}/responses/{{response_id}}", retrieve, methods=["GET"])
         app.add_route(f"{prefix}/responses/{{response_id}}", delete, methods=["DELETE"])
