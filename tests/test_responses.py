@@ -433,3 +433,8 @@ def test_azure_openai_clients_reach_the_responses_api(gateway_url, openai_emu):
     v1 = openai.OpenAI(base_url=root + "/openai/v1", api_key=MASTER_KEY, max_retries=0)
     second = v1.responses.create(model="gpt-4o", input="v1", previous_response_id=first.id)
     assert second.output_text == "echo: v1"
+
+
+def test_the_service_tier_reaches_the_chat_upstream(client, openai_emu):
+    client.responses.create(model="gpt-4o", input="fast", service_tier="priority")
+    assert openai_emu.requests[-1].body["service_tier"] == "priority"

@@ -35,6 +35,8 @@ _DEFAULTS: JSON = {
     "truncation": "disabled",
     "user": None,
 }
+# Responses request fields that chat completions take as they are.
+CHAT_TOO = ("service_tier", "prompt_cache_key", "safety_identifier")
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
@@ -318,6 +320,10 @@ def chat_request(request: ResponsesRequest, history: list[JSON]) -> ResponsesCha
         value = getattr(request, name)
         if value is not None:
             body[name] = value
+    extra = request.model_extra or {}
+    for name in CHAT_TOO:  # fields chat has under the same name (the tier is billed)
+        if extra.get(name) is not None:
+            body[name] = extra[name]
     if request.stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
