@@ -103,7 +103,8 @@ class StreamOpener:
         policy = plan.policy
 
         async def attempt(dep: Deployment, ticket: Ticket) -> OpenedStream:
-            upstream = upstream_request(self.request, body(), dep, stream=True)
+            native = self.request.native_request(dep)  # e.g. a Responses API request
+            upstream = native or upstream_request(self.request, body(), dep, stream=True)
             call.dropped_params = upstream.dropped_params
             timeouts = policy.upstream_timeouts(dep, stream=True)
             left = deadline - time.monotonic()
@@ -120,7 +121,11 @@ class StreamOpener:
                         self.transport, dep, upstream, timeouts, call.tries
                     )
                     started = time.perf_counter()
-                    translator = dep.provider.chat_stream(dep, upstream)
+                    translator = (
+                        dep.provider.responses_stream(dep, upstream)
+                        if native is not None
+                        else dep.provider.chat_stream(dep, upstream)
+                    )
                     stream = UpstreamStream(response, translator, dep, deadline)
                     await stream.until_output()
             except TimeoutError:

@@ -166,7 +166,8 @@ class ChatCompletionRequest(_Open):
 
     def native_request(self, deployment: Any) -> UpstreamRequest | None:
         """The request in another API a deployment serves natively (a Responses API request
-        sent to the provider's own route), or None: it is sent as chat."""
+        sent to the provider's own route; streamed if this request is), or None: it is sent
+        as chat. A native stream is read with ``deployment.provider.responses_stream``."""
         return None
 
     def native_answer(self, body: bytes, deployment: Any) -> JSON:

@@ -220,6 +220,13 @@ class Provider(ABC):
         """Parse a successful answer to ``responses_request``: a response object."""
         return parse_json_object(body, self, deployment)
 
+    def responses_stream(
+        self, deployment: Deployment, request: UpstreamRequest
+    ) -> StreamTranslator:
+        """A translator of the event stream answering a streamed ``responses_request`` into
+        canonical chat chunks (only providers whose ``responses_request`` answers need it)."""
+        raise NotImplementedError
+
     # -- fill-in-the-middle -------------------------------------------------------------
     def fim_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
         """Build a FIM request (``prompt``, ``suffix``); its answer is parsed as chat's is.

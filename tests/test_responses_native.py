@@ -193,7 +193,39 @@ def test_a_fallback_crosses_from_native_to_translated(client, native, upstreams)
     ]
 
 
-def test_a_stream_on_a_native_provider_is_served_through_chat(client, native):
-    events = list(client.responses.create(model="gpt-4o", input="stream me", stream=True))
-    assert events[-1].type == "response.completed"
-    assert native.requests[-1].path == "/v1/chat/completions"
+def test_a_stream_is_native_too(client, native):
+    with client.responses.stream(model="gpt-4o", input="stream me please") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    sent = native.requests[-1]
+    assert sent.path == "/v1/responses" and sent.body["stream"] is True
+    assert sent.body["store"] is False
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert "".join(deltas) == "echo: stream me please"
+    assert final.output_text == "echo: stream me please"
+    assert final.usage is not None and final.usage.input_tokens == 3
+    # and the conversation goes on from the streamed turn
+    again = client.responses.create(model="gpt-4o", input="more", previous_response_id=final.id)
+    assert again.output_text == "echo: more"
+    assert [i.get("role") for i in native.requests[-1].body["input"]] == [
+        "user",
+        "assistant",
+        "user",
+    ]
+
+
+def test_a_native_stream_of_a_function_call(client, native):
+    events = list(
+        client.responses.create(model="azure-v1", input="weather?", tools=[WEATHER], stream=True)
+    )
+    assert native.requests[-1].path == "/openai/v1/responses"
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    assert done.arguments == '{"city": "Paris"}'
+    final = events[-1].response
+    assert final.output[0].type == "function_call" and final.output[0].call_id == "call_native1"
+
+
+def test_a_native_stream_cut_short_ends_with_response_failed(client, native):
+    native.fail_next(Fault(status=200, cut_after=5))
+    events = list(client.responses.create(model="gpt-4o", input="a b c d e f g", stream=True))
+    assert [e.type for e in events][-2:] == ["error", "response.failed"]

@@ -18,6 +18,7 @@ from pydantic import Field, PrivateAttr
 from gateway.errors import InvalidRequestError
 from gateway.types import GATEWAY_FIELDS, ChatCompletionRequest, _Open
 from gateway.wire import JSON, UpstreamRequest
+from providers.openai import chat_usage
 
 # What a response echoes of its request when the request left it out.
 _DEFAULTS: JSON = {
@@ -241,6 +242,8 @@ def native_body(request: ResponsesRequest, history: list[JSON]) -> JSON:
         exclude_unset=True,
         exclude={"previous_response_id", "stream", "store", "metadata", *GATEWAY_FIELDS},
     )
+    if request.stream:
+        body["stream"] = True
     earlier = [
         {k: v for k, v in item.items() if k != "id"}
         for item in history
@@ -292,14 +295,6 @@ def chat_request(request: ResponsesRequest, history: list[JSON]) -> ResponsesCha
         raise InvalidRequestError("input must not be empty", param="input")
     body: JSON = {"model": request.model, "messages": messages}
     builtin = builtin_tools(request.tools)
-    if builtin and request.stream:
-        raise InvalidRequestError(
-            f"tool type {', '.join(map(repr, builtin))} is not available in a stream through "
-            "this gateway: streams are served through chat completions, which take function "
-            "tools only; send the request without stream",
-            param="tools",
-            code="unsupported_tool",
-        )
     if request.tools and len(builtin) < len(request.tools):
         body["tools"] = _tools(request.tools)
     if request.tool_choice is not None:
@@ -330,9 +325,8 @@ def chat_request(request: ResponsesRequest, history: list[JSON]) -> ResponsesCha
     if "tools" not in body:
         body.pop("tool_choice", None)  # a choice among built-in tools, if any
     chat = ResponsesChatRequest.model_validate(body)
-    if not request.stream:
-        chat._native = native_body(request, history)
-        chat._builtin_tools = builtin
+    chat._native = native_body(request, history)
+    chat._builtin_tools = builtin
     return chat
 
 
@@ -462,23 +456,6 @@ def from_chat(response_id: str, request: ResponsesRequest, created_at: int, resu
         usage=usage_of(result.get("usage")),
         finish_reason=choices[0].get("finish_reason"),
     )
-
-
-def chat_usage(usage: JSON | None) -> JSON | None:
-    """Responses usage in chat's shape (what pricing reads)."""
-    if not isinstance(usage, dict):
-        return None
-    prompt = int(usage.get("input_tokens") or 0)
-    completion = int(usage.get("output_tokens") or 0)
-    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
-        "prompt_tokens_details": {"cached_tokens": cached},
-        "completion_tokens_details": {"reasoning_tokens": reasoning},
-    }
 
 
 def chat_of_native(native: JSON) -> JSON:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tests.emulators.common import json_response
+from tests.emulators.common import json_response, sse_response
 from tests.emulators.openai_api import API_KEY as OPENAI_KEY
 from tests.emulators.openai_api import OpenAIEmulator, error
 
@@ -77,7 +78,7 @@ class ResponsesEmulator(OpenAIEmulator):
 
     async def answer(self, body: Any) -> Response:
         fault = await self.take_fault()
-        if fault is not None:
+        if fault is not None and fault.cut_after is None:
             return Response(fault.body, fault.status, media_type=fault.content_type)
         if not isinstance(body, dict):
             return error(400, "We could not parse the JSON body.", "invalid_request_error")
@@ -93,8 +94,6 @@ class ResponsesEmulator(OpenAIEmulator):
                     400, f"Missing required parameter: '{name}'.", "invalid_request_error",
                     "missing_required_parameter", name,
                 )  # fmt: skip
-        if body.get("stream"):
-            return error(400, "streams are not emulated", "invalid_request_error")
         items = body["input"]
         if isinstance(items, str):
             items = [{"type": "message", "role": "user", "content": items}]
@@ -112,7 +111,52 @@ class ResponsesEmulator(OpenAIEmulator):
                     "`store` is set to false.",
                     "invalid_request_error",
                 )
-        return json_response(self.response(body, items))
+        response = self.response(body, items)
+        if body.get("stream"):
+            return sse_response(self.events(response), fault=fault)
+        return json_response(response)
+
+    @staticmethod
+    def events(response: dict[str, Any]) -> list[bytes]:
+        """The typed events OpenAI streams for ``response`` (text word by word, arguments in
+        two pieces), each as ``event: <type>`` and its data."""
+        out: list[dict[str, Any]] = []
+
+        def add(kind: str, **fields: Any) -> None:
+            out.append({"type": kind, "sequence_number": len(out), **fields})
+
+        opening = {**response, "status": "in_progress", "output": [], "usage": None}
+        add("response.created", response=opening)
+        add("response.in_progress", response=opening)
+        for index, item in enumerate(response["output"]):
+            opened = {**item, "status": "in_progress"}
+            if item["type"] == "function_call":
+                opened["arguments"] = ""  # they follow in deltas
+            add("response.output_item.added", output_index=index, item=opened)
+            if item["type"] == "message":
+                part = item["content"][0]
+                ids = {"item_id": item["id"], "output_index": index, "content_index": 0}
+                add("response.content_part.added", **ids, part={**part, "text": ""})
+                for k, word in enumerate(part["text"].split(" ")):
+                    add("response.output_text.delta", **ids, delta=word if k == 0 else " " + word)
+                add("response.output_text.done", **ids, text=part["text"])
+                add("response.content_part.done", **ids, part=part)
+            elif item["type"] == "function_call":
+                args = item["arguments"]
+                for piece in (args[: len(args) // 2], args[len(args) // 2 :]):
+                    add(
+                        "response.function_call_arguments.delta",
+                        item_id=item["id"], output_index=index, delta=piece,
+                    )  # fmt: skip
+                add(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"], output_index=index, arguments=args,
+                )  # fmt: skip
+            add("response.output_item.done", output_index=index, item=item)
+        add("response.completed", response=response)
+        return [
+            b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in out
+        ]
 
     @staticmethod
     def response(body: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
