@@ -4,13 +4,19 @@ with the gateway's conversation state across both."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from gateway.config import LedgerConfig
+from gateway.ledger.ledger import Ledger
+from gateway.ledger.records import SpendRecord
 from tests.conftest import SINGLE_ATTEMPT, GatewayFactory
 from tests.emulators.azure_api import API_KEY as AZURE_CHAT_KEY
 from tests.emulators.azure_api import AzureEmulator
@@ -53,7 +59,12 @@ def native(upstreams: dict[str, Any]) -> ResponsesEmulator:
 
 
 @pytest.fixture(scope="module")
-def client(upstreams: dict[str, Any], start_gateway: GatewayFactory) -> openai.OpenAI:
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("responses-native") / "ledger.db"
+
+
+@pytest.fixture(scope="module")
+def client(upstreams: dict[str, Any], start_gateway: GatewayFactory, db: Path) -> openai.OpenAI:
     root = upstreams["native"].url
 
     def azure(**settings: Any) -> dict[str, Any]:
@@ -65,6 +76,7 @@ def client(upstreams: dict[str, Any], start_gateway: GatewayFactory) -> openai.O
     url = start_gateway(
         {
             "routing": SINGLE_ATTEMPT,
+            "ledger": {"url": f"sqlite+aiosqlite:///{db}", "flush_interval": 0.05},
             "providers": {
                 "openai": {
                     "type": "openai",
@@ -229,3 +241,38 @@ def test_a_native_stream_cut_short_ends_with_response_failed(client, native):
     native.fail_next(Fault(status=200, cut_after=5))
     events = list(client.responses.create(model="gpt-4o", input="a b c d e f g", stream=True))
     assert [e.type for e in events][-2:] == ["error", "response.failed"]
+
+
+async def records_of(db: Path, request_ids: set[str]) -> list[SpendRecord]:
+    """The ledger's records of these requests, waiting (bounded) for them to be written."""
+    ledger = Ledger(LedgerConfig(url=f"sqlite+aiosqlite:///{db}", migrate=False))
+    try:
+        for _ in range(200):
+            now = datetime.now(UTC)
+            page = await ledger.spend_records(
+                now - timedelta(hours=1), now + timedelta(hours=1), None, 10_000
+            )
+            found = [r for r in page.records if r.request_id in request_ids]
+            if len(found) == len(request_ids):
+                return found
+            await asyncio.sleep(0.05)
+        return found
+    finally:
+        await ledger.engine.dispose()
+
+
+def test_native_calls_are_recorded_and_priced_from_their_usage(client, native, db):
+    plain = client.responses.with_raw_response.create(model="gpt-4o", input="count me")
+    streamed = client.responses.with_raw_response.create(
+        model="gpt-4o", input="stream me please", stream=True
+    )
+    list(streamed.parse())
+    ids = {plain.headers["x-request-id"], streamed.headers["x-request-id"]}
+    records = {r.stream: r for r in asyncio.run(records_of(db, ids))}
+    assert {r.operation for r in records.values()} == {"responses"}
+    # gpt-4o, $2.50 / $1.25 cached / $10.00 per 1M: 2 input (1 cached), 3 output tokens …
+    assert records[False].cost_usd == Decimal("0.00003375")
+    assert records[False].cost_usd == Decimal(plain.headers["x-gateway-cost"])
+    # … and 3 input (1 cached), 4 output tokens, from the stream's response.completed
+    assert records[True].prompt_tokens == 3 and records[True].completion_tokens == 4
+    assert records[True].cost_usd == Decimal("0.00004625")
