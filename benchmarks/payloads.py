@@ -12,10 +12,30 @@ from typing import Any
 UPSTREAM_MODEL = "gpt-4o-mini"
 # Public model names, one per upstream answer shape (the upstream cannot look at the body to
 # choose JSON or SSE, so each shape has its own base path; see upstream.py).
-MODELS = {"chat": "bench-chat", "stream": "bench-stream", "embed": "bench-embed"}
+# "responses" is the Responses API translated to chat (the upstream answers chat JSON);
+# "responses-native" is sent to the upstream's own /responses route.
+MODELS = {
+    "chat": "bench-chat",
+    "stream": "bench-stream",
+    "embed": "bench-embed",
+    "responses": "bench-chat",
+    "responses-native": "bench-native",
+}
 # Upstream base path per mode; the "/v1" suffix is what an OpenAI base_url ends with.
-BASE_PATHS = {"chat": "/json/v1", "stream": "/sse/v1", "embed": "/json/v1"}
-OPERATIONS = {"chat": "/chat/completions", "stream": "/chat/completions", "embed": "/embeddings"}
+BASE_PATHS = {
+    "chat": "/json/v1",
+    "stream": "/sse/v1",
+    "embed": "/json/v1",
+    "responses": "/json/v1",
+    "responses-native": "/json/v1",
+}
+OPERATIONS = {
+    "chat": "/chat/completions",
+    "stream": "/chat/completions",
+    "embed": "/embeddings",
+    "responses": "/responses",
+    "responses-native": "/responses",
+}
 API_KEY = "sk-bench-not-a-real-key"
 # Both proxies require this key from the load generator (LiteLLM refuses to start without one).
 MASTER_KEY = "sk-bench-" + "0123456789abcdef" * 4
@@ -98,10 +118,55 @@ def embeddings(dimensions: int = 256) -> str:
     )
 
 
+def response_object() -> str:
+    """A non-streaming Responses API answer, as OpenAI sends it."""
+    text = " ".join(_WORDS)
+    return _dumps(
+        {
+            "id": "resp_bench000000000000000000000001",
+            "object": "response",
+            "created_at": _CREATED,
+            "status": "completed",
+            "error": None,
+            "incomplete_details": None,
+            "model": f"{UPSTREAM_MODEL}-2024-07-18",
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg_bench0000000000000000000001",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [
+                        {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+                    ],
+                }
+            ],
+            "usage": {
+                "input_tokens": 14,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": len(_WORDS),
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 14 + len(_WORDS),
+            },
+        }
+    )
+
+
 def request_body(mode: str, model: str) -> str:
-    """What the load generator POSTs for ``mode`` ("chat", "stream" or "embed")."""
+    """What the load generator POSTs for ``mode`` (one of ``MODELS``)."""
     if mode == "embed":
         return _dumps({"model": model, "input": "The quick brown fox jumps over the lazy dog"})
+    if mode.startswith("responses"):
+        return _dumps(
+            {
+                "model": model,
+                "instructions": "You are a helpful assistant.",
+                "input": "Say hello to the benchmark.",
+                "max_output_tokens": 64,
+                "temperature": 0.2,
+                "store": False,  # the added latency of the call, not of storing it
+            }
+        )
     body: dict[str, Any] = {
         "model": model,
         "messages": [
@@ -122,4 +187,5 @@ def upstream_bodies() -> dict[str, tuple[str, str]]:
         "/json/v1/chat/completions": ("application/json", chat_completion()),
         "/sse/v1/chat/completions": ("text/event-stream", chat_stream()),
         "/json/v1/embeddings": ("application/json", embeddings()),
+        "/json/v1/responses": ("application/json", response_object()),
     }

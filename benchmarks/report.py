@@ -148,9 +148,13 @@ def _added(rows: list[Record], scenario: str, mode: str, key: str) -> float | No
     return float(r[key] - d[key])
 
 
+# The modes the tables and the chart show, in this order.
+MODE_ORDER = ("chat", "stream", "responses", "responses-native")
+
+
 def pipeline_markdown(rows: list[Record], busy: int = 32) -> str:
     """The "full pipeline vs the floor" table and the Speed issue's targets, met or not."""
-    modes = [m for m in ("chat", "stream") if any(r["mode"] == m for r in rows)]
+    modes = [m for m in MODE_ORDER if any(r["mode"] == m for r in rows)]
     lines = [
         f"| scenario | mode | req/s c={busy} | added p50 / p99 c=1 ms | "
         f"CPU ms per 1000 req c={busy} | peak RSS MiB |",
@@ -216,7 +220,7 @@ def chart(rows: list[Record], path: Path, busy: int = 32) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    modes = [m for m in ("chat", "stream") if any(r["mode"] == m for r in rows)]
+    modes = [m for m in MODE_ORDER if any(r["mode"] == m for r in rows)]
     present = [s for s in PIPELINE if any(r["scenario"] == s for r in rows)]
     present += sorted({r["scenario"] for r in rows} - set(present))
     proxies = [s for s in present if s != "direct"]

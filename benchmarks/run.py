@@ -45,7 +45,7 @@ from benchmarks.targets import (
 )
 from benchmarks.upstream import StaticUpstream
 
-MODES = ("chat", "stream", "embed")
+MODES = ("chat", "stream", "embed", "responses", "responses-native")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,7 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(DEFAULT_SCENARIOS),
         help=f"comma-separated, or 'all' ({', '.join(SCENARIOS)})",
     )
-    p.add_argument("--modes", default="chat,stream", help=f"comma-separated of {', '.join(MODES)}")
+    p.add_argument(
+        "--modes",
+        default="chat,stream,responses,responses-native",
+        help=f"comma-separated of {', '.join(MODES)}",
+    )
     p.add_argument("--rounds", type=int, default=1, help="repeat every scenario this many times")
     p.add_argument(
         "--baseline",

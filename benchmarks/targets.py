@@ -151,10 +151,16 @@ def gateway_config(
     providers = {
         "bench-json": {**provider, "base_url": upstream + BASE_PATHS["chat"]},
         "bench-sse": {**provider, "base_url": upstream + BASE_PATHS["stream"]},
+        "bench-native": {
+            **provider,
+            "base_url": upstream + BASE_PATHS["responses-native"],
+            "responses_api": True,
+        },
     }
     if full:
         providers["bench-json-b"] = providers["bench-json"]
         providers["bench-sse-b"] = providers["bench-sse"]
+        providers["bench-native-b"] = providers["bench-native"]
 
     def deployments(provider: str, model: str) -> dict[str, Any]:
         if not full:
@@ -174,6 +180,7 @@ def gateway_config(
             MODELS["chat"]: deployments("bench-json", UPSTREAM_MODEL),
             MODELS["stream"]: deployments("bench-sse", UPSTREAM_MODEL),
             MODELS["embed"]: deployments("bench-json", EMBED_MODEL),
+            MODELS["responses-native"]: deployments("bench-native", UPSTREAM_MODEL),
         },
     }
     if ledger:

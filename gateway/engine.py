@@ -163,10 +163,15 @@ class Engine:
         await self._admit(setup, call, plan, request.estimated_tokens(), request)
 
         async def attempt(dep: Deployment, ticket: Ticket) -> JSON:
-            upstream = upstream_request(request, request.upstream_body(), dep, stream=False)
+            native = request.native_request(dep)  # e.g. a Responses API request, as it came
+            upstream = native or upstream_request(
+                request, request.upstream_body(), dep, stream=False
+            )
             call.dropped_params = upstream.dropped_params
             timeouts = plan.policy.upstream_timeouts(dep, stream=False)
             raw = await read_answer(self.transport, dep, upstream, timeouts, call.tries)
+            if native is not None:
+                return request.native_answer(raw, dep)
             return upstream_answer(request, raw, dep, upstream)
 
         return await within(

@@ -126,7 +126,8 @@ class StreamOpener:
         policy = plan.policy
 
         async def attempt(dep: Deployment, ticket: Ticket) -> OpenedStream:
-            upstream = upstream_request(self.request, body(), dep, stream=True)
+            native = self.request.native_request(dep)  # e.g. a Responses API request
+            upstream = native or upstream_request(self.request, body(), dep, stream=True)
             call.dropped_params = upstream.dropped_params
             timeouts = policy.upstream_timeouts(dep, stream=True)
             left = deadline - time.monotonic()
@@ -143,7 +144,11 @@ class StreamOpener:
                         self.transport, dep, upstream, timeouts, call.tries
                     )
                     started = time.perf_counter()
-                    translator = stream_translator(self.request, dep, upstream)
+                    translator = (
+                        dep.provider.responses_stream(dep, upstream)
+                        if native is not None
+                        else stream_translator(self.request, dep, upstream)
+                    )
                     stream = UpstreamStream(response, translator, dep, deadline)
                     await stream.until_output()
             except TimeoutError:
@@ -223,7 +228,7 @@ class ChunkStream:
         # could continue it; otherwise nothing grows with the answer.
         self._continuable = (
             opener.routing.continue_streams
-            and self._call.operation == "chat"
+            and self._call.operation in ("chat", "responses")
             and any(d.can_prefill for d in plan.attempts)
         )
         self._broken: list[_Broken] = []
@@ -483,7 +488,7 @@ class ChunkStream:
         """Open a stream that continues ``text`` on a later, prefill-capable deployment;
         if there is none, or it fails too, the original error stands."""
         call = self._call
-        if not self._opener.routing.continue_streams or call.operation != "chat":
+        if not self._opener.routing.continue_streams or call.operation not in ("chat", "responses"):
             raise error  # a FIM answer would continue its prompt, not the messages
         attempts = self._plan.attempts
         later = (

@@ -12,13 +12,13 @@ import base64
 import sys
 from array import array
 from collections.abc import Callable
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from gateway.facts import GatewayFacts
-from gateway.wire import JSON
+from gateway.wire import JSON, UpstreamRequest
 
 # Fields a caller may put in the body for the gateway itself; never sent upstream.
 GATEWAY_FIELDS = frozenset({"fallbacks", "gateway_timeout"})
@@ -87,7 +87,7 @@ class StreamOptions(_Open):
 class ChatCompletionRequest(_Open):
     """POST /v1/chat/completions body. Unknown fields are kept and passed to the adapter."""
 
-    operation: ClassVar[Literal["chat", "fim"]] = "chat"
+    operation: ClassVar[Literal["chat", "fim", "responses"]] = "chat"
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -167,13 +167,23 @@ class ChatCompletionRequest(_Open):
     def wants_stream_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def native_request(self, deployment: Any) -> UpstreamRequest | None:
+        """The request in another API a deployment serves natively (a Responses API request
+        sent to the provider's own route; streamed if this request is), or None: it is sent
+        as chat. A native stream is read with ``deployment.provider.responses_stream``."""
+        return None
+
+    def native_answer(self, body: bytes, deployment: Any) -> JSON:
+        """The answer to ``native_request`` as a chat.completion dict."""
+        raise NotImplementedError
+
 
 class FimCompletionRequest(_Open):
     """POST /v1/fim/completions body (Mistral's fill-in-the-middle): complete ``prompt`` so
     that it leads into ``suffix``. The answer is a chat.completion, so it takes the chat path
     through the engine; only the upstream request differs (``Provider.fim_request``)."""
 
-    operation: ClassVar[Literal["chat", "fim"]] = "fim"
+    operation: ClassVar[Literal["chat", "fim", "responses"]] = "fim"
 
     model: str = Field(min_length=1)
     prompt: str
@@ -213,6 +223,12 @@ class FimCompletionRequest(_Open):
     @property
     def wants_stream_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def native_request(self, deployment: Any) -> UpstreamRequest | None:
+        return None
+
+    def native_answer(self, body: bytes, deployment: Any) -> JSON:
+        raise NotImplementedError
 
 
 # What a legacy text completion needs of a deployment (see providers.base.Deployment):
@@ -289,6 +305,12 @@ class TextCompletionRequest(_Open):
         """The answers the call generates, and may be billed for: ``n`` (or ``best_of``, the
         candidates generated to pick from) for each prompt."""
         return max(self.per_prompt or 1, self.best_of or 1) * len(self.prompts())
+
+    def native_request(self, deployment: Any) -> UpstreamRequest | None:
+        return None  # its own route is the adapter's business (``completions_request``)
+
+    def native_answer(self, body: bytes, deployment: Any) -> JSON:
+        raise NotImplementedError
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts, one per item (a string, or a list of token ids)."""
@@ -468,3 +490,70 @@ class Model(_Open):
 class ModelList(_Open):
     object: str = "list"
     data: list[Model]
+
+
+# --- the Responses API ----------------------------------------------------------------------
+
+
+class ResponseUsage(_Open):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    input_tokens_details: JSON | None = None
+    output_tokens_details: JSON | None = None
+
+
+class ResponseItem(_Open):
+    """An output (or input) item: a ``message``, a ``function_call``, … (fields by type)."""
+
+    type: str
+    id: str | None = None
+    status: str | None = None
+    role: str | None = None
+    content: list[JSON] | str | None = None
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ResponseObject(_WithFacts):
+    """A Responses API response (``object: response``)."""
+
+    id: str
+    object: str = "response"
+    created_at: int
+    status: str
+    model: str
+    output: list[ResponseItem] = Field(default_factory=list)
+    usage: ResponseUsage | None = None
+    previous_response_id: str | None = None
+    error: JSON | None = None
+    incomplete_details: JSON | None = None
+
+    @property
+    def output_text(self) -> str:
+        """The text of every ``output_text`` part of the output's messages, joined."""
+        return "".join(
+            str(part.get("text") or "")
+            for item in self.output
+            if item.type == "message" and isinstance(item.content, list)
+            for part in item.content
+            if part.get("type") == "output_text"
+        )
+
+
+class ResponseStreamEvent(_Open):
+    """One event of a streamed response (``response.output_text.delta``, …); the ones that
+    carry the whole response (``response.created``, ``response.completed``, …) have it in
+    ``response``."""
+
+    type: str
+    sequence_number: int = 0
+    response: ResponseObject | None = None
+    delta: str | None = None
+
+
+class ResponseDeleted(_Open):
+    id: str
+    object: str = "response.deleted"
+    deleted: bool = True

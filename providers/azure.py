@@ -21,6 +21,7 @@ from datetime import date
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
+import orjson
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -43,6 +44,8 @@ _API_VERSION = re.compile(r"^(\d{4}-\d{2}-\d{2})(-preview)?$|^(preview|latest)$"
 STREAM_OPTIONS_SINCE = "2024-09-01"
 # The first api-version with response_format json_schema (structured outputs).
 JSON_SCHEMA_SINCE = "2024-08-01"
+# The first api-version with the Responses API (/openai/responses).
+RESPONSES_SINCE = "2025-03-01"
 
 
 class AzureSettings(ProviderSettings):
@@ -59,6 +62,12 @@ class AzureSettings(ProviderSettings):
         default="deployments",
         description="deployments: /openai/deployments/{deployment}/…?api-version=…; "
         "v1: /openai/v1/… with the deployment name as the body's model.",
+    )
+    responses_api: bool | None = Field(
+        default=None,
+        description="Send Responses API requests to the resource's own /responses route; "
+        "false: translate them to chat completions. Default: yes with api_style v1 or an "
+        f"api-version from {RESPONSES_SINCE}-preview on.",
     )
     azure_ad_token: SecretStr | None = Field(
         default=None,
@@ -245,6 +254,23 @@ class AzureProvider(OpenAIProvider):
             return f"{self.endpoint}/openai/v1/{operation}{self._query}"
         name = quote(deployment.model, safe="")
         return f"{self.endpoint}/openai/deployments/{name}/{operation}{self._query}"
+
+    def serves_responses(self) -> bool:
+        """The v1 API and api-versions from 2025-03-01-preview have /responses (unless
+        ``responses_api`` says otherwise); older ones are translated to chat."""
+        if self.azure.responses_api is not None:
+            return self.azure.responses_api
+        return api_version_at_least(self.azure, RESPONSES_SINCE)
+
+    def responses_request(self, body: JSON, deployment: Deployment) -> UpstreamRequest | None:
+        if not self.serves_responses():
+            return None
+        body["model"] = deployment.model  # the deployment's name, in both URL styles
+        if self.azure.api_style == "v1":
+            url = f"{self.endpoint}/openai/v1/responses{self._query}"
+        else:
+            url = f"{self.endpoint}/openai/responses{self._query}"
+        return UpstreamRequest("POST", url, self.headers, orjson.dumps(body))
 
     def prepare_chat_body(self, body: JSON, deployment: Deployment, *, stream: bool) -> JSON:
         body = super().prepare_chat_body(body, deployment, stream=stream)

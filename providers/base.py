@@ -286,6 +286,24 @@ class Provider(ABC):
     def chat_stream(self, deployment: Deployment, request: UpstreamRequest) -> StreamTranslator:
         """A fresh translator for the streaming answer to ``request``."""
 
+    # -- the Responses API -------------------------------------------------------------
+    def responses_request(self, body: JSON, deployment: Deployment) -> UpstreamRequest | None:
+        """A Responses API request (``POST /responses``, ``body`` in its own shape, a copy)
+        to this deployment's own route; None when the provider has none, and the request is
+        then translated to chat."""
+        return None
+
+    def responses_response(self, body: bytes, deployment: Deployment) -> JSON:
+        """Parse a successful answer to ``responses_request``: a response object."""
+        return parse_json_object(body, self, deployment)
+
+    def responses_stream(
+        self, deployment: Deployment, request: UpstreamRequest
+    ) -> StreamTranslator:
+        """A translator of the event stream answering a streamed ``responses_request`` into
+        canonical chat chunks (only providers whose ``responses_request`` answers need it)."""
+        raise NotImplementedError
+
     # -- fill-in-the-middle -------------------------------------------------------------
     def fim_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
         """Build a FIM request (``prompt``, ``suffix``); its answer is parsed as chat's is.

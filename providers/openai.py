@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 import orjson
+from pydantic import Field
 
 from gateway.errors import MalformedEventError, StreamInterruptedError
 from gateway.wire import JSON, SSEEvent, UpstreamRequest
@@ -27,6 +29,12 @@ class OpenAISettings(ProviderSettings):
     base_url: str | None = "https://api.openai.com/v1"
     organization: str | None = None
     project: str | None = None
+    responses_api: bool | None = Field(
+        default=None,
+        description="Send Responses API requests (POST /v1/responses) to this server's own "
+        "/responses route; false: translate them to chat completions. Default: only for "
+        "api.openai.com (OpenAI-compatible servers such as vLLM may lack the route).",
+    )
 
 
 class OpenAIStreamTranslator(StreamTranslator):
@@ -58,6 +66,103 @@ class OpenAIStreamTranslator(StreamTranslator):
                 deployment=self._deployment.id,
             )
         return [chunk]
+
+
+def chat_usage(usage: object) -> JSON | None:
+    """Responses API usage (``input_tokens``, ``output_tokens``, their details) in chat's
+    shape, which pricing reads."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = int(usage.get("input_tokens") or 0)
+    completion = int(usage.get("output_tokens") or 0)
+    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
+    reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+
+
+class ResponsesStreamTranslator(StreamTranslator):
+    """A Responses API event stream as canonical chat chunks: text and function-call deltas,
+    the finish and the usage (from ``response.completed``), so a native stream is guarded,
+    accounted for and billed as a chat stream is. Other events (built-in tool calls,
+    reasoning summaries) carry nothing chat can say and are left out."""
+
+    def __init__(self, provider: Provider, deployment: Deployment) -> None:
+        super().__init__()
+        self._provider = provider
+        self._deployment = deployment
+        self._head: JSON = {"id": "", "object": "chat.completion.chunk", "created": 0, "model": ""}
+        self._calls: dict[str, int] = {}  # function call item id → tool-call index
+        self._opened = False
+
+    def _chunk(self, delta: JSON, finish: str | None = None) -> JSON:
+        if not self._opened:
+            delta = {"role": "assistant", **delta}
+            self._opened = True
+        return {**self._head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    def feed(self, event: SSEEvent) -> list[JSON]:
+        try:
+            payload = orjson.loads(event.data)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedEventError(f"undecodable event: {event.data[:80]!r}") from exc
+        if not isinstance(payload, dict):
+            return []
+        kind = payload.get("type")
+        found = payload.get("response")
+        response: JSON = found if isinstance(found, dict) else {}
+        if kind == "response.created":
+            self._head.update(
+                id=response.get("id") or "",
+                created=response.get("created_at") or 0,
+                model=response.get("model") or "",
+            )
+        elif kind == "response.output_text.delta":
+            return [self._chunk({"content": str(payload.get("delta") or "")})]
+        elif kind == "response.output_item.added":
+            item = payload.get("item") or {}
+            if item.get("type") == "function_call":
+                index = self._calls[str(item.get("id"))] = len(self._calls)
+                call = {
+                    "index": index,
+                    "id": item.get("call_id"),
+                    "type": "function",
+                    "function": {
+                        "name": item.get("name"),
+                        "arguments": item.get("arguments") or "",
+                    },
+                }
+                return [self._chunk({"tool_calls": [call]})]
+        elif kind == "response.function_call_arguments.delta":
+            index = self._calls.get(str(payload.get("item_id")), 0)
+            arguments = {"arguments": str(payload.get("delta") or "")}
+            return [self._chunk({"tool_calls": [{"index": index, "function": arguments}]})]
+        elif kind in ("response.completed", "response.incomplete"):
+            self.finished = True
+            reason = str((response.get("incomplete_details") or {}).get("reason") or "")
+            finish = "tool_calls" if self._calls else "length" if reason else "stop"
+            if reason == "content_filter":
+                finish = "content_filter"
+            chunks = [self._chunk({}, finish)]
+            usage = chat_usage(response.get("usage"))
+            if usage is not None:
+                chunks.append({**self._head, "choices": [], "usage": usage})
+            return chunks
+        elif kind in ("response.failed", "error"):
+            error = response.get("error") if kind == "response.failed" else payload
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise StreamInterruptedError(
+                f"provider '{self._provider.name}' (deployment '{self._deployment.id}') "
+                f"reported an error mid-stream: {message}",
+                provider=self._provider.name,
+                deployment=self._deployment.id,
+            )
+        return []
 
 
 class OpenAIProvider(Provider):
@@ -119,6 +224,26 @@ class OpenAIProvider(Provider):
             body["continue_final_message"] = True
             body["add_generation_prompt"] = False
         return body
+
+    def serves_responses(self) -> bool:
+        """Whether this provider has its own Responses API route (see ``responses_api``)."""
+        wanted = getattr(self.settings, "responses_api", None)
+        if wanted is not None:
+            return bool(wanted)
+        return urlsplit(self.base_url).hostname == "api.openai.com"
+
+    def responses_request(self, body: JSON, deployment: Deployment) -> UpstreamRequest | None:
+        if not self.serves_responses():
+            return None
+        body["model"] = deployment.model
+        return UpstreamRequest(
+            "POST", self.url(deployment, "responses"), self.headers, orjson.dumps(body)
+        )
+
+    def responses_stream(
+        self, deployment: Deployment, request: UpstreamRequest
+    ) -> StreamTranslator:
+        return ResponsesStreamTranslator(self, deployment)
 
     def chat_request(self, body: JSON, deployment: Deployment, *, stream: bool) -> UpstreamRequest:
         body = self.prepare_chat_body(body, deployment, stream=stream)

@@ -25,7 +25,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import gateway.batch.store  # (its tables join the ledger's metadata)
-import gateway.keys  # noqa: F401  (its tables join the ledger's metadata)
+import gateway.keys
+import gateway.ledger.responses  # noqa: F401  (its table joins the ledger's metadata)
 from gateway.config import LedgerConfig, load_config
 from gateway.errors import ConfigError
 from gateway.ledger.db import create_ledger_engine, ledger_url
@@ -216,6 +217,7 @@ async def test_upgrade_from_empty_creates_every_table_and_index(db_url):
         "ui_sessions",
         "batch_files",
         "batches",
+        "stored_responses",
     }
     assert indexes["spend_records"] == {
         "ix_spend_records_started_at_request_id": ["started_at", "request_id"],

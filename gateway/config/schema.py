@@ -458,6 +458,12 @@ class LedgerConfig(_Strict):
         "/health/ready fails (the database is refusing or not answering writes).",
     )
     migrate: bool = Field(default=True, description="Bring the schema up to date at start-up.")
+    responses_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Days a stored Responses API answer (POST /v1/responses with store: true) "
+        "is kept for GET /v1/responses/{id} and previous_response_id; then it is deleted.",
+    )
 
     @field_validator("url")
     @classmethod

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal, NamedTuple
 
-Operation = Literal["chat", "fim", "completions", "embeddings", "batch"]
+Operation = Literal["chat", "fim", "completions", "embeddings", "responses", "batch"]
 # The API a request came through: the OpenAI-compatible routes, Azure OpenAI's or Mistral's
 # own (gateway/server/native.py), or an in-process library call.
 Surface = Literal["openai", "azure", "mistral", "library"]

@@ -38,6 +38,7 @@ GENAI_OPERATION = {
     "embeddings": "embeddings",
     "fim": "text_completion",
     "completions": "text_completion",
+    "responses": "chat",
 }
 # The W3C trace headers of the request being served (set by TraceContextMiddleware).
 _CALLER_TRACE: ContextVar[dict[str, str] | None] = ContextVar("caller_trace", default=None)

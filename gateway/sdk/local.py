@@ -23,12 +23,14 @@ from pydantic import PrivateAttr
 from gateway.call import Call
 from gateway.config import GatewayConfig, resolve_config
 from gateway.engine import Engine
-from gateway.errors import InvalidRequestError, check_json_depth, validated
+from gateway.errors import GatewayError, InvalidRequestError, check_json_depth, validated
 from gateway.facts import GatewayFacts
 from gateway.keys.admin import KeyAdmin, KeySpec, key_store_disabled
 from gateway.ledger.ledger import Ledger, ledger_disabled
 from gateway.ledger.periods import PeriodError, report_period
 from gateway.ledger.reports import GROUPS, MAX_PAGE, GroupBy, SpendRow
+from gateway.responses.convert import ResponsesChatRequest, ResponsesRequest
+from gateway.responses.service import ResponseStream, owner_of, responses_for
 from gateway.sdk.admin import (
     AsyncKeys,
     AsyncSpend,
@@ -47,10 +49,12 @@ from gateway.sdk.resources import (
     AsyncChat,
     AsyncEmbeddings,
     AsyncModels,
+    AsyncResponses,
     Chat,
     Embeddings,
     ModelRequest,
     Models,
+    Responses,
 )
 from gateway.streams import ChunkStream
 from gateway.types import (
@@ -60,6 +64,9 @@ from gateway.types import (
     CreateEmbeddingResponse,
     EmbeddingRequest,
     Model,
+    ResponseDeleted,
+    ResponseObject,
+    ResponseStreamEvent,
 )
 from gateway.wire import Transport
 
@@ -90,6 +97,55 @@ class LocalEmbeddings(CreateEmbeddingResponse):
     def gateway(self) -> Call | None:
         """The engine's record of the call (attempt log, usage, cost)."""
         return self._call
+
+
+class LocalResponse(ResponseObject):
+    """A Responses API response made in-process: also the engine's record of the call (for
+    one just created; a retrieved one has none)."""
+
+    _call: Call | None = PrivateAttr(default=None)
+
+    @property
+    def gateway(self) -> Call | None:
+        """The engine's record of the call (attempt log, usage, cost)."""
+        return self._call
+
+
+class AsyncResponseEvents:
+    """The events of one streamed response; ``facts`` says who answers it and, once it has
+    ended, what it cost. A failure mid-stream is raised as the gateway's exception."""
+
+    def __init__(self, opened: ResponseStream, info: Call) -> None:
+        self._opened = opened
+        self.info = info
+        self._events = self._iterate()
+
+    @property
+    def facts(self) -> GatewayFacts:
+        return self.info.facts()
+
+    def __aiter__(self) -> AsyncIterator[ResponseStreamEvent]:
+        return self._events
+
+    async def _iterate(self) -> AsyncIterator[ResponseStreamEvent]:
+        error: GatewayError | None = None
+        try:
+            async for event in self._opened.events:
+                yield ResponseStreamEvent.model_validate(event)
+        except GatewayError as exc:
+            error = exc
+            raise
+        finally:
+            await self._opened.chunks.aclose(error)
+
+    async def aclose(self) -> None:
+        await self._opened.chunks.aclose()
+
+    async def __aenter__(self) -> AsyncResponseEvents:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class AsyncChunkStream:
@@ -167,6 +223,42 @@ class LocalBackend:
         result._call = call
         result._facts = call.facts()
         return result
+
+    async def _responses_call(
+        self, request: ModelRequest
+    ) -> tuple[ResponsesRequest, ResponsesChatRequest, Call]:
+        body, call = self._call(request)
+        parsed = ResponsesRequest.model_validate(body)
+        service = responses_for(self.engine)
+        await self.engine.start()
+        history = await service.history(owner_of(call), parsed.previous_response_id)
+        return parsed, service.prepare(parsed, history), call
+
+    async def respond(self, request: ModelRequest) -> LocalResponse:
+        parsed, chat, call = await self._responses_call(request)
+        answer = await responses_for(self.engine).create(parsed, chat, call)
+        response = LocalResponse.model_validate(answer)
+        response._call = call
+        response._facts = call.facts()
+        return response
+
+    async def respond_stream(self, request: ModelRequest) -> AsyncResponseEvents:
+        parsed, chat, call = await self._responses_call(request)
+        opened = await responses_for(self.engine).stream(parsed, chat, call)
+        return AsyncResponseEvents(opened, call)
+
+    async def stored_response(
+        self,
+        method: str,
+        response_id: str,
+        timeout: object = None,  # noqa: ASYNC109
+    ) -> LocalResponse | ResponseDeleted:
+        service = responses_for(self.engine)
+        await self.engine.start()
+        owner = owner_of(Call(request_id=uuid.uuid4().hex, surface="library"))
+        if method == "DELETE":
+            return ResponseDeleted.model_validate(await service.delete(owner, response_id))
+        return LocalResponse.model_validate(await service.retrieve(owner, response_id))
 
     async def models(self, timeout: object = None) -> list[Model]:  # noqa: ASYNC109
         # In-process the list is at hand: there is nothing to wait for.
@@ -295,6 +387,9 @@ class AsyncGateway:
         self.engine = Engine(resolve_config(config), transport=transport)
         backend = LocalBackend(self.engine)
         self.chat: AsyncChat[LocalChatCompletion, AsyncChunkStream, float] = AsyncChat(backend)
+        self.responses: AsyncResponses[LocalResponse, AsyncResponseEvents, float] = AsyncResponses(
+            backend
+        )
         self.embeddings: AsyncEmbeddings[LocalEmbeddings, float] = AsyncEmbeddings(backend)
         self.models: AsyncModels[float] = AsyncModels(backend)
         self.spend = AsyncSpend(backend)
@@ -369,6 +464,39 @@ class ChunkIterator:
         self.close()
 
 
+class ResponseEventIterator:
+    """Synchronous iterator over a streamed response's events."""
+
+    def __init__(self, stream: AsyncResponseEvents, runner: _LoopThread) -> None:
+        self._aiter = aiter(stream)
+        self._stream = stream
+        self._runner = runner
+        self.info = stream.info
+
+    @property
+    def facts(self) -> GatewayFacts:
+        """Who answers the stream and, once it has ended, what it cost."""
+        return self._stream.facts
+
+    def __iter__(self) -> Iterator[ResponseStreamEvent]:
+        return self
+
+    def __next__(self) -> ResponseStreamEvent:
+        try:
+            return self._runner.run(anext(self._aiter))  # type: ignore[arg-type]
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._runner.run(self._stream.aclose())
+
+    def __enter__(self) -> ResponseEventIterator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 class BlockingBackend:
     """``LocalBackend`` driven from synchronous code: each call runs on the loop thread."""
 
@@ -388,6 +516,17 @@ class BlockingBackend:
 
     def models(self, timeout: object = None) -> list[Model]:
         return self._run(self._inner.models(timeout))
+
+    def respond(self, request: ModelRequest) -> LocalResponse:
+        return self._run(self._inner.respond(request))
+
+    def respond_stream(self, request: ModelRequest) -> ResponseEventIterator:
+        return ResponseEventIterator(self._run(self._inner.respond_stream(request)), self._runner)
+
+    def stored_response(
+        self, method: str, response_id: str, timeout: object = None
+    ) -> LocalResponse | ResponseDeleted:
+        return self._run(self._inner.stored_response(method, response_id, timeout))
 
     def report(self, group_by: str, since: Moment, until: Moment, key_id: str | None) -> Any:
         return self._run(self._inner.report(group_by, since, until, key_id))
@@ -422,6 +561,7 @@ class Gateway:
         self.engine = self._async.engine
         backend = BlockingBackend(LocalBackend(self.engine), self._runner)
         self.chat: Chat[LocalChatCompletion, ChunkIterator, float] = Chat(backend)
+        self.responses: Responses[LocalResponse, ResponseEventIterator, float] = Responses(backend)
         self.embeddings: Embeddings[LocalEmbeddings, float] = Embeddings(backend)
         self.models: Models[float] = Models(backend)
         self.spend = Spend(backend)

@@ -38,7 +38,14 @@ from gateway.errors import (
 )
 from gateway.facts import facts_from_headers, usd
 from gateway.sdk.resources import ModelRequest
-from gateway.types import ChatCompletion, ChatCompletionChunk, CreateEmbeddingResponse
+from gateway.types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    CreateEmbeddingResponse,
+    ResponseDeleted,
+    ResponseObject,
+    ResponseStreamEvent,
+)
 from gateway.wire import JSON, SSEDecoder, SSEEvent
 
 Headers = dict[str, str]
@@ -113,6 +120,20 @@ def api_request(request: ModelRequest) -> ApiRequest:
     return ApiRequest("POST", request.path, body, headers, stream=stream, hide_usage=hide_usage)
 
 
+def responses_request(request: ModelRequest) -> ApiRequest:
+    """A Responses API request as the HTTP call that carries it (``regions`` as
+    ``x-gateway-regions``)."""
+    headers = dict(request.headers)
+    if request.regions is not None:
+        headers["x-gateway-regions"] = ",".join(request.regions)
+    stream = bool(request.body.get("stream"))
+    return ApiRequest("POST", request.path, request.body, headers, stream=stream)
+
+
+def stored_response_request(method: str, response_id: str) -> ApiRequest:
+    return ApiRequest(method, f"/responses/{response_id}")
+
+
 # --- facts and typed results ----------------------------------------------------------------
 
 
@@ -126,6 +147,19 @@ def embeddings_result(body: bytes, headers: Headers) -> CreateEmbeddingResponse:
     result = CreateEmbeddingResponse.model_validate_json(body)
     result._facts = facts_from_headers(headers)
     return result
+
+
+def response_result(body: bytes, headers: Headers) -> ResponseObject:
+    result = ResponseObject.model_validate_json(body)
+    result._facts = facts_from_headers(headers)
+    return result
+
+
+def stored_response_result(body: bytes, headers: Headers) -> ResponseObject | ResponseDeleted:
+    payload = orjson.loads(body)
+    if isinstance(payload, dict) and payload.get("deleted") is True:
+        return ResponseDeleted.model_validate(payload)
+    return response_result(body, headers)
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -337,6 +371,75 @@ class ChunkDecoder:
     def _error(self, exc: GatewayError) -> GatewayError:
         exc.request_id = self._headers.get("x-request-id") or None
         return exc
+
+
+EventItem = ResponseStreamEvent | GatewayError
+_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def unwrap_events(items: list[EventItem]) -> Iterator[ResponseStreamEvent]:
+    """The events in order; an error among them is raised where it stands."""
+    for item in items:
+        if isinstance(item, GatewayError):
+            raise item
+        yield item
+
+
+class EventDecoder:
+    """Turns a streamed response's SSE bytes into its typed events. An ``error`` event
+    becomes its mapped exception; a stream that ends before its final event (completed,
+    incomplete or failed) a ``StreamInterruptedError``."""
+
+    def __init__(self, headers: Headers) -> None:
+        self._sse = SSEDecoder()
+        self._headers = headers
+        self.facts = facts_from_headers(headers)
+        self.finished = False
+
+    def feed(self, data: bytes) -> list[EventItem]:
+        return self._items(self._sse.feed(data))
+
+    def close(self) -> list[EventItem]:
+        items = self._items(self._sse.close())
+        if not self.finished:
+            error = StreamInterruptedError(
+                "the gateway's stream ended before the response was finished; the answer "
+                "received so far is partial"
+            )
+            error.request_id = self._headers.get("x-request-id") or None
+            items.append(error)
+            self.finished = True
+        return items
+
+    def _items(self, events: list[SSEEvent]) -> list[EventItem]:
+        items: list[EventItem] = []
+        for event in events:
+            if self.finished:
+                break
+            try:
+                payload = orjson.loads(event.data)
+                if not isinstance(payload, dict):
+                    raise ValueError("an event that is not a JSON object")
+                if payload.get("type") == "error" or isinstance(payload.get("error"), dict):
+                    self.finished = True
+                    error = payload.get("error")
+                    items.append(
+                        error_from_body(
+                            error if isinstance(error, dict) else payload, self._headers
+                        )
+                    )
+                    continue
+                items.append(ResponseStreamEvent.model_validate(payload))
+                if payload.get("type") in _FINAL_EVENTS:
+                    self.finished = True
+            except (orjson.JSONDecodeError, ValidationError, ValueError) as exc:
+                self.finished = True
+                error = StreamInterruptedError(
+                    f"the gateway sent an unreadable stream event: {exc}"
+                )
+                error.request_id = self._headers.get("x-request-id") or None
+                items.append(error)
+        return items
 
 
 # --- the httpx side: timeouts, headers, failures without an answer -----------------------

@@ -51,6 +51,7 @@ from gateway.sdk.batches import (
 from gateway.sdk.protocol import (
     ApiRequest,
     ChunkDecoder,
+    EventDecoder,
     GatewayConnectionError,
     GatewayTimeoutError,
     Headers,
@@ -61,18 +62,25 @@ from gateway.sdk.protocol import (
     chat_result,
     embeddings_result,
     headers_of,
+    response_result,
+    responses_request,
+    stored_response_request,
+    stored_response_result,
     stream_broken,
     transport_error,
     unwrap,
+    unwrap_events,
 )
 from gateway.sdk.resources import (
     AsyncChat,
     AsyncEmbeddings,
     AsyncModels,
+    AsyncResponses,
     Chat,
     Embeddings,
     ModelRequest,
     Models,
+    Responses,
 )
 from gateway.types import (
     ChatCompletion,
@@ -80,6 +88,8 @@ from gateway.types import (
     CreateEmbeddingResponse,
     Model,
     ModelList,
+    ResponseObject,
+    ResponseStreamEvent,
 )
 
 Parser = Callable[[bytes, Headers], Any]
@@ -87,11 +97,13 @@ Parser = Callable[[bytes, Headers], Any]
 __all__ = [
     "AsyncGatewayClient",
     "AsyncRemoteChunkStream",
+    "AsyncRemoteResponseEvents",
     "GatewayClient",
     "GatewayConnectionError",
     "GatewayFacts",
     "GatewayTimeoutError",
     "RemoteChunkIterator",
+    "RemoteResponseEvents",
     "RetryPolicy",
 ]
 
@@ -140,6 +152,13 @@ class _Operations:
 
     def models(self, timeout: Timeout | None) -> Any:
         return self._run(ApiRequest("GET", "/models"), parse_models, timeout)
+
+    def respond(self, request: ModelRequest) -> Any:
+        return self._run(responses_request(request), response_result, request.timeout)
+
+    def stored_response(self, method: str, response_id: str, timeout: Timeout | None) -> Any:
+        call = stored_response_request(method, response_id)
+        return self._run(call, stored_response_result, timeout)
 
     def report(self, group_by: str, since: Moment, until: Moment, key_id: str | None) -> Any:
         return self._run(report_request(group_by, since, until, key_id), parse_report)
@@ -214,6 +233,51 @@ class RemoteChunkIterator:
         self.close()
 
 
+class RemoteResponseEvents:
+    """The events of one streamed response from a gateway; ``facts`` is read from its
+    headers. Iterating to the end (or ``close()``) releases the connection."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._headers = headers_of(response)
+        self._decoder = EventDecoder(self._headers)
+        self._events = self._iterate()
+
+    @property
+    def facts(self) -> GatewayFacts:
+        return self._decoder.facts
+
+    def __iter__(self) -> Iterator[ResponseStreamEvent]:
+        return self
+
+    def __next__(self) -> ResponseStreamEvent:
+        return next(self._events)
+
+    def _iterate(self) -> Generator[ResponseStreamEvent, None, None]:
+        decoder = self._decoder
+        try:
+            try:
+                for data in self._response.iter_bytes():
+                    yield from unwrap_events(decoder.feed(data))
+                    if decoder.finished:
+                        break
+            except httpx.TransportError as exc:
+                raise stream_broken(exc, self._headers) from exc
+            yield from unwrap_events(decoder.close())
+        finally:
+            self._response.close()
+
+    def close(self) -> None:
+        self._events.close()
+        self._response.close()
+
+    def __enter__(self) -> RemoteResponseEvents:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 class _HttpBackend(_Operations):
     """Sends over an ``httpx.Client``, retrying as the policy says."""
 
@@ -261,6 +325,9 @@ class _HttpBackend(_Operations):
         call = api_request(request)
         return RemoteChunkIterator(self.send(call, request.timeout), hide_usage=call.hide_usage)
 
+    def respond_stream(self, request: ModelRequest) -> RemoteResponseEvents:
+        return RemoteResponseEvents(self.send(responses_request(request), request.timeout))
+
 
 class GatewayClient:
     """A running gateway, for synchronous code: ``GatewayClient("http://host:4000")``.
@@ -289,6 +356,9 @@ class GatewayClient:
         self._backend = _HttpBackend(settings, self._http)
         self.base_url = settings.base_url
         self.chat: Chat[ChatCompletion, RemoteChunkIterator, Timeout] = Chat(self._backend)
+        self.responses: Responses[ResponseObject, RemoteResponseEvents, Timeout] = Responses(
+            self._backend
+        )
         self.embeddings: Embeddings[CreateEmbeddingResponse, Timeout] = Embeddings(self._backend)
         self.models: Models[Timeout] = Models(self._backend)
         self.spend = Spend(self._backend)
@@ -375,6 +445,52 @@ class AsyncRemoteChunkStream:
         await self.aclose()
 
 
+class AsyncRemoteResponseEvents:
+    """The events of one streamed response from a gateway, for ``async for``."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._headers = headers_of(response)
+        self._decoder = EventDecoder(self._headers)
+        self._events = self._iterate()
+
+    @property
+    def facts(self) -> GatewayFacts:
+        return self._decoder.facts
+
+    def __aiter__(self) -> AsyncIterator[ResponseStreamEvent]:
+        return self
+
+    async def __anext__(self) -> ResponseStreamEvent:
+        return await anext(self._events)
+
+    async def _iterate(self) -> AsyncGenerator[ResponseStreamEvent, None]:
+        decoder = self._decoder
+        try:
+            try:
+                async for data in self._response.aiter_bytes():
+                    for event in unwrap_events(decoder.feed(data)):
+                        yield event
+                    if decoder.finished:
+                        break
+            except httpx.TransportError as exc:
+                raise stream_broken(exc, self._headers) from exc
+            for event in unwrap_events(decoder.close()):
+                yield event
+        finally:
+            await self._response.aclose()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+        await self._response.aclose()
+
+    async def __aenter__(self) -> AsyncRemoteResponseEvents:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
 class _AsyncHttpBackend(_Operations):
     """Sends over an ``httpx.AsyncClient``, retrying as the policy says."""
 
@@ -421,6 +537,10 @@ class _AsyncHttpBackend(_Operations):
         response = await self.send(call, request.timeout)
         return AsyncRemoteChunkStream(response, hide_usage=call.hide_usage)
 
+    async def respond_stream(self, request: ModelRequest) -> AsyncRemoteResponseEvents:
+        response = await self.send(responses_request(request), request.timeout)
+        return AsyncRemoteResponseEvents(response)
+
 
 class AsyncGatewayClient:
     """A running gateway, for asyncio code; arguments as for ``GatewayClient`` (bring your own
@@ -445,6 +565,9 @@ class AsyncGatewayClient:
         self.base_url = settings.base_url
         self.chat: AsyncChat[ChatCompletion, AsyncRemoteChunkStream, Timeout] = AsyncChat(
             self._backend
+        )
+        self.responses: AsyncResponses[ResponseObject, AsyncRemoteResponseEvents, Timeout] = (
+            AsyncResponses(self._backend)
         )
         self.embeddings: AsyncEmbeddings[CreateEmbeddingResponse, Timeout] = AsyncEmbeddings(
             self._backend

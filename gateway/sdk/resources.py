@@ -1,4 +1,5 @@
-"""``client.chat.completions``, ``client.embeddings`` and ``client.models``, written once.
+"""``client.chat.completions``, ``client.responses``, ``client.embeddings`` and
+``client.models``, written once.
 
 The four clients — ``Gateway`` and ``AsyncGateway`` (the engine in-process), ``GatewayClient``
 and ``AsyncGatewayClient`` (a running gateway over HTTP) — expose the same resources. A
@@ -14,12 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar, overload
 
-from gateway.types import Model
+from gateway.types import Model, ResponseDeleted
 from gateway.wire import JSON
 
 C = TypeVar("C")  # a chat completion
 S = TypeVar("S")  # a stream of chunks
 E = TypeVar("E")  # an embeddings answer
+R = TypeVar("R")  # a Responses API response
+RS = TypeVar("RS")  # a stream of Responses API events
 T = TypeVar("T")  # what ``timeout`` may be
 
 
@@ -42,6 +45,9 @@ class Backend(Protocol):
     def stream(self, request: ModelRequest) -> Any: ...
     def embed(self, request: ModelRequest) -> Any: ...
     def models(self, timeout: Any) -> Any: ...
+    def respond(self, request: ModelRequest) -> Any: ...
+    def respond_stream(self, request: ModelRequest) -> Any: ...
+    def stored_response(self, method: str, response_id: str, timeout: Any) -> Any: ...
 
 
 def model_request(
@@ -84,6 +90,19 @@ def _chat(
     if stream:
         body["stream"] = True
     return model_request("/chat/completions", body, params, **options)
+
+
+def _responses(
+    model: str,
+    input: str | list[dict[str, Any]],
+    stream: bool,
+    params: dict[str, Any],
+    **options: Any,
+) -> ModelRequest:
+    body: JSON = {"model": model, "input": input}
+    if stream:
+        body["stream"] = True
+    return model_request("/responses", body, params, **options)
 
 
 def _embeddings(
@@ -166,6 +185,85 @@ class Chat(Generic[C, S, T]):
 
     def __init__(self, backend: Backend) -> None:
         self.completions: Completions[C, S, T] = Completions(backend)
+
+
+class Responses(Generic[R, RS, T]):
+    """``client.responses``: the Responses API (any provider; see docs/responses.md)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    @overload
+    def create(
+        self,
+        *,
+        model: str,
+        input: str | list[dict[str, Any]],
+        stream: Literal[False] = False,
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: T | None = None,
+        **params: Any,
+    ) -> R: ...
+
+    @overload
+    def create(
+        self,
+        *,
+        model: str,
+        input: str | list[dict[str, Any]],
+        stream: Literal[True],
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: T | None = None,
+        **params: Any,
+    ) -> RS: ...
+
+    def create(
+        self,
+        *,
+        model: str,
+        input: str | list[dict[str, Any]],
+        stream: bool = False,
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: T | None = None,
+        **params: Any,
+    ) -> R | RS:
+        """Create a response (keyword arguments as in the OpenAI SDK: ``instructions``,
+        ``tools``, ``previous_response_id``, ``store``, …, plus the gateway's ``fallbacks``,
+        ``regions`` and ``metadata``)."""
+        request = _responses(
+            model,
+            input,
+            stream,
+            params,
+            fallbacks=fallbacks,
+            regions=regions,
+            metadata=metadata,
+            user=user,
+            timeout=timeout,
+        )
+        result: R | RS = (
+            self._backend.respond_stream(request) if stream else self._backend.respond(request)
+        )
+        return result
+
+    def retrieve(self, response_id: str, *, timeout: T | None = None) -> R:
+        """A stored response, by id (404 if it is not the caller's, or expired)."""
+        result: R = self._backend.stored_response("GET", response_id, timeout)
+        return result
+
+    def delete(self, response_id: str, *, timeout: T | None = None) -> ResponseDeleted:
+        """Delete a stored response."""
+        result: ResponseDeleted = self._backend.stored_response("DELETE", response_id, timeout)
+        return result
 
 
 class Embeddings(Generic[E, T]):
@@ -289,6 +387,85 @@ class AsyncChat(Generic[C, S, T]):
 
     def __init__(self, backend: Backend) -> None:
         self.completions: AsyncCompletions[C, S, T] = AsyncCompletions(backend)
+
+
+class AsyncResponses(Generic[R, RS, T]):
+    """``client.responses`` for asyncio code."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    @overload
+    async def create(
+        self,
+        *,
+        model: str,
+        input: str | list[dict[str, Any]],
+        stream: Literal[False] = False,
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: T | None = None,  # noqa: ASYNC109 (the OpenAI SDK's keyword)
+        **params: Any,
+    ) -> R: ...
+
+    @overload
+    async def create(
+        self,
+        *,
+        model: str,
+        input: str | list[dict[str, Any]],
+        stream: Literal[True],
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: T | None = None,  # noqa: ASYNC109 (the OpenAI SDK's keyword)
+        **params: Any,
+    ) -> RS: ...
+
+    async def create(
+        self,
+        *,
+        model: str,
+        input: str | list[dict[str, Any]],
+        stream: bool = False,
+        fallbacks: list[str] | None = None,
+        regions: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        user: str | None = None,
+        timeout: T | None = None,  # noqa: ASYNC109 (the OpenAI SDK's keyword)
+        **params: Any,
+    ) -> R | RS:
+        """Create a response (see ``Responses.create``)."""
+        request = _responses(
+            model,
+            input,
+            stream,
+            params,
+            fallbacks=fallbacks,
+            regions=regions,
+            metadata=metadata,
+            user=user,
+            timeout=timeout,
+        )
+        result: R | RS = await (
+            self._backend.respond_stream(request) if stream else self._backend.respond(request)
+        )
+        return result
+
+    async def retrieve(self, response_id: str, *, timeout: T | None = None) -> R:  # noqa: ASYNC109
+        """A stored response, by id (404 if it is not the caller's, or expired)."""
+        result: R = await self._backend.stored_response("GET", response_id, timeout)
+        return result
+
+    async def delete(self, response_id: str, *, timeout: T | None = None) -> ResponseDeleted:  # noqa: ASYNC109
+        """Delete a stored response."""
+        result: ResponseDeleted = await self._backend.stored_response(
+            "DELETE", response_id, timeout
+        )
+        return result
 
 
 class AsyncEmbeddings(Generic[E, T]):

@@ -35,6 +35,7 @@ from gateway.server.native import add_native_routes
 from gateway.server.openai import add_openai_routes
 from gateway.server.operations import add_operations_routes
 from gateway.server.readiness import Readiness
+from gateway.server.responses import add_responses_routes
 from gateway.server.route_map import unknown_route
 from gateway.server.spend import add_spend_routes
 
@@ -123,6 +124,7 @@ def create_app(
     # framework (see gateway/server/asgi.py), the others as plain Starlette routes.
     add_openai_routes(app, eng, gate)
     add_completions_routes(app, eng, gate)
+    add_responses_routes(app, eng, gate)
     add_spend_routes(app, eng, gate)
     add_admin_routes(app, eng, gate)
     add_native_routes(app, eng, gate)

@@ -1,0 +1,149 @@
+"""Stored Responses API answers, in the ledger's database: what ``GET /v1/responses/{id}``,
+``DELETE …``, ``…/input_items`` and a later request's ``previous_response_id`` read.
+
+A stored response belongs to whoever made it: the key that called (``owner``) and its team.
+Another key of the same team may read it; any other caller is told it does not exist. Rows
+expire after ``ledger.responses_retention_days``; expired rows are deleted as new ones are
+written. Without a ledger database, a gateway keeps them in its own memory instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import JSON, Column, DateTime, Index, String, Table, delete, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.ledger.db import SQLITE_IMMEDIATE
+from gateway.ledger.schema import metadata
+
+_JSON = JSON().with_variant(JSONB(), "postgresql")
+
+# In the ledger's MetaData; migration v0006 creates it.
+stored_responses_table = Table(
+    "stored_responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String, nullable=False),  # the key id ("" for the master key / no auth)
+    Column("team_id", String),
+    Column("previous_id", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("input", _JSON, nullable=False),  # this turn's input items
+    Column("response", _JSON, nullable=False),  # the response object as answered
+)
+Index(None, stored_responses_table.c.expires_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who may read a stored response: the key that made it, and the other keys of its team."""
+
+    key_id: str  # "" for the master key (or a gateway without auth)
+    team_id: str | None = None
+
+    def may_read(self, key_id: str, team_id: str | None) -> bool:
+        return key_id == self.key_id or (self.team_id is not None and team_id == self.team_id)
+
+
+@dataclass(slots=True)
+class StoredResponse:
+    id: str
+    previous_id: str | None
+    input: list[dict[str, Any]]
+    response: dict[str, Any]
+
+
+class ResponseStore(Protocol):
+    async def save(
+        self, owner: Owner, stored: StoredResponse, created: datetime, expires: datetime
+    ) -> None: ...
+    async def get(self, owner: Owner, response_id: str) -> StoredResponse | None: ...
+    async def delete(self, owner: Owner, response_id: str) -> bool: ...
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+class DatabaseResponseStore:
+    """Stored responses in the ledger's database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def save(
+        self, owner: Owner, stored: StoredResponse, created: datetime, expires: datetime
+    ) -> None:
+        table = stored_responses_table
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(**{SQLITE_IMMEDIATE: True})
+            async with conn.begin():
+                await conn.execute(delete(table).where(table.c.expires_at < created))
+                await conn.execute(
+                    table.insert().values(
+                        id=stored.id,
+                        owner=owner.key_id,
+                        team_id=owner.team_id,
+                        previous_id=stored.previous_id,
+                        created_at=created,
+                        expires_at=expires,
+                        input=stored.input,
+                        response=stored.response,
+                    )
+                )
+
+    async def get(self, owner: Owner, response_id: str) -> StoredResponse | None:
+        table = stored_responses_table
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(table).where(table.c.id == response_id))).first()
+        if row is None or not owner.may_read(row.owner, row.team_id):
+            return None
+        if _aware(row.expires_at) <= datetime.now(UTC):
+            return None
+        return StoredResponse(row.id, row.previous_id, list(row.input), dict(row.response))
+
+    async def delete(self, owner: Owner, response_id: str) -> bool:
+        if await self.get(owner, response_id) is None:
+            return False
+        table = stored_responses_table
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(**{SQLITE_IMMEDIATE: True})
+            async with conn.begin():
+                await conn.execute(delete(table).where(table.c.id == response_id))
+        return True
+
+
+class MemoryResponseStore:
+    """Stored responses in this process's memory (a gateway without a ledger database)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[str, str | None, datetime, StoredResponse]] = {}
+
+    async def save(
+        self, owner: Owner, stored: StoredResponse, created: datetime, expires: datetime
+    ) -> None:
+        for rid in [rid for rid, row in self.rows.items() if row[2] < created]:
+            del self.rows[rid]
+        self.rows[stored.id] = (owner.key_id, owner.team_id, expires, stored)
+
+    async def get(self, owner: Owner, response_id: str) -> StoredResponse | None:
+        row = self.rows.get(response_id)
+        if row is None or not owner.may_read(row[0], row[1]) or row[2] <= datetime.now(UTC):
+            return None
+        return row[3]
+
+    async def delete(self, owner: Owner, response_id: str) -> bool:
+        if await self.get(owner, response_id) is None:
+            return False
+        del self.rows[response_id]
+        return True
+
+
+def retention(days: float, now: datetime | None = None) -> tuple[datetime, datetime]:
+    """(created, expires) for a response stored now and kept ``days``."""
+    created = now or datetime.now(UTC)
+    return created, created + timedelta(days=days)
