@@ -148,6 +148,9 @@ class Call:
             "x-gateway-fallback-used": "true" if tries.fallback_used else "false",
             "x-gateway-overhead-ms": f"{self.overhead_ms():.2f}",
         }
+        served = tries.served_by
+        if served is not None and served.region:
+            headers["x-gateway-region"] = served.region
         if self.dropped_params:
             headers["x-gateway-dropped-params"] = ",".join(self.dropped_params)
         if self.client_request_id:
@@ -178,6 +181,7 @@ class Call:
             usage_estimated=bool(cost is not None and cost.estimated),
             overhead_ms=round(self.overhead_ms(), 2),
             dropped_params=self.dropped_params,
+            region=self.served_by.region if self.served_by is not None else None,
         )
 
 

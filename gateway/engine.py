@@ -229,7 +229,10 @@ class Engine:
                 regions,
                 router.deployments,  # (its names, if refused)
             )
-        return router.plan(request.model, request.fallbacks, request.needs(), regions, may_use)
+        call.regions = regions  # the residency exporters of this call's facts keep to
+        plan = router.plan(request.model, request.fallbacks, request.needs(), regions, may_use)
+        call.regions = plan.regions  # the model's own regions too
+        return plan
 
     async def _admit(
         self,

@@ -31,6 +31,7 @@ class GatewayFacts:
     usage_estimated: bool = False
     overhead_ms: float | None = None
     dropped_params: tuple[str, ...] = ()
+    region: str | None = None  # the region of the deployment that answered
 
 
 def facts_from_headers(headers: Mapping[str, str]) -> GatewayFacts:
@@ -47,6 +48,7 @@ def facts_from_headers(headers: Mapping[str, str]) -> GatewayFacts:
         dropped_params=tuple(
             p.strip() for p in headers.get("x-gateway-dropped-params", "").split(",") if p.strip()
         ),
+        region=headers.get("x-gateway-region") or None,
     )
 
 

@@ -366,6 +366,12 @@ class ModelConfig(_Strict):
     strategy: Strategy | None = None
     retries: RetryConfig | None = None
     timeouts: TimeoutConfig | None = None
+    regions: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Data residency: requests for this model go only to deployments in these "
+        "regions, its fallbacks included; none there: 403 region_not_allowed.",
+    )
 
 
 class RedisConfig(_Strict):
@@ -461,6 +467,12 @@ class TracingConfig(_Strict):
         default_factory=dict, description="Sent with each export, e.g. a collector's API key."
     )
     service_name: str = "llm-gateway"
+    region: str | None = Field(
+        default=None,
+        description="Where the trace endpoint keeps data; calls restricted to other regions "
+        "(key, team, model or request) are not exported. Unset: exported only for calls "
+        "without a region restriction.",
+    )
     sample_ratio: float = Field(default=1.0, ge=0, le=1, description="Share of requests traced.")
 
 
