@@ -24,6 +24,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import gateway.governance.audit  # its table joins the ledger's metadata
 import gateway.keys  # noqa: F401  (its tables join the ledger's metadata)
 from gateway.config import LedgerConfig, load_config
 from gateway.errors import ConfigError
@@ -213,6 +214,7 @@ async def test_upgrade_from_empty_creates_every_table_and_index(db_url):
         "api_keys",
         "teams",
         "ui_sessions",
+        "audit_log",
     }
     assert indexes["spend_records"] == {
         "ix_spend_records_started_at_request_id": ["started_at", "request_id"],

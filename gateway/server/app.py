@@ -26,6 +26,7 @@ from gateway.observability import instrument
 from gateway.reload import ConfigReloader
 from gateway.server.admin import add_admin_routes
 from gateway.server.asgi import CALLER, Caller, GatewayApp
+from gateway.server.governance import add_governance_routes
 from gateway.server.http import Gatekeeper, cut_response, error_response, internal_error
 from gateway.server.lifecycle import Lifecycle
 from gateway.server.native import add_native_routes
@@ -115,6 +116,7 @@ def create_app(
     add_openai_routes(app, eng, gate)
     add_spend_routes(app, eng, gate)
     add_admin_routes(app, eng, gate)
+    add_governance_routes(app, eng, gate)
     add_native_routes(app, eng, gate)
     if cfg.ui.enabled:
         from gateway.ui import add_ui_routes  # the dashboard at /ui (Jinja2, loaded only then)

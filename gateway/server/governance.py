@@ -1,0 +1,126 @@
+"""Data governance over HTTP, for the master key: the audit trail (``GET /admin/audit``).
+
+``GET /admin/audit`` lists entries in chain order with filters (``since``/``until`` ISO 8601,
+``actor``, ``action`` — ``key`` matches every ``key.*`` —, ``target``), pages with ``after``
+(the last id seen; the answer's ``next_after``) and ``limit`` (1-1000, default 100), and
+answers CSV with ``format=csv``. ``GET /admin/audit/verify`` walks the chain.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from gateway.engine import Engine
+from gateway.errors import GatewayError, InvalidRequestError, PermissionDeniedError
+from gateway.governance.audit import AuditTrail, trail_of, write_audit_csv
+from gateway.ledger.ledger import ledger_disabled
+from gateway.server.http import Gatekeeper, error_response, json_body
+
+Handler = Callable[[Request, AuditTrail], Awaitable[Response]]
+AUDIT_PARAMS = ("since", "until", "actor", "action", "target", "after", "limit", "format")
+
+
+def add_governance_routes(app: FastAPI, engine: Engine, gate: Gatekeeper) -> None:
+    """Register ``/admin/audit`` and ``/admin/audit/verify``."""
+    routes = GovernanceRoutes(engine, gate)
+    app.add_route("/admin/audit", routes.guarded(routes.audit), methods=["GET"])
+    app.add_route("/admin/audit/verify", routes.guarded(routes.verify), methods=["GET"])
+
+
+class GovernanceRoutes:
+    def __init__(self, engine: Engine, gate: Gatekeeper) -> None:
+        self.engine = engine
+        self.gate = gate
+
+    def guarded(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def route(request: Request) -> Response:
+            try:
+                principal = await self.gate.authenticate(request)
+                if not principal.is_master or not self.engine.auth.required:
+                    raise PermissionDeniedError(
+                        "the audit trail is for the master key only", code="master_key_required"
+                    )
+                trail = trail_of(self.engine.ledger)
+                if trail is None:
+                    raise ledger_disabled()
+                return await handler(request, trail)
+            except GatewayError as exc:
+                return error_response(exc)
+
+        return route
+
+    async def audit(self, request: Request, trail: AuditTrail) -> Response:
+        query = request.query_params
+        unknown = [name for name in query if name not in AUDIT_PARAMS]
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown query parameter {unknown[0]!r}; it takes {', '.join(AUDIT_PARAMS)}",
+                param=unknown[0],
+            )
+        fmt = query.get("format", "json")
+        if fmt not in ("json", "csv"):
+            raise InvalidRequestError("format is json or csv", param="format")
+        limit = _int(query.get("limit"), "limit", 100)
+        if not 1 <= limit <= 1000:
+            raise InvalidRequestError("limit is from 1 to 1000", param="limit")
+        entries = await trail.entries(
+            since=_time(query.get("since"), "since"),
+            until=_time(query.get("until"), "until"),
+            actor=query.get("actor"),
+            action=query.get("action"),
+            target=query.get("target"),
+            after_id=_int(query.get("after"), "after", 0),
+            limit=limit,
+        )
+        next_after = entries[-1].id if len(entries) == limit else None
+        if fmt == "csv":
+            out = io.StringIO()
+            write_audit_csv(entries, out)
+            headers = {"content-disposition": 'attachment; filename="audit.csv"'}
+            if next_after is not None:
+                headers["x-next-after"] = str(next_after)
+            return Response(out.getvalue(), media_type="text/csv", headers=headers)
+        body: dict[str, Any] = {
+            "object": "list",
+            "data": [e.public() for e in entries],
+            "next_after": next_after,
+        }
+        return json_body(body)
+
+    async def verify(self, request: Request, trail: AuditTrail) -> Response:
+        result = await trail.verify()
+        body = {
+            "ok": result.ok,
+            "checked": result.checked,
+            "first_id": result.first_id,
+            "broken_id": result.broken_id,
+            "problem": result.problem,
+        }
+        return json_body(body, status=200 if result.ok else 409)
+
+
+def _int(value: str | None, name: str, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequestError(f"{name} must be a whole number", param=name) from None
+
+
+def _time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequestError(
+            f"{name} must be an ISO 8601 time, e.g. 2026-01-31T00:00:00Z", param=name
+        ) from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
