@@ -411,6 +411,21 @@ class LedgerConfig(_Strict):
         "/health/ready fails (the database is refusing or not answering writes).",
     )
     migrate: bool = Field(default=True, description="Bring the schema up to date at start-up.")
+    retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Delete per-request spend records of whole UTC days older than this; the "
+        "daily roll-ups stay, so reports over old periods stay right (default: keep).",
+    )
+    audit_retention_days: int | None = Field(
+        default=None, ge=1, description="Delete audit entries older than this (default: keep)."
+    )
+    retention_interval: float = Field(
+        default=3600.0, gt=0, description="Seconds between retention rounds (in the background)."
+    )
+    retention_batch: int = Field(
+        default=5000, ge=1, le=100_000, description="Rows deleted per transaction."
+    )
 
     @field_validator("url")
     @classmethod

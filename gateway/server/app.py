@@ -26,7 +26,7 @@ from gateway.observability import instrument
 from gateway.reload import ConfigReloader
 from gateway.server.admin import add_admin_routes
 from gateway.server.asgi import CALLER, Caller, GatewayApp
-from gateway.server.governance import add_governance_routes
+from gateway.server.governance import add_governance_routes, retention_task
 from gateway.server.http import Gatekeeper, cut_response, error_response, internal_error
 from gateway.server.lifecycle import Lifecycle
 from gateway.server.native import add_native_routes
@@ -87,12 +87,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await eng.start()
+        retention = retention_task(eng)
         lifecycle.install()
         await observability.start()
         if settle_gc:
             settle_heap()
         yield
         readiness.draining = True
+        if retention is not None:
+            await retention.aclose()
         lifecycle.uninstall()
         if owned:
             await eng.aclose()

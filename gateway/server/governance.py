@@ -19,11 +19,23 @@ from starlette.responses import Response
 from gateway.engine import Engine
 from gateway.errors import GatewayError, InvalidRequestError, PermissionDeniedError
 from gateway.governance.audit import AuditTrail, trail_of, write_audit_csv
+from gateway.governance.retention import RetentionTask
 from gateway.ledger.ledger import ledger_disabled
 from gateway.server.http import Gatekeeper, error_response, json_body
 
 Handler = Callable[[Request, AuditTrail], Awaitable[Response]]
 AUDIT_PARAMS = ("since", "until", "actor", "action", "target", "after", "limit", "format")
+
+
+def retention_task(engine: Engine) -> RetentionTask | None:
+    """The background retention rounds, started when the ledger has a retention setting."""
+    if engine.ledger is None:
+        return None
+    task = RetentionTask(engine.ledger.engine, engine.config.ledger)
+    if not task.configured:
+        return None
+    task.start()
+    return task
 
 
 def add_governance_routes(app: FastAPI, engine: Engine, gate: Gatekeeper) -> None:
