@@ -1,4 +1,5 @@
-"""Data governance over HTTP, for the master key: the audit trail (``GET /admin/audit``).
+"""Data governance over HTTP, for the master key: the audit trail (``GET /admin/audit``) and
+erasure by person (``POST /admin/erasure``, see ``gateway.governance.erasure``).
 
 ``GET /admin/audit`` lists entries in chain order with filters (``since``/``until`` ISO 8601,
 ``actor``, ``action`` — ``key`` matches every ``key.*`` —, ``target``), pages with ``after``
@@ -19,6 +20,7 @@ from starlette.responses import Response
 from gateway.engine import Engine
 from gateway.errors import GatewayError, InvalidRequestError, PermissionDeniedError
 from gateway.governance.audit import AuditTrail, trail_of, write_audit_csv
+from gateway.governance.erasure import erase
 from gateway.governance.retention import RetentionTask
 from gateway.ledger.ledger import ledger_disabled
 from gateway.server.http import Gatekeeper, error_response, json_body
@@ -43,6 +45,7 @@ def add_governance_routes(app: FastAPI, engine: Engine, gate: Gatekeeper) -> Non
     routes = GovernanceRoutes(engine, gate)
     app.add_route("/admin/audit", routes.guarded(routes.audit), methods=["GET"])
     app.add_route("/admin/audit/verify", routes.guarded(routes.verify), methods=["GET"])
+    app.add_route("/admin/erasure", routes.guarded(routes.erasure), methods=["POST"])
 
 
 class GovernanceRoutes:
@@ -115,6 +118,51 @@ class GovernanceRoutes:
             "problem": result.problem,
         }
         return json_body(body, status=200 if result.ok else 409)
+
+    async def erasure(self, request: Request, trail: AuditTrail) -> Response:
+        body = await self.gate.json(request)
+        user, key_id, tag = _erasure_subject(body)
+        ledger = self.engine.ledger
+        assert ledger is not None  # guarded: the trail lives in the ledger's database
+        await ledger.caught_up()  # this process's records of the person are stored first
+        address = request.client.host if request.client else None
+        target = key_id if key_id is not None else (f"tag:{tag[0]}" if tag else None)
+        try:
+            report = await erase(ledger.engine, user=user, key_id=key_id, tag=tag)
+        except Exception:
+            await trail.record("master", "erasure", target, "failed", address, {})
+            raise
+        detail = report.public()
+        detail.pop("content")
+        # Never the person's id itself: the trail would keep what was erased.
+        await trail.record("master", "erasure", target, "ok", address, detail)
+        return json_body(report.public())
+
+
+def _erasure_subject(body: dict[str, Any]) -> tuple[str | None, str | None, tuple[str, Any] | None]:
+    known = ("user", "key_id", "tag")
+    unknown = [k for k in body if k not in known]
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown field {unknown[0]!r}; erasure takes one of user, key_id, tag",
+            param=unknown[0],
+        )
+    given = [k for k in known if body.get(k) not in (None, "", {})]
+    if len(given) != 1:
+        raise InvalidRequestError(
+            'name exactly one person: {"user": "<end-user id>"}, {"key_id": "<key id>"} or '
+            '{"tag": {"<metadata name>": <value>}}'
+        )
+    field = given[0]
+    value = body[field]
+    if field == "tag":
+        if not isinstance(value, dict) or len(value) != 1:
+            raise InvalidRequestError("tag is one metadata name and its value", param="tag")
+        ((name, tagged),) = value.items()
+        return None, None, (str(name), tagged)
+    if not isinstance(value, str):
+        raise InvalidRequestError(f"{field} is a string", param=field)
+    return (value, None, None) if field == "user" else (None, value, None)
 
 
 def _int(value: str | None, name: str, default: int) -> int:
