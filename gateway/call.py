@@ -66,6 +66,9 @@ class Call:
     # What a cancellation of this call means, as the face that runs it knows: the caller
     # left (499) or the server is stopping (503). None: the caller cancelled it (499).
     cancelled_by: Callable[[], GatewayError] | None = None
+    # PII redaction: the placeholders of this call's prompt and what they stand for
+    # (a gateway.governance.pii.Vault), None when its prompt was not redacted.
+    pii: Any = None
     observed: bool = False  # the observers have been told the call ended
     ended: bool = False  # recorded and settled (``gateway.calls``): it happens once
 

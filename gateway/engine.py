@@ -88,6 +88,7 @@ class Engine:
     async def chat(self, request: CompletionRequest, call: Call) -> JSON:
         """A complete (non-streaming) chat completion; a FIM request is answered the same way."""
         setup = self._begin(request, call)
+        self._redact(setup, request, call)
         return await self.calls.run(call, self._chat(setup, request, call))
 
     async def _chat(self, setup: Setup, request: CompletionRequest, call: Call) -> JSON:
@@ -113,6 +114,10 @@ class Engine:
         if call.keeps_content:
             call.content = {"messages": request.prompt_messages(), "choices": result.get("choices")}
         self.calls.end(call)
+        if call.pii is not None:
+            from gateway.governance.pii import restore_choices
+
+            return restore_choices(result, call.pii)
         return result
 
     async def _complete(self, setup: Setup, request: CompletionRequest, call: Call) -> JSON:
@@ -144,6 +149,7 @@ class Engine:
         """Open a streaming chat (or FIM) completion. Returns once an upstream has produced its
         first output, so a failure before anything reached the caller is retried or failed over."""
         setup = self._begin(request, call)
+        self._redact(setup, request, call)
         call.stream = True
         call.service_tier = served_tier({}, request)
         opener = StreamOpener(self.transport, self.health, setup.config.routing, request, call)
@@ -156,7 +162,12 @@ class Engine:
             opened = await opener.open(
                 plan, plan.attempts, request.upstream_body, deadline, estimate
             )
-            return ChunkStream(opener, plan, deadline, opened, setup.accountant, self.calls)
+            stream = ChunkStream(opener, plan, deadline, opened, setup.accountant, self.calls)
+            if call.pii is not None:
+                from gateway.governance.pii import StreamRestorer
+
+                stream.restorer = StreamRestorer(call.pii)
+            return stream
 
         return await self.calls.run(call, open_first())
 
@@ -209,6 +220,24 @@ class Engine:
         ]
 
     # -- the stages ------------------------------------------------------------------------
+    @staticmethod
+    def _redact(setup: Setup, request: CompletionRequest, call: Call) -> None:
+        """Replace personal data in a chat prompt with placeholders before it leaves, when the
+        caller's key or team (metadata ``redact_pii: true``) or the model asks for it."""
+        principal = call.principal
+        wanted = principal is not None and principal.tags.get("redact_pii") in (True, "true")
+        if not wanted:
+            config = setup.router.configs.get(request.model)
+            wanted = config is not None and config.redact_pii
+        if not wanted or isinstance(request, FimCompletionRequest):
+            return
+        from gateway.governance.pii import Vault, redact_messages  # loaded only when used
+
+        vault = Vault()
+        redact_messages(request.messages, vault)
+        if vault:
+            call.pii = vault
+
     def _begin(self, request: CompletionRequest | EmbeddingRequest, call: Call) -> Setup:
         call.model = request.model
         call.operation = request.operation

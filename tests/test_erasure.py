@@ -17,7 +17,7 @@ from sqlalchemy import select
 from gateway.governance.erasure import erase
 from gateway.ledger.db import create_ledger_engine
 from gateway.ledger.migrate import upgrade
-from gateway.ledger.reports import spend_report
+from gateway.ledger.reports import GroupBy, spend_report
 from gateway.ledger.schema import spend_daily_users, spend_records
 from gateway.ledger.store import write_batch
 from gateway.server import create_app
@@ -160,9 +160,10 @@ async def test_erasure_on_both_databases_keeps_every_sum(engine):
     records = make_records(200)
     await write_batch(engine, records)
     ever = (records[0].started_at.replace(year=2000), records[0].started_at.replace(year=2100))
-    sums = {
+    groups: tuple[GroupBy, ...] = ("key", "model", "user")
+    sums: dict[GroupBy, Any] = {
         g: sorted((r.requests, r.cost_usd) for r in await spend_report(engine, g, *ever))
-        for g in ("key", "model", "user")
+        for g in groups
     }
     alice = sum(1 for r in records if r.end_user == "alice")
 

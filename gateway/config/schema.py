@@ -372,6 +372,11 @@ class ModelConfig(_Strict):
         description="Data residency: requests for this model go only to deployments in these "
         "regions, its fallbacks included; none there: 403 region_not_allowed.",
     )
+    redact_pii: bool = Field(
+        default=False,
+        description="Replace personal data in prompts (e-mail, phone, IBAN, card, EU national "
+        "ids) with placeholders before they leave, and put it back in the answer.",
+    )
 
 
 class RedisConfig(_Strict):
