@@ -293,3 +293,23 @@ def test_config_diff_masks_secrets_and_credentials_in_urls():
     assert "providers.a.api_key" not in diff  # unchanged
     text = json.dumps(diff)
     assert "hunter2" not in text and "swordfish" not in text and "t2" not in text
+
+
+def test_dashboard_audit_page_lists_the_trail_and_verifies_it_for_the_master_key(site):
+    root, _, db = site
+    admin = Admin(root + "/v1")
+    boss = admin.create_key(name="boss", admin=True)
+    with httpx.Client(base_url=root, timeout=10) as client:
+        assert client.post("/ui/login", data={"key": MASTER_KEY}).status_code == 303
+        page = client.get("/ui/audit")
+        assert page.status_code == 200
+        assert page.text.count('data-action="key.create"') == 1
+        assert page.text.count('data-action="ui.login"') == 1
+        verified = client.get("/ui/audit", params={"verify": "1"})
+        assert 'data-ok="true"' in verified.text
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE audit_log SET outcome = 'refused' WHERE id = 1")
+        assert 'data-ok="false"' in client.get("/ui/audit", params={"verify": "1"}).text
+    with httpx.Client(base_url=root, timeout=10) as client:
+        assert client.post("/ui/login", data={"key": boss["key"]}).status_code == 303
+        assert client.get("/ui/audit").status_code == 403

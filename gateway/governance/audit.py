@@ -238,6 +238,16 @@ class AuditTrail:
             rows = (await conn.execute(query)).all()
         return [_row_entry(row) for row in rows]
 
+    async def newest(self, limit: int = 100, before: int | None = None) -> list[AuditEntry]:
+        """The newest entries first (those with an id below ``before``, if given)."""
+        query = select(audit_table)
+        if before is not None:
+            query = query.where(audit_table.c.id < before)
+        query = query.order_by(audit_table.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_row_entry(row) for row in rows]
+
     async def _all(self, batch: int = 1000) -> AsyncIterator[AuditEntry]:
         after = -1
         while True:

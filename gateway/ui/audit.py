@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 
 from gateway.engine import Engine
@@ -55,3 +56,23 @@ async def form_fields(request: Request, accepted: bool) -> dict[str, Any] | list
     data = await request.form()
     fields = {k: v for k, v in data.items() if k != "csrf" and isinstance(v, str)}
     return fields if accepted else sorted(fields)
+
+
+async def audit_page_data(engine: Engine, request: Request) -> dict[str, Any]:
+    """The Audit page: the newest entries (``?after=ID`` pages on from an id), and, with
+    ``?verify=1``, whether the chain is intact."""
+    trail = trail_of(engine.ledger)
+    if trail is None:
+        return {"entries": [], "verification": None, "ledger": False, "older": None}
+    raw = request.query_params.get("before", "")
+    before = int(raw) if raw.isdigit() else None
+    entries = await trail.newest(PAGE, before=before)
+    verification = await trail.verify() if request.query_params.get("verify") == "1" else None
+    rows = [e.public() for e in entries]
+    for row in rows:
+        row["detail_text"] = orjson.dumps(row["detail"], option=orjson.OPT_SORT_KEYS).decode()
+    older = rows[-1]["id"] if len(rows) == PAGE else None
+    return {"entries": rows, "verification": verification, "ledger": True, "older": older}
+
+
+PAGE = 100

@@ -48,7 +48,13 @@ from gateway.keys.store import store_errors
 from gateway.ledger.reports import CSV_TYPE, report_csv
 from gateway.ledger.writer import describe
 from gateway.ui import views
-from gateway.ui.audit import actor_subject, form_fields, record_ui_act, ui_act
+from gateway.ui.audit import (
+    actor_subject,
+    audit_page_data,
+    form_fields,
+    record_ui_act,
+    ui_act,
+)
 from gateway.ui.forms import key_form, team_form
 from gateway.ui.session import (
     COOKIE,
@@ -91,6 +97,7 @@ def add_ui_routes(app: FastAPI, engine: Engine) -> None:
         ("/spend.csv", "GET", ui.guarded(ui.spend_csv)),
         ("/traffic", "GET", ui.guarded(ui.traffic)),
         ("/deployments", "GET", ui.guarded(ui.deployments)),
+        ("/audit", "GET", ui.guarded(ui.audit)),
         ("/keys", "GET", ui.guarded(ui.keys)),
         ("/keys", "POST", ui.guarded(ui.create_key, post=True)),
         ("/keys/{key_id}", "POST", ui.guarded(ui.update_key, post=True)),
@@ -360,6 +367,18 @@ class Dashboard:
             await self.engine.ledger.caught_up()
         data = await views.deployments_page(self.engine)
         return self.page("deployments.html", request, session, **data)
+
+    async def audit(self, request: Request, session: Session) -> Response:
+        if not session.is_master:
+            return self.page(
+                "error.html",
+                request,
+                session,
+                status=403,
+                message="the audit trail is for the master key only",
+            )
+        data = await audit_page_data(self.engine, request)
+        return self.page("audit.html", request, session, **data)
 
     async def keys(
         self,
