@@ -313,3 +313,38 @@ def test_dashboard_audit_page_lists_the_trail_and_verifies_it_for_the_master_key
     with httpx.Client(base_url=root, timeout=10) as client:
         assert client.post("/ui/login", data={"key": boss["key"]}).status_code == 303
         assert client.get("/ui/audit").status_code == 403
+
+
+async def _trail_of(db: Path) -> list[Any]:
+    engine = create_ledger_engine(f"sqlite+aiosqlite:///{db}")
+    try:
+        return await AuditTrail(engine).entries()
+    finally:
+        await engine.dispose()
+
+
+def test_cli_and_library_key_changes_are_recorded_under_their_own_actor(
+    openai_upstream: OpenAIEmulator, tmp_path: Path
+) -> None:
+    from gateway import Gateway
+
+    db = tmp_path / "ledger.db"
+    config = gateway_config(openai_upstream.url, db)
+    path = tmp_path / "gateway.yaml"
+    path.write_text(json.dumps(config))
+    runner = CliRunner()
+    made = runner.invoke(cli_app, ["keys", "create", "--name", "from-cli", "--config", str(path)])
+    assert made.exit_code == 0, made.output
+    plaintext = made.stdout.strip().splitlines()[-1]
+    with Gateway(config) as gw:
+        created = gw.keys.create(name="from-library")
+        gw.keys.revoke(created.info.id)
+    trail = asyncio.run(_trail_of(db))
+    assert [(e.actor, e.action) for e in trail] == [
+        ("cli", "key.create"),
+        ("library", "key.create"),
+        ("library", "key.revoke"),
+    ]
+    assert json.loads(trail[0].detail)["fields"]["name"] == "from-cli"
+    assert all(plaintext not in e.detail and created.key not in e.detail for e in trail)
+    assert verify_cli(path).exit_code == 0
