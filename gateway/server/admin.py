@@ -205,7 +205,7 @@ async def audit_admin_act(
     outcome = "ok"
     answer: Any = None
     with contextlib.suppress(orjson.JSONDecodeError):
-        answer = orjson.loads(bytes(response.body))
+        answer = orjson.loads(bytes(getattr(response, "body", b"") or b"null"))
     if response.status_code >= 400:
         error = answer.get("error") if isinstance(answer, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
