@@ -28,7 +28,7 @@ from gateway.server import create_app
 from tests.emulators.openai_api import API_KEY, OpenAIEmulator
 from tests.harness import ServerThread
 from tests.keys_helpers import MASTER_KEY, Admin, gateway_config, server_root
-from tests.ledger_helpers import scratch_postgres
+from tests.ledger_helpers import postgres, scratch_postgres
 
 MASTER = {"authorization": f"Bearer {MASTER_KEY}"}
 
@@ -348,3 +348,28 @@ def test_cli_and_library_key_changes_are_recorded_under_their_own_actor(
     assert json.loads(trail[0].detail)["fields"]["name"] == "from-cli"
     assert all(plaintext not in e.detail and created.key not in e.detail for e in trail)
     assert verify_cli(path).exit_code == 0
+
+
+def test_through_the_proxy_on_postgresql_verify_fails_after_a_row_is_altered(
+    openai_upstream: OpenAIEmulator, tmp_path: Path
+) -> None:
+    with scratch_postgres() as url:
+        config = gateway_config(openai_upstream.url, tmp_path / "unused.db")
+        config["ledger"]["url"] = url
+        path = tmp_path / "gateway.yaml"
+        path.write_text(json.dumps(config))
+        with ServerThread(create_app(str(path))) as server:
+            root = server.url
+            admin = Admin(root + "/v1")
+            team = admin.create_team(name="pg-team")
+            admin.create_key(name="pg-key", team=team["id"])
+            assert [e["action"] for e in entries(root)] == ["team.create", "key.create"]
+            assert verify_cli(path).exit_code == 0
+            postgres(
+                url.replace("postgresql+asyncpg://", "postgresql://"),
+                "UPDATE audit_log SET target = 'someone-else' WHERE id = 1",
+            )
+            result = verify_cli(path)
+            assert result.exit_code == 1 and "BROKEN at entry 1" in result.output
+            answer = httpx.get(root + "/admin/audit/verify", headers=MASTER, timeout=10)
+            assert answer.status_code == 409 and answer.json()["broken_id"] == 1
