@@ -68,6 +68,9 @@ class Call:
     # What a cancellation of this call means, as the face that runs it knows: the caller
     # left (499) or the server is stopping (503). None: the caller cancelled it (499).
     cancelled_by: Callable[[], GatewayError] | None = None
+    # PII redaction: the placeholders of this call's prompt and what they stand for
+    # (a gateway.governance.pii.Vault), None when its prompt was not redacted.
+    pii: Any = None
     observed: bool = False  # the observers have been told the call ended
     ended: bool = False  # recorded and settled (``gateway.calls``): it happens once
     # The response cache's part (None: the cache is off): the ticket of the request, and on
@@ -155,6 +158,9 @@ class Call:
             "x-gateway-fallback-used": "true" if tries.fallback_used else "false",
             "x-gateway-overhead-ms": f"{self.overhead_ms():.2f}",
         }
+        served = tries.served_by
+        if served is not None and served.region:
+            headers["x-gateway-region"] = served.region
         if self.dropped_params:
             headers["x-gateway-dropped-params"] = ",".join(self.dropped_params)
         if self.client_request_id:
@@ -192,6 +198,7 @@ class Call:
             overhead_ms=round(self.overhead_ms(), 2),
             dropped_params=self.dropped_params,
             cache=self.cache.status if self.cache is not None else None,
+            region=self.served_by.region if self.served_by is not None else None,
         )
 
 

@@ -18,6 +18,7 @@ from gateway.accounting import unreadable_usage_note
 from gateway.auth import Authenticator
 from gateway.cache import (
     CachedAnswer,
+    CacheTicket,
     Directive,
     ResponseCache,
     StreamCapture,
@@ -47,6 +48,7 @@ from gateway.streams import (
 )
 from gateway.transport import AiohttpTransport
 from gateway.types import (
+    ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
     FimCompletionRequest,
@@ -115,7 +117,8 @@ class Engine:
     async def chat(self, request: CompletionRequest, call: Call) -> JSON:
         """A complete (non-streaming) chat completion; a FIM request is answered the same way."""
         setup = self._begin(request, call)
-        if self.cache is not None:
+        self._redact(setup, request, call)
+        if self.cache is not None and call.pii is None:  # a redacted prompt is never cached
             return await self.calls.run(call, self._chat_cached(setup, request, call))
         return await self.calls.run(call, self._chat(setup, request, call))
 
@@ -153,6 +156,10 @@ class Engine:
         if call.cache is not None and call.cache.writes:
             call.cache.answer = result  # kept once the call has ended well
         self.calls.end(call)
+        if call.pii is not None:
+            from gateway.governance.pii import restore_choices
+
+            return restore_choices(result, call.pii)
         return result
 
     async def _complete(
@@ -191,13 +198,14 @@ class Engine:
         """Open a streaming chat (or FIM) completion. Returns once an upstream has produced its
         first output, so a failure before anything reached the caller is retried or failed over."""
         setup = self._begin(request, call)
+        self._redact(setup, request, call)
         call.stream = True
         call.service_tier = served_tier({}, request)
         opener = StreamOpener(self.transport, self.health, setup.config.routing, request, call)
 
         async def open_first() -> ChunkStream:
             plan = self._plan(setup, request, call)
-            if self.cache is not None:
+            if self.cache is not None and call.pii is None:  # a redacted prompt: never cached
                 hit = await self._look_up(request, call)
                 if hit is not None:
                     self._answer_from_cache(call, hit)
@@ -212,6 +220,10 @@ class Engine:
             stream = ChunkStream(opener, plan, deadline, opened, setup.accountant, self.calls)
             if self.cache is not None and call.cache is not None and call.cache.writes:
                 stream.capture = StreamCapture(self.cache.settings.max_entry_bytes)
+            if call.pii is not None:
+                from gateway.governance.pii import StreamRestorer
+
+                stream.restorer = StreamRestorer(call.pii)
             return stream
 
         return await self.calls.run(call, open_first())
@@ -282,6 +294,29 @@ class Engine:
         ]
 
     # -- the stages ------------------------------------------------------------------------
+    @staticmethod
+    def _redact(setup: Setup, request: CompletionRequest, call: Call) -> None:
+        """Replace personal data in a chat prompt with placeholders before it leaves, when the
+        caller's key or team (metadata ``redact_pii: true``) or the model asks for it."""
+        principal = call.principal
+        wanted = principal is not None and principal.tags.get("redact_pii") in (True, "true")
+        if not wanted:
+            config = setup.router.configs.get(request.model)
+            wanted = config is not None and config.redact_pii
+        if not wanted or not isinstance(request, ChatCompletionRequest):
+            return  # FIM and legacy completions carry a prompt, not messages
+        from gateway.governance.pii import Vault, redact_messages  # loaded only when used
+
+        vault = Vault()
+        redact_messages(request.messages, vault)
+        if vault:
+            call.pii = vault
+            request.drop_native()  # a native Responses body would carry the data unredacted
+            # Prompts of different people redact alike: an answer kept for one would give the
+            # next one the first one's data.
+            if cache_wanted(setup.config):
+                call.cache = CacheTicket("bypass", reason="personal data was redacted")
+
     def _begin(self, request: CompletionRequest | EmbeddingRequest, call: Call) -> Setup:
         call.model = request.model
         call.operation = request.operation
@@ -302,7 +337,8 @@ class Engine:
                 regions,
                 router.deployments,  # (its names, if refused)
             )
-        return router.plan(
+        call.regions = regions  # the residency exporters of this call's facts keep to
+        plan = router.plan(
             request.model,
             request.fallbacks,
             request.needs(),
@@ -310,6 +346,8 @@ class Engine:
             may_use,
             affinity=lambda: affinity_key(request),
         )
+        call.regions = plan.regions  # the model's own regions too
+        return plan
 
     # -- the response cache ----------------------------------------------------------------
     async def _look_up(

@@ -32,6 +32,7 @@ class GatewayFacts:
     overhead_ms: float | None = None
     dropped_params: tuple[str, ...] = ()
     cache: str | None = None  # hit, miss or bypass (None: the response cache is off)
+    region: str | None = None  # the region of the deployment that answered
 
 
 def facts_from_headers(headers: Mapping[str, str]) -> GatewayFacts:
@@ -49,6 +50,7 @@ def facts_from_headers(headers: Mapping[str, str]) -> GatewayFacts:
             p.strip() for p in headers.get("x-gateway-dropped-params", "").split(",") if p.strip()
         ),
         cache=headers.get("x-gateway-cache") or None,
+        region=headers.get("x-gateway-region") or None,
     )
 
 

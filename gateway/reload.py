@@ -25,6 +25,7 @@ from typing import Any
 from gateway.config import GatewayConfig, load_config_file
 from gateway.engine import Engine
 from gateway.errors import ConfigError
+from gateway.governance.audit import config_diff, trail_of
 from gateway.setup import Setup
 from providers.base import Provider
 
@@ -56,6 +57,8 @@ class ReloadResult:
     models_removed: list[str] = field(default_factory=list)
     deployments_added: list[str] = field(default_factory=list)
     deployments_removed: list[str] = field(default_factory=list)
+    # What the file changed, by dotted path, secrets masked (for the audit trail).
+    changes: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One log line."""
@@ -104,8 +107,23 @@ class ConfigReloader:
         self.retired: list[Provider] = []  # replaced providers, closed at shutdown
         self._lock = asyncio.Lock()  # one reload at a time
 
-    async def reload(self) -> ReloadResult:
-        """Read the file again and apply it; on any problem, keep the running config."""
+    async def reload(self, actor: str = "signal", address: str | None = None) -> ReloadResult:
+        """Read the file again and apply it; on any problem, keep the running config. The
+        attempt goes on the audit trail: who asked (``actor``, from ``address``), the outcome
+        and what changed, secrets masked."""
+        result = await self._reload()
+        trail = trail_of(self.engine.ledger)
+        if trail is not None:
+            detail: dict[str, Any] = {"changes": result.changes}
+            if result.errors:
+                detail["errors"] = result.errors
+            if result.restart_required:
+                detail["restart_required"] = result.restart_required
+            outcome = "ok" if result.applied else "rejected"
+            await trail.record(actor, "config.reload", result.source, outcome, address, detail)
+        return result
+
+    async def _reload(self) -> ReloadResult:
         where = str(self.source) if self.source is not None else None
         if self.source is None:
             return ReloadResult(
@@ -135,6 +153,7 @@ class ConfigReloader:
             return result
 
         running = engine.setup
+        result.changes = config_diff(running.config.model_dump(), config.model_dump())
         old_ids, new_ids = running.deployment_ids(), setup.deployment_ids()
         result.models_added = sorted(
             set(setup.router.deployments) - set(running.router.deployments)

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from gateway.accounting import Accountant, add_usage, unreadable_usage_note
 from gateway.cache import StreamCapture
@@ -38,6 +39,9 @@ from gateway.routing import HealthBoard, Plan, Ticket
 from gateway.types import CompletionRequest
 from gateway.wire import JSON, Transport, UpstreamRequest
 from providers.base import Deployment, EchoFilter, StreamTranslator
+
+if TYPE_CHECKING:
+    from gateway.governance.pii import StreamRestorer
 
 BodyFactory = Callable[[], JSON]
 log = logging.getLogger("gateway.streams")
@@ -236,6 +240,8 @@ class ChunkStream:
         self._accounted = False
         # The answer folded up for the response cache (None: it is not to be kept).
         self.capture: StreamCapture | None = None
+        # Puts a redacted prompt's placeholders back in what the caller receives.
+        self.restorer: StreamRestorer | None = None
         calls.streams.add(self)
 
     def __aiter__(self) -> AsyncIterator[JSON]:
@@ -311,6 +317,8 @@ class ChunkStream:
                             if not chunk.get("choices"):
                                 continue
                             del chunk["usage"]
+                        if self.restorer is not None:
+                            self.restorer.chunk(chunk)
                         out.append(chunk)
                     if out:
                         if self.capture is not None:
@@ -347,6 +355,11 @@ class ChunkStream:
                 health.add_tokens(
                     opened.ticket.deployment.id, usage["total_tokens"] - opened.ticket.tokens
                 )
+        if self.restorer is not None:
+            model = call.upstream_model
+            rest = self.restorer.rest({"id": stream_id, "created": created, "model": model})
+            if rest is not None:
+                yield [rest]
         if include_usage and self._usage is None and not self._accounted:
             yield [await self._estimated_usage_chunk(stream_id, created)]
         if self.capture is not None and call.cache is not None and not continued:

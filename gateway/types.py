@@ -167,6 +167,10 @@ class ChatCompletionRequest(_Open):
     def wants_stream_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    def drop_native(self) -> None:
+        """Serve this request through chat only: its native form would carry what the gateway
+        has changed in the messages (personal data it redacted)."""
+
     def native_request(self, deployment: Any) -> UpstreamRequest | None:
         """The request in another API a deployment serves natively (a Responses API request
         sent to the provider's own route; streamed if this request is), or None: it is sent

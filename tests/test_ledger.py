@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import gateway.batch.store  # (its tables join the ledger's metadata)
+import gateway.governance.audit  # its table joins the ledger's metadata
 import gateway.keys
 import gateway.ledger.responses  # noqa: F401  (its table joins the ledger's metadata)
 from gateway.config import LedgerConfig, load_config
@@ -215,6 +216,7 @@ async def test_upgrade_from_empty_creates_every_table_and_index(db_url):
         "api_keys",
         "teams",
         "ui_sessions",
+        "audit_log",
         "batch_files",
         "batches",
         "stored_responses",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gateway.cli.batches import add_batch_commands
+from gateway.cli.governance import add_audit_commands
 from gateway.cli.keys import add_key_commands
 from gateway.cli.reprice import add_reprice_command
 from gateway.config import GatewayConfig, resolve_config
@@ -379,6 +380,7 @@ def _remote_spend(
 
 
 add_reprice_command(app, _load)
+add_audit_commands(app, _load)
 
 
 def main() -> None:

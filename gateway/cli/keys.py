@@ -313,7 +313,9 @@ def _checked(model: type[M], spec: dict[str, Any], what: str) -> M:
 
 
 def _run(cfg: GatewayConfig, work: Callable[[KeyAdmin], Awaitable[T]]) -> T:
-    """``work`` by the key rules on the config's database, brought up to date first."""
+    """``work`` by the key rules on the config's database, brought up to date first; each
+    change goes on the audit trail with the actor ``cli``."""
+    from gateway.governance.keys import AuditedKeyAdmin
     from gateway.ledger.db import create_ledger_engine, ledger_url
     from gateway.ledger.migrate import upgrade
     from gateway.ledger.writer import describe
@@ -325,7 +327,7 @@ def _run(cfg: GatewayConfig, work: Callable[[KeyAdmin], Awaitable[T]]) -> T:
         await upgrade(plain)
         engine = create_ledger_engine(plain)
         try:
-            return await work(KeyAdmin(KeyStore(engine)))
+            return await work(AuditedKeyAdmin(KeyStore(engine), "cli"))
         finally:
             await engine.dispose()
 

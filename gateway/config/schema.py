@@ -419,6 +419,17 @@ class ModelConfig(_Strict):
     retries: RetryConfig | None = None
     timeouts: TimeoutConfig | None = None
     cache: ModelCacheConfig | None = None
+    regions: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Data residency: requests for this model go only to deployments in these "
+        "regions, its fallbacks included; none there: 403 region_not_allowed.",
+    )
+    redact_pii: bool = Field(
+        default=False,
+        description="Replace personal data in prompts (e-mail, phone, IBAN, card, EU national "
+        "ids) with placeholders before they leave, and put it back in the answer.",
+    )
 
 
 class RedisConfig(_Strict):
@@ -463,6 +474,21 @@ class LedgerConfig(_Strict):
         gt=0,
         description="Days a stored Responses API answer (POST /v1/responses with store: true) "
         "is kept for GET /v1/responses/{id} and previous_response_id; then it is deleted.",
+    )
+    retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Delete per-request spend records of whole UTC days older than this; the "
+        "daily roll-ups stay, so reports over old periods stay right (default: keep).",
+    )
+    audit_retention_days: int | None = Field(
+        default=None, ge=1, description="Delete audit entries older than this (default: keep)."
+    )
+    retention_interval: float = Field(
+        default=3600.0, gt=0, description="Seconds between retention rounds (in the background)."
+    )
+    retention_batch: int = Field(
+        default=5000, ge=1, le=100_000, description="Rows deleted per transaction."
     )
 
     @field_validator("url")
@@ -543,6 +569,12 @@ class TracingConfig(_Strict):
         default_factory=dict, description="Sent with each export, e.g. a collector's API key."
     )
     service_name: str = "llm-gateway"
+    region: str | None = Field(
+        default=None,
+        description="Where the trace endpoint keeps data; calls restricted to other regions "
+        "(key, team, model or request) are not exported. Unset: exported only for calls "
+        "without a region restriction.",
+    )
     sample_ratio: float = Field(default=1.0, ge=0, le=1, description="Share of requests traced.")
 
 

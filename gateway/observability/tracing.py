@@ -24,6 +24,8 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from gateway.governance.residency import allowed, narrow
+
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -76,6 +78,7 @@ class Tracing:
         self, engine: Engine, config: TracingConfig, exporter: SpanExporter | None = None
     ) -> None:
         self.engine = engine
+        self.region = config.region
         self.provider = TracerProvider(
             resource=Resource.create({"service.name": config.service_name}),
             sampler=ParentBased(TraceIdRatioBased(config.sample_ratio)),
@@ -86,6 +89,12 @@ class Tracing:
         self._propagator = TraceContextTextMapPropagator()
 
     def observe(self, info: Call, error: GatewayError | None) -> None:
+        principal = info.principal
+        policy = info.regions
+        if principal is not None and principal.regions is not None:
+            policy = narrow(policy, principal.regions)
+        if not allowed(self.region, policy):
+            return  # residency: this call's facts stay out of an endpoint in another region
         end = time.time_ns()
         start = end - int(info.elapsed_seconds() * 1e9)
         operation = GENAI_OPERATION.get(info.operation, info.operation)

@@ -99,6 +99,9 @@ class ResponsesChatRequest(ChatCompletionRequest):
     _native: JSON | None = PrivateAttr(default=None)
     _builtin_tools: list[str] = PrivateAttr(default_factory=list)
 
+    def drop_native(self) -> None:
+        self._native = None
+
     def native_request(self, deployment: Any) -> UpstreamRequest | None:
         if self._native is None:
             return None

@@ -24,6 +24,7 @@ from gateway.config import (
     overridden,
 )
 from gateway.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from gateway.governance.residency import allowed, narrow
 from gateway.routing.affinity import rendezvous_order
 from gateway.routing.health import HealthBoard
 from gateway.wire import Timeouts
@@ -82,6 +83,7 @@ class Plan:
     policy: ModelPolicy
     attempts: list[Deployment] = field(default_factory=list)
     context_attempts: list[Deployment] = field(default_factory=list)
+    regions: frozenset[str] | None = None  # the residency every attempt keeps to (None: any)
 
     def uses_fallback(self, deployment: Deployment) -> bool:
         return deployment.public_model != self.model
@@ -198,9 +200,11 @@ class Router:
                     f"{', '.join(sorted(self.deployments))}",
                     param="fallbacks",
                 )
+        # A model restricted to regions keeps its whole Plan there, fallbacks included.
+        regions = narrow(regions, self.configs[model].regions)
         lacking: dict[str, list[str]] = {}
         outside: list[str] = []
-        plan = Plan(model, self.policies[model])
+        plan = Plan(model, self.policies[model], regions=regions)
         plan.attempts = self._ordered(
             [model, *(fb for fb in chain if fb != model)],
             needs,
@@ -264,7 +268,7 @@ class Router:
                 continue  # a model the caller may not use is never reached, not even on failure
             able = []
             for dep in self.deployments[name]:
-                if regions is not None and dep.region not in regions:
+                if not allowed(dep.region, regions):
                     outside.append(f"{dep.id} in {dep.region or 'no region'}")
                     continue  # data residency: never leave the allowed regions
                 missing = dep.lacks(needs)

@@ -25,6 +25,7 @@ from gateway.config import GatewayConfig, resolve_config
 from gateway.engine import Engine
 from gateway.errors import GatewayError, InvalidRequestError, check_json_depth, validated
 from gateway.facts import GatewayFacts
+from gateway.governance.keys import AuditedKeyAdmin
 from gateway.keys.admin import KeyAdmin, KeySpec, key_store_disabled
 from gateway.ledger.ledger import Ledger, ledger_disabled
 from gateway.ledger.periods import PeriodError, report_period
@@ -360,7 +361,7 @@ class LocalBackend:
         if store is None:
             raise key_store_disabled()
         await self.engine.start()
-        return KeyAdmin(store, self.engine.auth.forget)
+        return AuditedKeyAdmin(store, "library", self.engine.auth.forget)
 
     async def create_key(self, spec: dict[str, Any]) -> CreatedKey:
         checked = validated(KeySpec, spec, "key")

@@ -9,6 +9,7 @@ clears this process's key cache, so it holds here at once and on the other repli
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -18,8 +19,10 @@ from fastapi import FastAPI, Request
 from sqlalchemy.exc import IntegrityError
 from starlette.responses import Response
 
+from gateway.auth import Principal
 from gateway.engine import Engine
 from gateway.errors import GatewayError, InvalidRequestError, PermissionDeniedError
+from gateway.governance.audit import actor_of, trail_of
 from gateway.keys import (
     KeyAdmin,
     KeyChange,
@@ -55,7 +58,19 @@ def add_admin_routes(app: FastAPI, engine: Engine, gate: Gatekeeper) -> None:
         ("/admin/teams/{team_id}", "PATCH", routes.update_team),
     ]
     for path, method, handler in table:
-        app.add_route(path, routes.guarded(handler), methods=[method])
+        action = AUDITED.get(handler.__name__) if method != "GET" else None
+        app.add_route(path, routes.guarded(handler, action), methods=[method])
+
+
+# The audit trail's name for each act that changes something (reads are not recorded).
+AUDITED = {
+    "create_key": "key.create",
+    "update_key": "key.update",
+    "revoke_key": "key.revoke",
+    "rotate_key": "key.rotate",
+    "create_team": "team.create",
+    "update_team": "team.update",
+}
 
 
 class AdminRoutes:
@@ -65,8 +80,17 @@ class AdminRoutes:
         self.engine = engine
         self.gate = gate
 
-    def guarded(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    def guarded(
+        self, handler: Handler, action: str | None = None
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def route(request: Request) -> Response:
+            response = await attempt(request)
+            principal: Principal | None = getattr(request.state, "admin_principal", None)
+            if action is not None and principal is not None:
+                await audit_admin_act(self.engine, request, principal, action, response)
+            return response
+
+        async def attempt(request: Request) -> Response:
             try:
                 admin = await self._admit(request)
                 return await handler(request, admin)
@@ -106,6 +130,7 @@ class AdminRoutes:
                 code="auth_disabled",
             )
         principal = await self.gate.authenticate(request)
+        request.state.admin_principal = principal  # who acted, for the audit trail
         if not principal.admin:
             raise PermissionDeniedError(
                 "the admin API needs the master key or a key created with admin: true; "
@@ -166,6 +191,44 @@ class AdminRoutes:
         team = await admin.team(request.path_params["team_id"], param=None)  # 404 first
         change = await self.gate.model(request, TeamChange, empty=b"{}")
         return json_body(team_json(await admin.change_team(team.id, change)))
+
+
+async def audit_admin_act(
+    engine: Engine, request: Request, principal: Principal, action: str, response: Response
+) -> None:
+    """Append one admin act to the audit trail: who, on what (the key or team id), the
+    outcome, and the fields the request set (never a key's plaintext: requests hold none)."""
+    trail = trail_of(engine.ledger)
+    if trail is None:
+        return
+    target = request.path_params.get("key_id") or request.path_params.get("team_id")
+    outcome = "ok"
+    answer: Any = None
+    with contextlib.suppress(orjson.JSONDecodeError):
+        answer = orjson.loads(bytes(getattr(response, "body", b"") or b"null"))
+    if response.status_code >= 400:
+        error = answer.get("error") if isinstance(answer, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        outcome = f"refused {response.status_code}" + (f" {code}" if code else "")
+    elif target is None and isinstance(answer, dict):
+        target = answer.get("id")  # what was created
+    detail: dict[str, Any] = {"actor_name": principal.name}
+    try:
+        body = orjson.loads(await request.body())
+    except Exception:  # no body, not JSON, or streamed and already consumed
+        body = None
+    if isinstance(body, dict) and body:
+        # Accepted fields are the spec's (no secret among them); of a refused body, which
+        # may hold anything, only the names.
+        detail["fields"] = body if outcome == "ok" else sorted(body)
+    await trail.record(
+        actor_of(principal.key_id),
+        action,
+        str(target) if target is not None else None,
+        outcome,
+        request.client.host if request.client else None,
+        detail,
+    )
 
 
 def key_json(key: VirtualKey) -> dict[str, Any]:

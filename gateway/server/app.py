@@ -28,6 +28,7 @@ from gateway.server.admin import add_admin_routes
 from gateway.server.asgi import CALLER, Caller, GatewayApp
 from gateway.server.batches import add_batch_routes
 from gateway.server.completions import add_completions_routes
+from gateway.server.governance import add_governance_routes, retention_task
 from gateway.server.http import Gatekeeper, cut_response, error_response, internal_error
 from gateway.server.lifecycle import Lifecycle
 from gateway.server.mistral_models import add_mistral_model_routes
@@ -92,6 +93,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await eng.start()
+        retention = retention_task(eng)
         lifecycle.install()
         await observability.start()
         if batch_poller is not None:
@@ -100,6 +102,8 @@ def create_app(
             settle_heap()
         yield
         readiness.draining = True
+        if retention is not None:
+            await retention.aclose()
         lifecycle.uninstall()
         if batch_poller is not None:
             await batch_poller.aclose()
@@ -127,6 +131,7 @@ def create_app(
     add_responses_routes(app, eng, gate)
     add_spend_routes(app, eng, gate)
     add_admin_routes(app, eng, gate)
+    add_governance_routes(app, eng, gate)
     add_native_routes(app, eng, gate)
     batch_poller = add_batch_routes(app, eng, gate)
     add_mistral_model_routes(app, eng, gate)

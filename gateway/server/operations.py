@@ -94,7 +94,8 @@ def add_operations_routes(
                 )
         except GatewayError as exc:
             return error_response(exc)
-        result = await reloader.reload()
+        address = request.client.host if request.client else None
+        result = await reloader.reload("master", address)
         log_reload(result, "POST /admin/reload")
         if not result.applied:
             status = 409 if reloader.source is None else 422

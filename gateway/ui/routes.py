@@ -48,6 +48,13 @@ from gateway.keys.store import store_errors
 from gateway.ledger.reports import CSV_TYPE, report_csv
 from gateway.ledger.writer import describe
 from gateway.ui import views
+from gateway.ui.audit import (
+    actor_subject,
+    audit_page_data,
+    form_fields,
+    record_ui_act,
+    ui_act,
+)
 from gateway.ui.forms import key_form, team_form
 from gateway.ui.session import (
     COOKIE,
@@ -90,6 +97,7 @@ def add_ui_routes(app: FastAPI, engine: Engine) -> None:
         ("/spend.csv", "GET", ui.guarded(ui.spend_csv)),
         ("/traffic", "GET", ui.guarded(ui.traffic)),
         ("/deployments", "GET", ui.guarded(ui.deployments)),
+        ("/audit", "GET", ui.guarded(ui.audit)),
         ("/keys", "GET", ui.guarded(ui.keys)),
         ("/keys", "POST", ui.guarded(ui.create_key, post=True)),
         ("/keys/{key_id}", "POST", ui.guarded(ui.update_key, post=True)),
@@ -253,6 +261,8 @@ class Dashboard:
             return self.render("error.html", request, exc.status, message=exc.message)
         if principal is None or not principal.admin:
             self.throttle.failed(address, token)
+            who = None if principal is None else actor_subject(principal.key_id)
+            await record_ui_act(self.engine, request, who, "ui.login", None, "refused 401")
             why = (
                 "this key is not an admin key; log in with the master key or a key created "
                 "with admin: true"
@@ -269,6 +279,7 @@ class Dashboard:
             log.warning("dashboard: the database failed: %s", describe(exc))
             why = f"the database could not be reached ({describe(exc)}); retry later"
             return self.render("error.html", request, 503, message=why)
+        await record_ui_act(self.engine, request, subject, "ui.login")
         response = RedirectResponse(f"{PATH}/spend", status_code=303)
         response.set_cookie(
             COOKIE,
@@ -283,6 +294,7 @@ class Dashboard:
 
     async def logout(self, request: Request, session: Session) -> Response:
         await self.sessions.end(session)  # a copy of the cookie stops working too
+        await record_ui_act(self.engine, request, session.subject, "ui.logout")
         response = RedirectResponse(f"{PATH}/login", status_code=303)
         response.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="strict")
         return response
@@ -356,6 +368,18 @@ class Dashboard:
         data = await views.deployments_page(self.engine)
         return self.page("deployments.html", request, session, **data)
 
+    async def audit(self, request: Request, session: Session) -> Response:
+        if not session.is_master:
+            return self.page(
+                "error.html",
+                request,
+                session,
+                status=403,
+                message="the audit trail is for the master key only",
+            )
+        data = await audit_page_data(self.engine, request)
+        return self.page("audit.html", request, session, **data)
+
     async def keys(
         self,
         request: Request,
@@ -382,12 +406,22 @@ class Dashboard:
         """Run a change. A mistake shows the keys page with the admin API's message; a new
         plaintext is shown on the page that answers (never in a URL, never again); anything
         else goes back to the list."""
+        action, target = ui_act(request)
         try:
             issued = await work
         except GatewayError as exc:
+            fields = await form_fields(request, accepted=False)
+            outcome = f"refused {exc.status}" + (f" {exc.code}" if exc.code else "")
+            await record_ui_act(
+                self.engine, request, session.subject, action, target, outcome, fields
+            )
             if exc.status >= 500:
                 raise
             return await self.keys(request, session, status=exc.status, error=exc.message)
+        if target is None and issued is not None:
+            target = issued[0].id
+        accepted = await form_fields(request, accepted=True)
+        await record_ui_act(self.engine, request, session.subject, action, target, "ok", accepted)
         if issued is None:
             return RedirectResponse(f"{PATH}/keys", status_code=303)
         key, plaintext, action = issued
