@@ -64,10 +64,41 @@ def serve(
             "(logging.access_log)."
         ),
     ] = False,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Serve a provider's model without a config file: openai/<model>, "
+            "mistral/<model> or azure/<deployment> (repeatable); the key comes from "
+            "OPENAI_API_KEY, MISTRAL_API_KEY or AZURE_OPENAI_API_KEY (+ AZURE_OPENAI_ENDPOINT).",
+        ),
+    ] = None,
 ) -> None:
     """Start the HTTP proxy."""
-    import uvicorn
+    quick: Path | None = None
+    if model:
+        if config is not None:
+            typer.echo("use either --config or --model, not both", err=True)
+            raise typer.Exit(2)
+        from gateway.cli.quickstart import write_quick_config
 
+        try:
+            quick = config = write_quick_config(model)
+        except ConfigError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+    try:
+        _serve(config, host, port, workers, access_log)
+    finally:
+        if quick is not None:
+            quick.unlink(missing_ok=True)
+
+
+def _serve(
+    config: Path | None, host: str | None, port: int | None, workers: int | None, access_log: bool
+) -> None:
+    from gateway.cli.serving import run_server, server_config
     from gateway.server.lifecycle import SUPERVISOR_ENV
 
     cfg = _load(config)
@@ -81,7 +112,7 @@ def serve(
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
     bind_host = host or cfg.server.host
     bind_port = port if port is not None else cfg.server.port
-    typer.echo(
+    banner = (
         f"llm-gateway serving {len(cfg.models)} models on http://{bind_host}:{bind_port}/v1"
         + (
             " (master key required)"
@@ -93,8 +124,8 @@ def serve(
     from gateway.observability.logs import log_config
 
     with metrics_directory(cfg, processes):  # several workers: /metrics adds theirs up
-        uvicorn.run(
-            "gateway.server.app:serve_app",
+        options = server_config(
+            app="gateway.server.app:serve_app",
             factory=True,
             host=bind_host,
             port=bind_port,
@@ -113,6 +144,7 @@ def serve(
             log_config=log_config(cfg.logging),
             log_level=cfg.logging.level,
         )
+        run_server(options, banner)
 
 
 @config_app.command("check")
