@@ -194,7 +194,7 @@ async def test_upgrade_from_empty_creates_every_table_and_index(db_url):
         db = inspect(conn)
         indexes = {
             table: {ix["name"]: ix["column_names"] for ix in db.get_indexes(table)}
-            for table in ("spend_records", "spend_daily", "spend_daily_users")
+            for table in ("spend_records", "spend_daily", "spend_daily_users", "spend_attempts")
         }
         keys = {t: db.get_pk_constraint(t)["constrained_columns"] for t in indexes}
         columns = {c["name"]: c for c in db.get_columns("spend_records")}
@@ -213,7 +213,13 @@ async def test_upgrade_from_empty_creates_every_table_and_index(db_url):
         "api_keys",
         "teams",
         "ui_sessions",
+        "spend_attempts",
     }
+    assert indexes["spend_attempts"] == {
+        "ix_spend_attempts_deployment_started_at": ["deployment", "started_at"],
+        "ix_spend_attempts_started_at": ["started_at"],
+    }
+    assert keys["spend_attempts"] == ["request_id", "seq"]
     assert indexes["spend_records"] == {
         "ix_spend_records_started_at_request_id": ["started_at", "request_id"],
         "ix_spend_records_key_id_started_at_request_id": ["key_id", "started_at", "request_id"],

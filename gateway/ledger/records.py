@@ -39,6 +39,26 @@ def as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+@dataclass(slots=True, frozen=True)
+class AttemptEntry:
+    """One upstream attempt of a request, as the ledger keeps it beside the request's record:
+    which deployment, what came back (``status`` None: no HTTP answer), how long it took,
+    and whether the provider bills it (an answer, or a prompt sent and left unanswered)."""
+
+    deployment: str
+    started_at: datetime
+    latency_ms: float
+    provider: str | None = None
+    model: str | None = None  # the deployment's upstream model
+    status: int | None = None
+    error_type: str | None = None
+    billed: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.error_type is not None or self.status is None or self.status >= ERROR_STATUS
+
+
 @dataclass(slots=True)
 class SpendRecord:
     """One request as the ledger stores it: who asked, what answered, what it used and cost.
@@ -90,6 +110,8 @@ class SpendRecord:
     kind: RecordKind = "call"
     adjusts: str | None = None
     adjusted_cost_usd: Decimal | None = None
+    # Every upstream attempt, in order; stored in ``spend_attempts``, not a column.
+    attempt_log: tuple[AttemptEntry, ...] = ()
 
     @property
     def is_error(self) -> bool:

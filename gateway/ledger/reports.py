@@ -25,10 +25,11 @@ from sqlalchemy import ColumnElement, Select, String, func, literal, select, tup
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.facts import usd_str
+from gateway.ledger.filters import RecordFilter, with_attempts
 from gateway.ledger.records import SpendRecord, as_utc
 from gateway.ledger.schema import UTCDateTime, spend_daily, spend_daily_users
 from gateway.ledger.schema import spend_records as records_table
-from gateway.ledger.store import record_sums
+from gateway.ledger.store import RECORD_FIELDS, record_sums
 
 GroupBy = Literal["key", "team", "user", "model", "provider", "day"]
 GROUPS: tuple[str, ...] = get_args(GroupBy)
@@ -234,15 +235,19 @@ async def spend_records(
     key_id: str | None = None,
     limit: int = 100,
     cursor: str | None = None,
+    filters: RecordFilter | None = None,
 ) -> RecordPage:
-    """One page of the records in ``[since, until)``, oldest first (keyset pagination on
-    (started_at, request_id): every record appears exactly once, however deep the page)."""
+    """One page of the records in ``[since, until)`` that pass ``filters``, oldest first,
+    with their attempts (keyset pagination on (started_at, request_id): every record appears
+    exactly once, however deep the page)."""
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
     r = records_table.c
     query = select(records_table).where(r.started_at >= as_utc(since), r.started_at < as_utc(until))
     if key_id is not None:
         query = query.where(r.key_id == key_id)
+    if filters is not None:
+        query = filters.apply(query)
     if cursor is not None:
         after, request_id = decode_cursor(cursor)
         position = tuple_(literal(after, UTCDateTime()), literal(request_id, String()))
@@ -253,6 +258,7 @@ async def spend_records(
         records = [SpendRecord(**row._mapping) for row in result]
     more = len(records) > limit
     del records[limit:]
+    await with_attempts(engine, records)
     return RecordPage(records, encode_cursor(records[-1]) if more else None)
 
 
@@ -306,8 +312,8 @@ def report_csv(rows: Iterable[SpendRow], group_by: GroupBy) -> str:
 
 
 def write_records_csv(records: Iterable[SpendRecord], out: TextIO, *, header: bool = True) -> int:
-    """Write records as CSV (one column per field); returns how many."""
-    names = [f.name for f in fields(SpendRecord)]
+    """Write records as CSV (one column per stored field); returns how many."""
+    names = list(RECORD_FIELDS)
     writer = csv.writer(out)
     if header:
         writer.writerow(names)

@@ -147,6 +147,25 @@ Index(None, spend_records.c.key_id, spend_records.c.started_at, spend_records.c.
 Index(None, spend_records.c.model, spend_records.c.started_at)
 Index(None, spend_records.c.adjusts)
 
+# Every upstream attempt of a request (``spend_records.request_id``), in order (``seq``): a
+# deployment's own failures stay visible even when another deployment answered the request.
+spend_attempts = Table(
+    "spend_attempts",
+    metadata,
+    Column("request_id", String, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("deployment", String, nullable=False),
+    Column("provider", String, nullable=True),
+    Column("model", String, nullable=True),
+    Column("status", Integer, nullable=True),  # NULL: no HTTP answer
+    Column("error_type", String, nullable=True),
+    Column("latency_ms", Float, nullable=False),
+    Column("billed", Boolean, nullable=False),
+)
+Index(None, spend_attempts.c.deployment, spend_attempts.c.started_at)
+Index(None, spend_attempts.c.started_at)
+
 COUNTERS = (
     "requests",
     "errors",

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Collection
 from dataclasses import fields
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, cast
 
 import orjson
@@ -23,6 +24,7 @@ from gateway.auth import Principal
 from gateway.engine import Engine
 from gateway.errors import GatewayError, InvalidRequestError, PermissionDeniedError
 from gateway.facts import usd_str
+from gateway.ledger.filters import RecordFilter, StatusFilter
 from gateway.ledger.ledger import Ledger, ledger_disabled
 from gateway.ledger.periods import FORMS, PeriodError, report_period
 from gateway.ledger.records import SpendRecord
@@ -112,6 +114,7 @@ class SpendRoutes:
             csv = query.choice("format", FORMATS, "json") == "csv"
             limit = query.integer("limit", DEFAULT_PAGE, 1, MAX_PAGE)
             cursor = query.cursor()
+            filters = query.filters()
             if csv and (query.given("limit") or cursor is not None):
                 raise InvalidRequestError(
                     "limit and cursor page the JSON list; format=csv exports every record "
@@ -121,7 +124,7 @@ class SpendRoutes:
             query.done()
             await ledger.caught_up()
             page = await ledger.spend_records(
-                since, until, key_id, EXPORT_PAGE if csv else limit, cursor
+                since, until, key_id, EXPORT_PAGE if csv else limit, cursor, filters
             )
         except GatewayError as exc:
             return error_response(exc)
@@ -129,7 +132,7 @@ class SpendRoutes:
             return error_response(unreadable(exc))
         if csv:
             return StreamingResponse(
-                export_csv(ledger, page.records, page.next_cursor, since, until, key_id),
+                export_csv(ledger, page.records, page.next_cursor, since, until, key_id, filters),
                 media_type=CSV_TYPE,
                 headers={"content-disposition": 'attachment; filename="spend-records.csv"'},
             )
@@ -213,6 +216,38 @@ class SpendQuery:
             )
         return self.scope
 
+    def filters(self) -> RecordFilter:
+        """``team``, ``model``, ``deployment``, ``status`` (ok, error or a status code) and
+        ``cost_above`` (USD): the records to list."""
+        given = self.get("status")
+        status: StatusFilter | None = None
+        if given in ("ok", "error"):
+            status = "ok" if given == "ok" else "error"
+        elif given is not None:
+            if not given.isdigit() or not 100 <= int(given) <= 599:
+                raise InvalidRequestError(
+                    f"status must be ok, error or an HTTP status code, not {given!r}",
+                    param="status",
+                )
+            status = int(given)
+        cost_above = self.get("cost_above")
+        try:
+            above = None if cost_above is None else Decimal(cost_above)
+        except ArithmeticError:
+            above = None
+        if cost_above is not None and (above is None or not above.is_finite()):
+            raise InvalidRequestError(
+                f"cost_above must be an amount in USD such as 0.01, not {cost_above!r}",
+                param="cost_above",
+            )
+        return RecordFilter(
+            team=self.get("team"),
+            model=self.get("model"),
+            deployment=self.get("deployment"),
+            status=status,
+            cost_above=above,
+        )
+
     def cursor(self) -> str | None:
         cursor = self.get("cursor")
         if cursor is not None:
@@ -257,7 +292,7 @@ def sums_json(row: SpendRow) -> dict[str, Any]:
     }
 
 
-_RECORD_FIELDS = tuple(f.name for f in fields(SpendRecord))
+_RECORD_FIELDS = tuple(f.name for f in fields(SpendRecord) if f.name != "attempt_log")
 
 
 def record_json(record: SpendRecord) -> dict[str, Any]:
@@ -267,6 +302,19 @@ def record_json(record: SpendRecord) -> dict[str, Any]:
     out["cost_usd"] = None if record.cost_usd is None else usd_str(record.cost_usd)
     if record.adjusted_cost_usd is not None:
         out["adjusted_cost_usd"] = usd_str(record.adjusted_cost_usd)
+    out["attempt_log"] = [
+        {
+            "deployment": a.deployment,
+            "provider": a.provider,
+            "model": a.model,
+            "started_at": a.started_at,
+            "latency_ms": a.latency_ms,
+            "status": a.status,
+            "error_type": a.error_type,
+            "billed": a.billed,
+        }
+        for a in record.attempt_log
+    ]
     return out
 
 
@@ -277,6 +325,7 @@ async def export_csv(
     since: datetime,
     until: datetime,
     key_id: str | None,
+    filters: RecordFilter | None = None,
 ) -> AsyncIterator[str]:
     """The records as CSV, a page at a time. A page that cannot be read ends the response
     without its final chunk, so the client sees an incomplete download, not a short file."""
@@ -290,7 +339,7 @@ async def export_csv(
             return
         header = False
         try:
-            page = await ledger.spend_records(since, until, key_id, EXPORT_PAGE, cursor)
+            page = await ledger.spend_records(since, until, key_id, EXPORT_PAGE, cursor, filters)
         except Exception as exc:
             log.error("spend: CSV export cut short: %s", describe(exc))
             raise
