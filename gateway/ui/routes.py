@@ -49,6 +49,7 @@ from gateway.ledger.reports import CSV_TYPE, report_csv
 from gateway.ledger.writer import describe
 from gateway.ui import views
 from gateway.ui.forms import key_form, team_form
+from gateway.ui.logs import logs_page
 from gateway.ui.session import (
     COOKIE,
     PATH,
@@ -89,6 +90,7 @@ def add_ui_routes(app: FastAPI, engine: Engine) -> None:
         ("/spend", "GET", ui.guarded(ui.spend)),
         ("/spend.csv", "GET", ui.guarded(ui.spend_csv)),
         ("/traffic", "GET", ui.guarded(ui.traffic)),
+        ("/logs", "GET", ui.guarded(ui.logs)),
         ("/deployments", "GET", ui.guarded(ui.deployments)),
         ("/keys", "GET", ui.guarded(ui.keys)),
         ("/keys", "POST", ui.guarded(ui.create_key, post=True)),
@@ -349,6 +351,14 @@ class Dashboard:
         await self.engine.ledger.caught_up()
         data = await views.traffic_page(self.engine)
         return self.page("traffic.html", request, session, **data)
+
+    async def logs(self, request: Request, session: Session) -> Response:
+        if (refused := self._ledger_needed(request, session)) is not None:
+            return refused
+        assert self.engine.ledger is not None
+        await self.engine.ledger.caught_up()
+        data = await logs_page(self.engine, request.query_params)
+        return self.page("logs.html", request, session, **data)
 
     async def deployments(self, request: Request, session: Session) -> Response:
         if self.engine.ledger is not None:
