@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from gateway.cli.keys import add_key_commands
+from gateway.cli.logs import add_logs_command
 from gateway.cli.reprice import add_reprice_command
 from gateway.config import GatewayConfig, resolve_config
 from gateway.errors import ConfigError
@@ -409,6 +410,7 @@ def _remote_spend(
 
 
 add_reprice_command(app, _load)
+add_logs_command(app)
 
 
 def main() -> None:
