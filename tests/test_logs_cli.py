@@ -65,7 +65,12 @@ def test_logs_follow_prints_requests_as_they_arrive(
     lines: Queue[str] = Queue()
     assert proc.stdout is not None
     stdout = proc.stdout
-    threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
+
+    def pump() -> None:
+        for text in stdout:
+            lines.put(text)
+
+    threading.Thread(target=pump, daemon=True).start()
     try:
         assert first.headers["x-request-id"] in lines.get(timeout=30)
         second = chat(base, MASTER_KEY, model="gpt-4o-mini")
