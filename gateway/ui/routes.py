@@ -306,8 +306,13 @@ class Dashboard:
         q = request.query_params
         period = q.get("period", "7d")
         by = q.get("by", "model")
+        first, last = q.get("from", "").strip(), q.get("to", "").strip()
+        if period == "range" or (period not in views.PERIODS and (first or last)):
+            # Any days: from … to … (one of them alone means that single day).
+            today = datetime.now(UTC).date().isoformat()
+            period = f"{first or last or today}..{last or first or today}"
         return (
-            period if period in views.PERIODS else "7d",
+            period if period in views.PERIODS or ".." in period else "7d",
             by if by in views.DIMENSIONS else "model",
             q.get("team") or None,
         )
@@ -337,7 +342,7 @@ class Dashboard:
         await self.engine.ledger.caught_up()
         since, until, _ = views.period_range(period, datetime.now(UTC))
         rows = await self.engine.ledger.spend_report(by, since, until, team=team)  # type: ignore[arg-type]
-        name = f"spend-by-{by}-{period}" + ("-team" if team else "")
+        name = f"spend-by-{by}-{period.replace('..', '-to-')}" + ("-team" if team else "")
         return Response(
             report_csv(rows, by),  # type: ignore[arg-type]
             media_type=CSV_TYPE,
@@ -374,11 +379,19 @@ class Dashboard:
         status: int = 200,
         created: dict[str, str] | None = None,
         error: str | None = None,
+        typed: dict[str, str] | None = None,
     ) -> Response:
         self.store()
         data = await views.keys_page(self.engine)
         return self.page(
-            "keys.html", request, session, status=status, created=created, error=error, **data
+            "keys.html",
+            request,
+            session,
+            status=status,
+            created=created,
+            error=error,
+            typed=typed,
+            **data,
         )
 
     # -- changes ---------------------------------------------------------------------------
@@ -387,17 +400,29 @@ class Dashboard:
         return validated(model, body, "form")
 
     async def _changed(
-        self, request: Request, session: Session, work: Awaitable[Issued | None]
+        self,
+        request: Request,
+        session: Session,
+        work: Awaitable[Issued | None],
+        *,
+        keep_typed: bool = False,
     ) -> Response:
-        """Run a change. A mistake shows the keys page with the admin API's message; a new
-        plaintext is shown on the page that answers (never in a URL, never again); anything
-        else goes back to the list."""
+        """Run a change. A mistake shows the keys page with the admin API's message (and,
+        with ``keep_typed``, the new-key form filled in as it was sent); a new plaintext is
+        shown on the page that answers (never in a URL, never again); anything else goes
+        back to the list."""
         try:
             issued = await work
         except GatewayError as exc:
             if exc.status >= 500:
                 raise
-            return await self.keys(request, session, status=exc.status, error=exc.message)
+            typed = None
+            if keep_typed:
+                sent = await form(request)
+                typed = {k: v for k, v in sent.items() if isinstance(v, str) and k != "csrf"}
+            return await self.keys(
+                request, session, status=exc.status, error=exc.message, typed=typed
+            )
         if issued is None:
             return RedirectResponse(f"{PATH}/keys", status_code=303)
         key, plaintext, action = issued
@@ -410,7 +435,7 @@ class Dashboard:
             key, plaintext = await self.admin().new_key(spec)
             return key, plaintext, "created"
 
-        return await self._changed(request, session, work())
+        return await self._changed(request, session, work(), keep_typed=True)
 
     async def update_key(self, request: Request, session: Session) -> Response:
         async def work() -> None:
