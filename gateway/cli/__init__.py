@@ -294,30 +294,32 @@ def spend(
     from gateway.ledger.reports import render_report, report_csv
 
     group_by: GroupBy = by.value
+    names: dict[str, str] | None = None
     if url is not None:
         report = _remote_spend(url, api_key, group_by, since, until, key_id, as_csv)
         if isinstance(report, str):
             typer.echo(report, nl=False)
             return
-        rows, start, end = report
+        rows, start, end, names = report
     else:
         try:
             start, end = report_period(since, until)
         except PeriodError as exc:
             raise typer.BadParameter(str(exc), param_hint=f"'--{exc.param}'") from None
-        rows = _ledger_spend(_load(config), group_by, start, end, key_id)
+        rows, names = _ledger_spend(_load(config), group_by, start, end, key_id)
         if as_csv:
-            typer.echo(report_csv(rows, group_by), nl=False)
+            typer.echo(report_csv(rows, group_by, names), nl=False)
             return
     moment = "%Y-%m-%d %H:%M:%S UTC"
     typer.echo(f"Spend by {group_by}, {start:{moment}} to {end:{moment}}\n")
-    typer.echo(render_report(rows, group_by))
+    typer.echo(render_report(rows, group_by, names))
 
 
 def _ledger_spend(
     cfg: GatewayConfig, group_by: GroupBy, since: datetime, until: datetime, key_id: str | None
-) -> list[SpendRow]:
-    """The report read straight from the ledger's database (not migrated, nothing written)."""
+) -> tuple[list[SpendRow], dict[str, str] | None]:
+    """The report read straight from the ledger's database (not migrated, nothing written),
+    and the names of its keys or teams when grouped by them."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -335,10 +337,20 @@ def _ledger_spend(
         typer.echo(f"no ledger database at {database} (ledger.url: {where})", err=True)
         raise typer.Exit(1)
 
-    async def read() -> list[SpendRow]:
+    async def read() -> tuple[list[SpendRow], dict[str, str] | None]:
+        from gateway.keys import KeyStore
+        from gateway.keys.names import group_names
+
         ledger = Ledger(cfg.ledger)
         try:
-            return await ledger.spend_report(group_by, since, until, key_id)
+            rows = await ledger.spend_report(group_by, since, until, key_id)
+            names = None
+            if group_by in ("key", "team"):
+                try:
+                    names = await group_names(KeyStore(ledger.engine), group_by)
+                except SQLAlchemyError:
+                    names = None  # no key tables (yet): ids only
+            return rows, names
         finally:
             await ledger.engine.dispose()
 
@@ -361,8 +373,9 @@ def _remote_spend(
     until: str | None,
     key_id: str | None,
     as_csv: bool,
-) -> str | tuple[list[SpendRow], datetime, datetime]:
-    """The report from a running gateway: CSV text, or its rows and period."""
+) -> str | tuple[list[SpendRow], datetime, datetime, dict[str, str] | None]:
+    """The report from a running gateway: CSV text, or its rows, period and the names of
+    its keys or teams."""
     import httpx
 
     from gateway.ledger.reports import SpendRow
@@ -406,7 +419,13 @@ def _remote_spend(
         )
         for item in body["data"]
     ]
-    return rows, datetime.fromisoformat(body["since"]), datetime.fromisoformat(body["until"])
+    named = [item for item in body["data"] if item.get("name") and item["group"]]
+    names = {item["group"]: item["name"] for item in named} if named else None
+    since_at, until_at = (
+        datetime.fromisoformat(body["since"]),
+        datetime.fromisoformat(body["until"]),
+    )
+    return rows, since_at, until_at, names
 
 
 add_reprice_command(app, _load)

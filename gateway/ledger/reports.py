@@ -15,7 +15,7 @@ import binascii
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -298,16 +298,20 @@ def _cell(value: object) -> object:
 CSV_TYPE = "text/csv; charset=utf-8"  # what report_csv and write_records_csv produce
 
 
-def report_csv(rows: Iterable[SpendRow], group_by: GroupBy) -> str:
-    """A spend report as CSV text; the first column is named after the grouping."""
-    names = [f.name for f in fields(SpendRow)]
+def report_csv(
+    rows: Iterable[SpendRow], group_by: GroupBy, names: Mapping[str, str] | None = None
+) -> str:
+    """A spend report as CSV text; the first column is named after the grouping. With
+    ``names`` (keys' or teams' names by id) a ``name`` column follows the id."""
+    columns = [f.name for f in fields(SpendRow)]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([group_by, *names[1:]])
+    writer.writerow([group_by, *(["name"] if names is not None else []), *columns[1:]])
     for row in rows:
-        writer.writerow(
-            [_cell(row.cost if name == "cost_usd" else getattr(row, name)) for name in names]
-        )
+        cells = [_cell(row.cost if c == "cost_usd" else getattr(row, c)) for c in columns]
+        if names is not None:
+            cells.insert(1, _cell(names.get(row.group or "")))
+        writer.writerow(cells)
     return out.getvalue()
 
 
@@ -347,12 +351,22 @@ async def export_records_csv(
 _COUNTS = ("REQUESTS", "ERRORS", "PROMPT", "CACHED", "COMPLETION", "REASONING")
 
 
-def render_report(rows: Sequence[SpendRow], group_by: GroupBy) -> str:
+def render_report(
+    rows: Sequence[SpendRow], group_by: GroupBy, names: Mapping[str, str] | None = None
+) -> str:
     """A spend report as an aligned text table with a TOTAL line. Costs are exact and lined
     up on the decimal point; UNKNOWN COST counts the requests they leave out (no price).
-    Rows without a group (no key, team, …) show as ``(none)``."""
+    Rows without a group (no key, team, …) show as ``(none)``; with ``names`` a key or team
+    shows as ``name (id)``."""
     total = SpendRow.total(rows)
-    lines = [[row.group or "(none)", *_counts(row)] for row in [*rows, total]]
+
+    def label(group: str | None) -> str:
+        if group is None:
+            return "(none)"
+        name = names.get(group) if names is not None else None
+        return f"{name} ({group})" if name else group
+
+    lines = [[label(row.group), *_counts(row)] for row in [*rows, total]]
     lines[-1][0] = "TOTAL"
     costs = _on_decimal_point([row.cost_text for row in [*rows, total]])
     table = [[group_by.upper(), *_COUNTS, "COST USD", "UNKNOWN COST"]] + [

@@ -24,6 +24,7 @@ from gateway.auth import Principal
 from gateway.engine import Engine
 from gateway.errors import GatewayError, InvalidRequestError, PermissionDeniedError
 from gateway.facts import usd_str
+from gateway.keys.names import group_names
 from gateway.ledger.filters import RecordFilter, StatusFilter
 from gateway.ledger.ledger import Ledger, ledger_disabled
 from gateway.ledger.periods import FORMS, PeriodError, report_period
@@ -85,13 +86,15 @@ class SpendRoutes:
             query.done()
             await ledger.caught_up()
             rows = await ledger.spend_report(group_by, since, until, key_id)
+            keys = self.engine.keys
+            names = await group_names(keys, group_by) if keys is not None else None
         except GatewayError as exc:
             return error_response(exc)
         except (SQLAlchemyError, OSError) as exc:
             return error_response(unreadable(exc))
         if csv:
             return StreamingResponse(
-                iter([report_csv(rows, group_by)]),
+                iter([report_csv(rows, group_by, names)]),
                 media_type=CSV_TYPE,
                 headers={"content-disposition": f'attachment; filename="spend-by-{group_by}.csv"'},
             )
@@ -100,7 +103,14 @@ class SpendRoutes:
             "group_by": group_by,
             "since": since.isoformat(),
             "until": until.isoformat(),
-            "data": [{"group": row.group, **sums_json(row)} for row in rows],
+            "data": [
+                {
+                    "group": row.group,
+                    **({"name": names.get(row.group or "")} if names is not None else {}),
+                    **sums_json(row),
+                }
+                for row in rows
+            ],
             "total": sums_json(SpendRow.total(rows)),
         }
         return Response(orjson.dumps(body), media_type=JSON_TYPE)

@@ -44,6 +44,7 @@ from gateway.keys import (
     hash_key,
     key_store_disabled,
 )
+from gateway.keys.names import group_names
 from gateway.keys.store import store_errors
 from gateway.ledger.reports import CSV_TYPE, report_csv
 from gateway.ledger.writer import describe
@@ -342,9 +343,10 @@ class Dashboard:
         await self.engine.ledger.caught_up()
         since, until, _ = views.period_range(period, datetime.now(UTC))
         rows = await self.engine.ledger.spend_report(by, since, until, team=team)  # type: ignore[arg-type]
+        names = await group_names(self.engine.keys, by) if self.engine.keys is not None else None
         name = f"spend-by-{by}-{period.replace('..', '-to-')}" + ("-team" if team else "")
         return Response(
-            report_csv(rows, by),  # type: ignore[arg-type]
+            report_csv(rows, by, names),  # type: ignore[arg-type]
             media_type=CSV_TYPE,
             headers={"content-disposition": f'attachment; filename="{name}.csv"'},
         )
