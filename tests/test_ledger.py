@@ -214,6 +214,7 @@ async def test_upgrade_from_empty_creates_every_table_and_index(db_url):
         "teams",
         "ui_sessions",
         "spend_attempts",
+        "budget_alerts",
     }
     assert indexes["spend_attempts"] == {
         "ix_spend_attempts_deployment_started_at": ["deployment", "started_at"],

@@ -166,6 +166,22 @@ spend_attempts = Table(
 Index(None, spend_attempts.c.deployment, spend_attempts.c.started_at)
 Index(None, spend_attempts.c.started_at)
 
+# Budget alerts sent: one row per (scope, id, budget period, threshold), claimed before the
+# webhook is called, so every replica together sends each alert once per period.
+budget_alerts = Table(
+    "budget_alerts",
+    metadata,
+    Column("scope", String(8), primary_key=True),  # key or team
+    Column("scope_id", String, primary_key=True),
+    Column("period_start", UTCDateTime(), primary_key=True),
+    Column("threshold", Integer, primary_key=True),  # percent
+    Column("name", String, nullable=False),
+    Column("spent_usd", Money(20), nullable=False),
+    Column("budget_usd", Money(20), nullable=False),
+    Column("sent_at", UTCDateTime(), nullable=False),
+    Column("delivered", Boolean, nullable=False),
+)
+
 COUNTERS = (
     "requests",
     "errors",

@@ -25,6 +25,7 @@ from gateway.errors import GatewayError, InvalidRequestError
 from gateway.observability import instrument
 from gateway.reload import ConfigReloader
 from gateway.server.admin import add_admin_routes
+from gateway.server.alerts import BudgetAlerts
 from gateway.server.asgi import CALLER, Caller, GatewayApp
 from gateway.server.http import Gatekeeper, cut_response, error_response, internal_error
 from gateway.server.lifecycle import Lifecycle
@@ -82,16 +83,19 @@ def create_app(
     reloader = ConfigReloader(eng, config_source(config, engine))
     lifecycle = Lifecycle(readiness, reloader, drain_delay=cfg.server.drain_delay)
     observability = instrument(eng)
+    alerts = BudgetAlerts(eng, cfg.alerts)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await eng.start()
         lifecycle.install()
         await observability.start()
+        alerts.start()
         if settle_gc:
             settle_heap()
         yield
         readiness.draining = True
+        await alerts.aclose()
         lifecycle.uninstall()
         if owned:
             await eng.aclose()
@@ -103,6 +107,7 @@ def create_app(
     )
     app.state.engine = eng
     app.state.observability = observability
+    app.state.alerts = alerts
     app.closing = lambda: readiness.draining  # answers ask clients to close once draining
     app.internal_error = internal_error
     app.cut_response = cut_response

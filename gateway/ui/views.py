@@ -14,6 +14,7 @@ from gateway.errors import InvalidRequestError
 from gateway.facts import usd_str
 from gateway.keys import Team, VirtualKey
 from gateway.keys.admin import budget_status
+from gateway.ledger.alerts import alerts_since
 from gateway.ledger.reports import GroupBy, SpendRow
 from gateway.ledger.series import (
     Dimension,
@@ -195,7 +196,27 @@ async def spend_page(engine: Engine, period: str, by: str, team: str | None) -> 
         "columns": columns,
         "table": table,
         "budgets": await budgets(engine, names),
+        "alerts": await recent_alerts(engine),
     }
+
+
+async def recent_alerts(engine: Engine, days: int = 7) -> list[dict[str, Any]]:
+    """Budget alerts sent in the last ``days`` days, newest first (alerts.webhook_url)."""
+    if engine.ledger is None:
+        return []
+    since = datetime.now(UTC) - timedelta(days=days)
+    return [
+        {
+            "scope": a.scope,
+            "name": a.name,
+            "threshold": a.threshold,
+            "spent": money(a.spent_usd),
+            "budget": money(a.budget_usd),
+            "at": a.sent_at.strftime("%Y-%m-%d %H:%M UTC") if a.sent_at else "",
+            "delivered": a.delivered,
+        }
+        for a in await alerts_since(engine.ledger.engine, since)
+    ]
 
 
 async def budgets(engine: Engine, names: Names) -> list[dict[str, Any]]:
