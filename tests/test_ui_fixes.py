@@ -141,3 +141,21 @@ def test_the_key_form_keeps_what_was_typed_after_a_mistake(
     assert form.locator("input[name=rpm]").input_value() == "lots"
     assert form.locator("input[name=budget_usd]").input_value() == "12.5"
     assert "Requests per minute" in (form.locator("input[name=rpm]").get_attribute("title") or "")
+
+
+def test_the_spend_page_shows_no_table_twice(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path, page: Any
+) -> None:
+    base = start_gateway(gateway_config(openai_emu.url, tmp_path / "ledger.db"))
+    assert chat(base, MASTER_KEY).status_code == 200
+    root = server_root(base)
+    log_in(page, root, MASTER_KEY)
+    page.goto(root + "/ui/spend?by=model")
+    assert page.locator("#spend-groups").count() == 1
+    assert page.locator("#top-models").count() == 0  # "By model" already lists them
+    assert page.locator("#top-keys").count() == 1
+    page.goto(root + "/ui/spend?by=key")
+    assert page.locator("#top-keys").count() == 0
+    assert page.locator("#top-models").count() == 1
+    page.goto(root + "/ui/spend?by=team")
+    assert page.locator("#top-keys").count() == 1 and page.locator("#top-models").count() == 1
