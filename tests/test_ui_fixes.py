@@ -159,3 +159,28 @@ def test_the_spend_page_shows_no_table_twice(
     assert page.locator("#top-models").count() == 1
     page.goto(root + "/ui/spend?by=team")
     assert page.locator("#top-keys").count() == 1 and page.locator("#top-models").count() == 1
+
+
+def test_a_new_key_can_be_copied_and_keys_show_when_they_were_created(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path, browser: Any
+) -> None:
+    root = server_root(start_gateway(gateway_config(openai_emu.url, tmp_path / "ledger.db")))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(15_000)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=root)
+    page = context.new_page()
+    try:
+        log_in(page, root, MASTER_KEY)
+        page.goto(root + "/ui/keys")
+        page.locator("#new-key input[name=name]").fill("copied")
+        page.locator("#new-key button[type=submit]").click()
+        page.wait_for_selector("#created-key")
+        plaintext = page.input_value("#plaintext")
+        page.click("#copy-key")
+        page.wait_for_function("() => document.getElementById('copy-key').textContent === 'Copied'")
+        assert page.evaluate("() => navigator.clipboard.readText()") == plaintext
+        today = datetime.now(UTC).date().isoformat()
+        row = page.locator("#keys tr[data-name='copied']")
+        assert row.locator(".created-at").inner_text() == today
+    finally:
+        context.close()

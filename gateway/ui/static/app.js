@@ -50,6 +50,21 @@
     });
   }
 
+  // "Copy" beside a key shown once: the clipboard, or else the text selected for Ctrl+C.
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest ? event.target.closest("[data-copy]") : null;
+    if (!button) return;
+    var field = document.getElementById(button.dataset.copy);
+    if (!field) return;
+    field.select();
+    var done = function () { button.textContent = "Copied"; };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(field.value).then(done, function () { button.textContent = "Press Ctrl+C"; });
+    } else {
+      button.textContent = document.execCommand && document.execCommand("copy") ? "Copied" : "Press Ctrl+C";
+    }
+  });
+
   document.addEventListener("DOMContentLoaded", function () {
     Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
     Chart.defaults.color = "#555";
