@@ -184,3 +184,23 @@ def test_a_new_key_can_be_copied_and_keys_show_when_they_were_created(
         assert row.locator(".created-at").inner_text() == today
     finally:
         context.close()
+
+
+def test_every_page_fits_a_420_pixel_wide_screen(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path, browser: Any
+) -> None:
+    base = start_gateway(gateway_config(openai_emu.url, tmp_path / "ledger.db"))
+    assert chat(base, MASTER_KEY).status_code == 200
+    root = server_root(base)
+    context = browser.new_context(viewport={"width": 420, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    try:
+        log_in(page, root, MASTER_KEY)
+        for name in ("spend", "traffic", "logs", "deployments", "keys"):
+            page.goto(f"{root}/ui/{name}")
+            # Wide tables scroll inside their card; the page itself never scrolls sideways.
+            width = page.evaluate("() => document.documentElement.scrollWidth")
+            assert width <= 420, (name, width)
+    finally:
+        context.close()
