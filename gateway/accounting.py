@@ -357,6 +357,7 @@ def spend_record(info: Call, error: GatewayError | None) -> SpendRecord:
         price_model=price.model if price is not None else None,
         price_source=price_source(price),
         price_effective=price_effective(price),
+        content=info.content if info.keeps_content and info.content else None,
         attempt_log=attempt_entries(info),
     )
 

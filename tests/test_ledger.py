@@ -251,7 +251,7 @@ async def test_upgrade_files_records_written_before_surfaces_under_openai(db_url
     async with engine.begin() as conn:
         for rec in before:
             row = record_row(rec)
-            for later in ("surface", *COLUMNS_0004):  # the columns 0003 and 0004 add
+            for later in ("surface", *COLUMNS_0004, *COLUMNS_0009):  # added by 0003 and later
                 del row[later]
             await conn.execute(records_table.insert().values(row))
     await upgrade(db_url)
@@ -273,7 +273,7 @@ async def test_upgrade_to_0004_keeps_records_as_calls_and_marks_their_estimates(
     async with engine.begin() as conn:
         for rec in before:
             row = record_row(rec)
-            for later in COLUMNS_0004:
+            for later in (*COLUMNS_0004, *COLUMNS_0009):
                 del row[later]
             await conn.execute(records_table.insert().values(row))
     await upgrade(db_url)
@@ -287,6 +287,7 @@ async def test_upgrade_to_0004_keeps_records_as_calls_and_marks_their_estimates(
     }
 
 
+COLUMNS_0009 = ("content",)
 COLUMNS_0004 = (
     "usage_basis",
     "cost_note",

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.conftest import GatewayFactory, service_missing
@@ -110,3 +111,38 @@ def test_logs_page_explains_a_filter_it_cannot_read(
     answer = page.goto(root + "/ui/logs?cost_above=lots")
     assert answer is not None and answer.status == 400
     assert "cost above" in page.inner_text("main")
+
+
+def test_prompt_and_answer_show_only_for_keys_that_log_content(
+    openai_emu: OpenAIEmulator, start_gateway: GatewayFactory, tmp_path: Path, page: Any
+) -> None:
+    base = start_gateway(gateway_config(openai_emu.url, tmp_path / "ledger.db"))
+    root = server_root(base)
+    admin = Admin(base)
+    verbose = admin.create_key(name="verbose", metadata={"log_content": True})
+    quiet = admin.create_key(name="quiet")
+    secret_words = [{"role": "user", "content": "the launch code is swordfish"}]
+    kept = chat(base, verbose["key"], messages=secret_words)
+    hidden = chat(base, quiet["key"], messages=secret_words)
+    assert kept.status_code == hidden.status_code == 200
+
+    log_in(page, root, MASTER_KEY)
+    page.goto(root + "/ui/logs")
+    shown = page.locator(f"tbody.log[data-request-id='{kept.headers['x-request-id']}']")
+    shown.locator("summary").click()
+    prompt = shown.locator(".log-content pre.message[data-role='user']")
+    assert "the launch code is swordfish" in prompt.inner_text()
+    assert shown.locator(".log-content pre.answer").inner_text().strip()
+    other = page.locator(f"tbody.log[data-request-id='{hidden.headers['x-request-id']}']")
+    other.locator("summary").click()
+    assert other.locator(".log-content").count() == 0
+    assert "swordfish" not in other.inner_text()
+
+    records = httpx.get(
+        base + "/spend/records",
+        headers={"authorization": f"Bearer {MASTER_KEY}"},
+        timeout=10,
+    ).json()["data"]
+    by_id = {r["request_id"]: r for r in records}
+    assert by_id[kept.headers["x-request-id"]]["content"]["messages"] == secret_words
+    assert by_id[hidden.headers["x-request-id"]]["content"] is None

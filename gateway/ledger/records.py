@@ -110,6 +110,8 @@ class SpendRecord:
     kind: RecordKind = "call"
     adjusts: str | None = None
     adjusted_cost_usd: Decimal | None = None
+    # The prompt and the answer, kept only for keys (or teams) with ``log_content: true``.
+    content: dict[str, Any] | None = None
     # Every upstream attempt, in order; stored in ``spend_attempts``, not a column.
     attempt_log: tuple[AttemptEntry, ...] = ()
 

@@ -91,6 +91,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 Tags = JSON().with_variant(JSONB(), "postgresql")
+Content = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 metadata = MetaData(
     naming_convention={
@@ -140,6 +141,8 @@ spend_records = Table(
     Column("kind", String(16), nullable=False, server_default="call"),
     Column("adjusts", String, nullable=True),
     Column("adjusted_cost_usd", Money(20), nullable=True),
+    # Prompt and answer of callers whose key or team has ``log_content: true``; else NULL.
+    Column("content", Content, nullable=True),
 )
 # Time-range reads and keyset pagination walk (started_at, request_id), optionally per key.
 Index(None, spend_records.c.started_at, spend_records.c.request_id)

@@ -3,6 +3,7 @@ where its price came from. Plain data for ``logs.html``; no HTTP here."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -120,6 +121,7 @@ def record_view(record: SpendRecord, names: Names) -> dict[str, Any]:
         "ttft_ms": None if record.ttft_ms is None else round(record.ttft_ms),
         "end_user": record.end_user or "",
         "fallback_used": record.fallback_used,
+        "content": content_view(record.content),
         "attempts": [
             {
                 "deployment": a.deployment,
@@ -133,6 +135,36 @@ def record_view(record: SpendRecord, names: Names) -> dict[str, Any]:
             for a in record.attempt_log
         ],
     }
+
+
+def _text(value: Any) -> str:
+    """Message content as text: a string, or the text parts of a list of parts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = [p.get("text") for p in value if isinstance(p, dict)]
+        return "\n".join(p for p in parts if isinstance(p, str)) or "[non-text content]"
+    return "" if value is None else json.dumps(value)[:2000]
+
+
+def content_view(content: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The prompt and the answer kept for a key that logs content, for people."""
+    if not content:
+        return None
+    prompt = [
+        (str(m.get("role", "")), _text(m.get("content")))
+        for m in content.get("messages") or []
+        if isinstance(m, dict)
+    ]
+    if not prompt and content.get("input") is not None:
+        prompt = [("input", _text(content["input"]))]
+    answers = [
+        _text((c.get("message") or {}).get("content"))
+        for c in content.get("choices") or []
+        if isinstance(c, dict)
+    ]
+    answers += [_text(o) for o in content.get("output") or []]
+    return {"prompt": prompt, "answer": "\n\n".join(a for a in answers if a)}
 
 
 async def logs_page(engine: Engine, params: Mapping[str, str]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Every upstream attempt of a request, beside its spend record; budget alerts sent.
+"""Every upstream attempt of a request, beside its spend record; budget alerts sent; the
+prompt and answer of requests whose key logs content.
 
 Revision ID: 0009
 Revises: 0005
@@ -12,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0009"
 down_revision: str | None = "0005"
@@ -25,6 +27,12 @@ def money(precision: int) -> sa.types.TypeEngine[Any]:
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("spend_records") as batch:
+        batch.add_column(
+            sa.Column(
+                "content", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True
+            )
+        )
     op.create_table(
         "spend_attempts",
         sa.Column("request_id", sa.String(), nullable=False),
@@ -61,6 +69,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("spend_records") as batch:
+        batch.drop_column("content")
     op.drop_table("budget_alerts")
     op.drop_index("ix_spend_attempts_started_at", table_name="spend_attempts")
     op.drop_index("ix_spend_attempts_deployment_started_at", table_name="spend_attempts")
