@@ -158,3 +158,30 @@ def test_serve_model_refuses_an_unknown_provider() -> None:
     )
     assert result.returncode == 2
     assert "openai/gpt-4o-mini" in result.stderr
+
+
+def test_heavy_optional_parts_are_not_loaded_by_a_default_gateway(tmp_path: Path) -> None:
+    """Tracing, the Redis and PostgreSQL drivers and the tokenizer tables are imported only
+    by a config that uses them: not to start and answer with the defaults."""
+    script = """
+import sys
+from fastapi.testclient import TestClient
+from gateway.server.app import create_app
+with TestClient(create_app()) as client:
+    answer = client.post("/v1/chat/completions", json={"model": "mock-echo",
+                         "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 200, answer.text
+heavy = ("redis", "asyncpg", "bpe_openai", "mistral_common", "sentencepiece",
+         "gateway.observability.tracing")
+print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m in heavy))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=clean_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
