@@ -1,7 +1,9 @@
 # Two commands: `make serve` and `make test`. Both create .venv on first use.
+# `make serve` installs only what serving needs; `make test` adds the dev extras.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+SERVE_STAMP := $(VENV)/.installed
 STAMP := $(VENV)/.installed-dev
 LINTED := gateway providers tests $(wildcard benchmarks)
 
@@ -11,12 +13,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(SERVE_STAMP)
+
+# The dev extras include everything serving needs, so this stamp stands for both.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(SERVE_STAMP) $(STAMP)
 
-serve: $(STAMP)
-	$(BIN)/llm-gateway serve $(if $(CONFIG),--config $(CONFIG),)
+serve: $(SERVE_STAMP)
+	$(BIN)/llm-gateway serve $(if $(CONFIG),--config $(CONFIG),) $(if $(PORT),--port $(PORT),)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)

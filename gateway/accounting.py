@@ -35,7 +35,7 @@ from gateway.costs.reasoning import is_reasoning_model
 from gateway.costs.report import unpriced_deployments
 from gateway.errors import GatewayError, PermissionDeniedError
 from gateway.ledger.ledger import Ledger
-from gateway.ledger.records import SpendRecord, token_counts
+from gateway.ledger.records import AttemptEntry, SpendRecord, token_counts
 from gateway.types import CompletionRequest
 from gateway.wire import JSON
 from providers.base import Deployment
@@ -359,7 +359,41 @@ def spend_record(info: Call, error: GatewayError | None) -> SpendRecord:
         price_effective=price_effective(price),
         cache_hit=info.cache_hit,
         saved_usd=info.saved_usd,
+        content=info.content if info.keeps_content and info.content else None,
+        attempt_log=attempt_entries(info),
     )
+
+
+def attempt_entries(info: Call) -> tuple[AttemptEntry, ...]:
+    """The call's upstream attempts as the ledger keeps them. Billed: the attempt whose
+    answer was taken, and each one the prompt was sent on and left unanswered when the
+    call's cost includes its estimated input."""
+    out = []
+    served = info.served_by
+    for i, attempt in enumerate(info.attempt_log):
+        dep = info.candidates.get(attempt.deployment)
+        answered = attempt.status is not None and attempt.status < 400 and attempt.error is None
+        unanswered = attempt.status is None and attempt.error not in _NOT_SENT
+        billed = (answered and served is not None and served.id == attempt.deployment) or (
+            unanswered and info.unanswered_billed and dep is not None
+        )
+        error = attempt.error
+        if attempt.status is None and error is None:
+            # Still running when the call ended: the caller left, or a stream was cut off.
+            error = "abandoned" if i == len(info.attempt_log) - 1 else "unknown"
+        out.append(
+            AttemptEntry(
+                deployment=attempt.deployment,
+                started_at=datetime.fromtimestamp(attempt.started, UTC),
+                latency_ms=round(attempt.seconds * 1000, 3),
+                provider=dep.provider_name if dep is not None else None,
+                model=attempt.model,
+                status=attempt.status,
+                error_type=error,
+                billed=billed,
+            )
+        )
+    return tuple(out)
 
 
 def output_reserve(dep: Deployment, default: int) -> int:

@@ -181,3 +181,17 @@ async def test_erasure_on_both_databases_keeps_every_sum(engine):
     total = sum((r.cost_usd or Decimal(0) for r in records), Decimal(0))
     rows = await spend_report(engine, "key", *ever)
     assert sum((r.cost_usd or Decimal(0) for r in rows), Decimal(0)) == total
+
+
+def test_erasure_empties_the_prompts_and_answers_kept_for_content_logging(site):
+    proxy, db = site
+    key = Admin(proxy).create_key(name="diary", metadata={"log_content": True})
+    said = "my diary entry about the Rue des Lilas"
+    messages = [{"role": "user", "content": said}]
+    response = chat(proxy, key["key"], user=PERSON, messages=messages)
+    assert response.status_code == 200, response.text
+    kept = httpx.get(proxy + "/spend/records", params=EVER, headers=MASTER).text
+    assert said in kept  # the record keeps the prompt for a key that logs content
+
+    assert erasure(proxy, {"user": PERSON}).status_code == 200
+    assert said not in everything(proxy, db)

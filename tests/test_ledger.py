@@ -197,7 +197,7 @@ async def test_upgrade_from_empty_creates_every_table_and_index(db_url):
         db = inspect(conn)
         indexes = {
             table: {ix["name"]: ix["column_names"] for ix in db.get_indexes(table)}
-            for table in ("spend_records", "spend_daily", "spend_daily_users")
+            for table in ("spend_records", "spend_daily", "spend_daily_users", "spend_attempts")
         }
         keys = {t: db.get_pk_constraint(t)["constrained_columns"] for t in indexes}
         columns = {c["name"]: c for c in db.get_columns("spend_records")}
@@ -220,7 +220,14 @@ async def test_upgrade_from_empty_creates_every_table_and_index(db_url):
         "batch_files",
         "batches",
         "stored_responses",
+        "spend_attempts",
+        "budget_alerts",
     }
+    assert indexes["spend_attempts"] == {
+        "ix_spend_attempts_deployment_started_at": ["deployment", "started_at"],
+        "ix_spend_attempts_started_at": ["started_at"],
+    }
+    assert keys["spend_attempts"] == ["request_id", "seq"]
     assert indexes["spend_records"] == {
         "ix_spend_records_started_at_request_id": ["started_at", "request_id"],
         "ix_spend_records_key_id_started_at_request_id": ["key_id", "started_at", "request_id"],
@@ -251,7 +258,12 @@ async def test_upgrade_files_records_written_before_surfaces_under_openai(db_url
     async with engine.begin() as conn:
         for rec in before:
             row = record_row(rec)
-            for later in ("surface", *COLUMNS_0004, *COLUMNS_0007):  # those 0003+ add
+            for later in (
+                "surface",
+                *COLUMNS_0004,
+                *COLUMNS_0007,
+                *COLUMNS_0009,
+            ):  # those 0003+ add
                 del row[later]
             await conn.execute(records_table.insert().values(row))
     await upgrade(db_url)
@@ -273,7 +285,7 @@ async def test_upgrade_to_0004_keeps_records_as_calls_and_marks_their_estimates(
     async with engine.begin() as conn:
         for rec in before:
             row = record_row(rec)
-            for later in (*COLUMNS_0004, *COLUMNS_0007):
+            for later in (*COLUMNS_0004, *COLUMNS_0007, *COLUMNS_0009):
                 del row[later]
             await conn.execute(records_table.insert().values(row))
     await upgrade(db_url)
@@ -287,6 +299,7 @@ async def test_upgrade_to_0004_keeps_records_as_calls_and_marks_their_estimates(
     }
 
 
+COLUMNS_0009 = ("content",)
 COLUMNS_0004 = (
     "usage_basis",
     "cost_note",

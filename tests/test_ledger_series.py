@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import gateway.keys  # noqa: F401  (its tables join the ledger's metadata)
 from gateway.ledger.db import create_ledger_engine
 from gateway.ledger.migrate import upgrade
-from gateway.ledger.records import SpendRecord
+from gateway.ledger.records import AttemptEntry, SpendRecord
 from gateway.ledger.reports import spend_report
 from gateway.ledger.series import deployment_errors, spend_series, traffic
 from gateway.ledger.store import write_batch
@@ -131,16 +131,55 @@ async def test_spend_per_hour_labels_each_hour(engine: AsyncEngine) -> None:
 
 
 async def test_errors_per_deployment_name_their_types(engine: AsyncEngine) -> None:
+    def attempt(deployment: str, status: int | None, error: str | None = None) -> AttemptEntry:
+        return AttemptEntry(deployment, MINUTE, 5.0, status=status, error_type=error)
+
     await write_batch(
         engine,
         [
-            rec(MINUTE),
-            rec(MINUTE, status=429, error_type="rate_limit_exceeded"),
-            rec(MINUTE, status=429, error_type="rate_limit_exceeded"),
-            rec(MINUTE, status=502, error_type="upstream_error", deployment="azure/gpt-4o"),
+            rec(MINUTE, attempt_log=(attempt("openai/gpt-4o", 200),)),
+            rec(
+                MINUTE,
+                status=429,
+                error_type="rate_limit_exceeded",
+                attempt_log=(attempt("openai/gpt-4o", 429, "rate_limit_exceeded"),),
+            ),
+            rec(
+                MINUTE,
+                status=429,
+                error_type="rate_limit_exceeded",
+                attempt_log=(attempt("openai/gpt-4o", 429, "rate_limit_exceeded"),),
+            ),
+            rec(
+                MINUTE,
+                status=502,
+                error_type="upstream_error",
+                deployment="azure/gpt-4o",
+                attempt_log=(attempt("azure/gpt-4o", 502, "upstream_error"),),
+            ),
         ],
     )
     seen = await deployment_errors(engine, MINUTE, MINUTE + timedelta(minutes=1))
     assert seen["openai/gpt-4o"].requests == 3 and seen["openai/gpt-4o"].errors == 2
     assert seen["openai/gpt-4o"].types == {"rate_limit_exceeded": 2}
     assert seen["azure/gpt-4o"].types == {"upstream_error": 1}
+
+
+async def test_a_deployment_that_failed_before_another_answered_keeps_its_failures(
+    engine: AsyncEngine,
+) -> None:
+    """One request: two attempts on azure fail, openai answers. The record is filed under
+    openai; azure's failures are still azure's."""
+    failures = tuple(
+        AttemptEntry("azure/gpt-4o", MINUTE, 30.0, provider="azure", status=None, error_type=e)
+        for e in ("upstream_timeout", "upstream_unreachable")
+    )
+    answer = AttemptEntry("openai/gpt-4o", MINUTE, 80.0, provider="openai", status=200, billed=True)
+    await write_batch(
+        engine,
+        [rec(MINUTE, deployment="openai/gpt-4o", attempts=3, attempt_log=(*failures, answer))],
+    )
+    seen = await deployment_errors(engine, MINUTE, MINUTE + timedelta(minutes=1))
+    assert (seen["azure/gpt-4o"].requests, seen["azure/gpt-4o"].errors) == (2, 2)
+    assert seen["azure/gpt-4o"].types == {"upstream_timeout": 1, "upstream_unreachable": 1}
+    assert (seen["openai/gpt-4o"].requests, seen["openai/gpt-4o"].errors) == (1, 0)

@@ -513,3 +513,29 @@ def test_cli_reads_a_postgresql_ledger(postgres_traffic, tmp_path):
     done = run_cli("spend", "--config", str(path), "--by", "provider")
     assert done.returncode == 0, done.stderr
     assert total_line(done.stdout) == ["TOTAL", *cli_cells(total)]
+
+
+# -- names beside ids ----------------------------------------------------------------------
+def test_report_by_key_or_team_carries_names_beside_ids(traffic):
+    key_a, key_b = traffic.key_ids
+    by_key = get(traffic.url, "/spend", group_by="key").json()["data"]
+    assert {r["group"]: r["name"] for r in by_key} == {None: None, key_a: "a", key_b: "b"}
+    by_team = get(traffic.url, "/spend", group_by="team").json()["data"]
+    assert {r["group"]: r["name"] for r in by_team} == {None: None, traffic.team_id: "research"}
+    assert "name" not in get(traffic.url, "/spend", group_by="model").json()["data"][0]
+    text = get(traffic.url, "/spend", group_by="key", format="csv").text
+    assert text.splitlines()[0].startswith("key,name,requests")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert {r["key"]: r["name"] for r in rows} == {"": "", key_a: "a", key_b: "b"}
+
+
+def test_cli_shows_key_names_beside_their_ids(traffic, config_file):
+    key_a, key_b = traffic.key_ids
+    get(traffic.url, "/spend")  # the writer has caught up
+    done = run_cli("spend", "--config", str(config_file), "--by", "key", "--since", "1d")
+    assert done.returncode == 0, done.stderr
+    assert f"a ({key_a})" in done.stdout and f"b ({key_b})" in done.stdout
+    base = traffic.url.removesuffix("/v1")
+    remote = run_cli("spend", "--url", base, "--api-key", MASTER, "--by", "key")
+    assert remote.returncode == 0, remote.stderr
+    assert f"a ({key_a})" in remote.stdout and f"b ({key_b})" in remote.stdout

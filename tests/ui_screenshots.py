@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.config import LedgerConfig
 from gateway.ledger.ledger import Ledger
-from gateway.ledger.records import SpendRecord
+from gateway.ledger.records import AttemptEntry, SpendRecord
 from gateway.ledger.store import write_batch
 from gateway.server import create_app
 from tests.emulators.common import Fault
@@ -164,6 +164,12 @@ def record(
         completion_tokens=completion,
         cost_usd=(prompt * price_in + completion * price_out) / 10**6,
         stream=stream,
+        price_family="openai" if provider.startswith("openai") else provider,
+        price_model=model,
+        price_source="prices.yaml",
+        attempt_log=(
+            AttemptEntry(deployment, at, latency, provider, model, status=200, billed=True),
+        ),
     )
 
 
@@ -214,6 +220,7 @@ def main(out: Path) -> None:
                 for name, path in [
                     ("spend", "/ui/spend?period=7d&by=model"),
                     ("traffic", "/ui/traffic"),
+                    ("logs", "/ui/logs"),
                     ("deployments", "/ui/deployments"),
                     ("keys", "/ui/keys"),
                 ]:

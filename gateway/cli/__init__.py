@@ -15,6 +15,7 @@ import typer
 from gateway.cli.batches import add_batch_commands
 from gateway.cli.governance import add_audit_commands
 from gateway.cli.keys import add_key_commands
+from gateway.cli.logs import add_logs_command
 from gateway.cli.reprice import add_reprice_command
 from gateway.config import GatewayConfig, resolve_config
 from gateway.errors import ConfigError
@@ -67,10 +68,41 @@ def serve(
             "(logging.access_log)."
         ),
     ] = False,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Serve a provider's model without a config file: openai/<model>, "
+            "mistral/<model> or azure/<deployment> (repeatable); the key comes from "
+            "OPENAI_API_KEY, MISTRAL_API_KEY or AZURE_OPENAI_API_KEY (+ AZURE_OPENAI_ENDPOINT).",
+        ),
+    ] = None,
 ) -> None:
     """Start the HTTP proxy."""
-    import uvicorn
+    quick: Path | None = None
+    if model:
+        if config is not None:
+            typer.echo("use either --config or --model, not both", err=True)
+            raise typer.Exit(2)
+        from gateway.cli.quickstart import write_quick_config
 
+        try:
+            quick = config = write_quick_config(model)
+        except ConfigError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+    try:
+        _serve(config, host, port, workers, access_log)
+    finally:
+        if quick is not None:
+            quick.unlink(missing_ok=True)
+
+
+def _serve(
+    config: Path | None, host: str | None, port: int | None, workers: int | None, access_log: bool
+) -> None:
+    from gateway.cli.serving import run_server, server_config
     from gateway.server.lifecycle import SUPERVISOR_ENV
 
     cfg = _load(config)
@@ -84,7 +116,7 @@ def serve(
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
     bind_host = host or cfg.server.host
     bind_port = port if port is not None else cfg.server.port
-    typer.echo(
+    banner = (
         f"llm-gateway serving {len(cfg.models)} models on http://{bind_host}:{bind_port}/v1"
         + (
             " (master key required)"
@@ -96,8 +128,8 @@ def serve(
     from gateway.observability.logs import log_config
 
     with metrics_directory(cfg, processes):  # several workers: /metrics adds theirs up
-        uvicorn.run(
-            "gateway.server.app:serve_app",
+        options = server_config(
+            app="gateway.server.app:serve_app",
             factory=True,
             host=bind_host,
             port=bind_port,
@@ -116,6 +148,7 @@ def serve(
             log_config=log_config(cfg.logging),
             log_level=cfg.logging.level,
         )
+        run_server(options, banner)
 
 
 @config_app.command("check")
@@ -264,30 +297,32 @@ def spend(
     from gateway.ledger.reports import render_report, report_csv
 
     group_by: GroupBy = by.value
+    names: dict[str, str] | None = None
     if url is not None:
         report = _remote_spend(url, api_key, group_by, since, until, key_id, as_csv)
         if isinstance(report, str):
             typer.echo(report, nl=False)
             return
-        rows, start, end = report
+        rows, start, end, names = report
     else:
         try:
             start, end = report_period(since, until)
         except PeriodError as exc:
             raise typer.BadParameter(str(exc), param_hint=f"'--{exc.param}'") from None
-        rows = _ledger_spend(_load(config), group_by, start, end, key_id)
+        rows, names = _ledger_spend(_load(config), group_by, start, end, key_id)
         if as_csv:
-            typer.echo(report_csv(rows, group_by), nl=False)
+            typer.echo(report_csv(rows, group_by, names), nl=False)
             return
     moment = "%Y-%m-%d %H:%M:%S UTC"
     typer.echo(f"Spend by {group_by}, {start:{moment}} to {end:{moment}}\n")
-    typer.echo(render_report(rows, group_by))
+    typer.echo(render_report(rows, group_by, names))
 
 
 def _ledger_spend(
     cfg: GatewayConfig, group_by: GroupBy, since: datetime, until: datetime, key_id: str | None
-) -> list[SpendRow]:
-    """The report read straight from the ledger's database (not migrated, nothing written)."""
+) -> tuple[list[SpendRow], dict[str, str] | None]:
+    """The report read straight from the ledger's database (not migrated, nothing written),
+    and the names of its keys or teams when grouped by them."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -305,10 +340,20 @@ def _ledger_spend(
         typer.echo(f"no ledger database at {database} (ledger.url: {where})", err=True)
         raise typer.Exit(1)
 
-    async def read() -> list[SpendRow]:
+    async def read() -> tuple[list[SpendRow], dict[str, str] | None]:
+        from gateway.keys import KeyStore
+        from gateway.keys.names import group_names
+
         ledger = Ledger(cfg.ledger)
         try:
-            return await ledger.spend_report(group_by, since, until, key_id)
+            rows = await ledger.spend_report(group_by, since, until, key_id)
+            names = None
+            if group_by in ("key", "team"):
+                try:
+                    names = await group_names(KeyStore(ledger.engine), group_by)
+                except SQLAlchemyError:
+                    names = None  # no key tables (yet): ids only
+            return rows, names
         finally:
             await ledger.engine.dispose()
 
@@ -331,8 +376,9 @@ def _remote_spend(
     until: str | None,
     key_id: str | None,
     as_csv: bool,
-) -> str | tuple[list[SpendRow], datetime, datetime]:
-    """The report from a running gateway: CSV text, or its rows and period."""
+) -> str | tuple[list[SpendRow], datetime, datetime, dict[str, str] | None]:
+    """The report from a running gateway: CSV text, or its rows, period and the names of
+    its keys or teams."""
     import httpx
 
     from gateway.ledger.reports import SpendRow
@@ -376,11 +422,18 @@ def _remote_spend(
         )
         for item in body["data"]
     ]
-    return rows, datetime.fromisoformat(body["since"]), datetime.fromisoformat(body["until"])
+    named = [item for item in body["data"] if item.get("name") and item["group"]]
+    names = {item["group"]: item["name"] for item in named} if named else None
+    since_at, until_at = (
+        datetime.fromisoformat(body["since"]),
+        datetime.fromisoformat(body["until"]),
+    )
+    return rows, since_at, until_at, names
 
 
 add_reprice_command(app, _load)
 add_audit_commands(app, _load)
+add_logs_command(app)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from datetime import date
 from decimal import Decimal
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -603,6 +603,26 @@ class UIConfig(_Strict):
     )
 
 
+class BudgetAlertsConfig(_Strict):
+    """Soft budget thresholds: a webhook told once per budget period when a key or team with
+    a budget passes each share of it (the hard stop stays with the budget itself)."""
+
+    webhook_url: str | None = Field(
+        default=None, description="Where alerts are POSTed as JSON; none: no alerts are sent."
+    )
+    secret: SecretStr | None = Field(
+        default=None,
+        description="Signs each body: X-Gateway-Signature: sha256=<HMAC-SHA256 of the body>.",
+    )
+    thresholds: list[Annotated[float, Field(gt=0, le=10)]] = Field(
+        default_factory=lambda: [0.5, 0.8, 1.0],
+        description="Shares of the budget that trigger an alert (0.8: 80 %).",
+    )
+    check_interval: float = Field(default=30.0, gt=0, description="Seconds between checks.")
+    timeout: float = Field(default=5.0, gt=0, description="Seconds per delivery attempt.")
+    attempts: int = Field(default=4, ge=1, le=20, description="Delivery attempts per alert.")
+
+
 class GatewayConfig(_Strict):
     """The whole configuration file."""
 
@@ -613,6 +633,7 @@ class GatewayConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    alerts: BudgetAlertsConfig = Field(default_factory=BudgetAlertsConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)

@@ -4,12 +4,13 @@ every amount stays, so budgets, reports and invoices still add up.
 A person is found by their end-user id (the request's ``user`` / ``x-gateway-user``), by the
 key they called with, or by a metadata tag on their requests. Each distinct end-user id found
 is replaced by a fresh random pseudonym (``erased-…``) in the spend records and in the per-user
-daily roll-up, and the records' metadata tags are emptied. Token counts, costs, times, models
-and keys stay. The pseudonym cannot be traced back to the id: nothing keeps the mapping.
+daily roll-up, and the records' metadata tags and kept prompts and answers are emptied. Token
+counts, costs, times, models and keys stay. The pseudonym cannot be traced back to the id:
+nothing keeps the mapping.
 
-The gateway itself stores no prompt or answer (keys with ``log_content`` write them to the
-access log, which the log pipeline keeps); other stores — stored responses, the response
-cache — erase their own entries for the same person through their own hooks.
+Prompts and answers are kept only for keys with ``log_content`` (the record's ``content``, and
+the access log, which the log pipeline keeps): the records' copy is emptied here; other stores
+— stored responses, the response cache — erase their own entries through their own hooks.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ async def erase(
                         )
                     ).scalars()
                 )
-            matched = await conn.execute(update(spend_records).where(where).values(tags={}))
+            emptied = update(spend_records).where(where).values(tags={}, content=None)
+            matched = await conn.execute(emptied)
             report.records = report.tags_cleared = matched.rowcount or 0
             d = spend_daily_users.c
             for name in sorted(users):

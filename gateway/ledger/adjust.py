@@ -105,6 +105,8 @@ def adjustment(priced: Priced, new: NewPrice, now: datetime | None = None) -> Sp
         kind="adjustment",
         adjusts=original.request_id,
         adjusted_cost_usd=current,
+        content=None,  # the call's prompt and answer stay on the call's own record
+        attempt_log=(),
     )
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import LedgerConfig
 from gateway.errors import GatewayError
 from gateway.ledger.db import create_ledger_engine, ledger_url
+from gateway.ledger.filters import RecordFilter, recent_records
 from gateway.ledger.migrate import upgrade
 from gateway.ledger.records import SpendRecord
 from gateway.ledger.reports import (
@@ -88,8 +89,20 @@ class Ledger:
         key_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        filters: RecordFilter | None = None,
     ) -> RecordPage:
-        return await spend_records(self.engine, since, until, key_id, limit, cursor)
+        return await spend_records(self.engine, since, until, key_id, limit, cursor, filters)
+
+    async def recent_records(
+        self,
+        since: datetime,
+        until: datetime,
+        filters: RecordFilter,
+        limit: int = 50,
+        before: tuple[datetime, str] | None = None,
+    ) -> list[SpendRecord]:
+        """The newest calls that pass ``filters``, newest first, with their attempts."""
+        return await recent_records(self.engine, since, until, filters, limit, before)
 
     async def cache_savings(
         self,

@@ -39,6 +39,26 @@ def as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+@dataclass(slots=True, frozen=True)
+class AttemptEntry:
+    """One upstream attempt of a request, as the ledger keeps it beside the request's record:
+    which deployment, what came back (``status`` None: no HTTP answer), how long it took,
+    and whether the provider bills it (an answer, or a prompt sent and left unanswered)."""
+
+    deployment: str
+    started_at: datetime
+    latency_ms: float
+    provider: str | None = None
+    model: str | None = None  # the deployment's upstream model
+    status: int | None = None
+    error_type: str | None = None
+    billed: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return self.error_type is not None or self.status is None or self.status >= ERROR_STATUS
+
+
 @dataclass(slots=True)
 class SpendRecord:
     """One request as the ledger stores it: who asked, what answered, what it used and cost.
@@ -94,6 +114,10 @@ class SpendRecord:
     # was produced (None: not a hit, or that cost was unknown).
     cache_hit: bool = False
     saved_usd: Decimal | None = None
+    # The prompt and the answer, kept only for keys (or teams) with ``log_content: true``.
+    content: dict[str, Any] | None = None
+    # Every upstream attempt, in order; stored in ``spend_attempts``, not a column.
+    attempt_log: tuple[AttemptEntry, ...] = ()
 
     @property
     def is_error(self) -> bool:

@@ -15,7 +15,7 @@ import binascii
 import csv
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass, fields
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -25,10 +25,11 @@ from sqlalchemy import ColumnElement, Select, String, func, literal, select, tup
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.facts import usd_str
+from gateway.ledger.filters import RecordFilter, with_attempts
 from gateway.ledger.records import SpendRecord, as_utc
 from gateway.ledger.schema import UTCDateTime, spend_daily, spend_daily_users
 from gateway.ledger.schema import spend_records as records_table
-from gateway.ledger.store import record_sums
+from gateway.ledger.store import RECORD_FIELDS, record_sums
 
 GroupBy = Literal["key", "team", "user", "model", "provider", "day"]
 GROUPS: tuple[str, ...] = get_args(GroupBy)
@@ -234,15 +235,19 @@ async def spend_records(
     key_id: str | None = None,
     limit: int = 100,
     cursor: str | None = None,
+    filters: RecordFilter | None = None,
 ) -> RecordPage:
-    """One page of the records in ``[since, until)``, oldest first (keyset pagination on
-    (started_at, request_id): every record appears exactly once, however deep the page)."""
+    """One page of the records in ``[since, until)`` that pass ``filters``, oldest first,
+    with their attempts (keyset pagination on (started_at, request_id): every record appears
+    exactly once, however deep the page)."""
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
     r = records_table.c
     query = select(records_table).where(r.started_at >= as_utc(since), r.started_at < as_utc(until))
     if key_id is not None:
         query = query.where(r.key_id == key_id)
+    if filters is not None:
+        query = filters.apply(query)
     if cursor is not None:
         after, request_id = decode_cursor(cursor)
         position = tuple_(literal(after, UTCDateTime()), literal(request_id, String()))
@@ -253,6 +258,7 @@ async def spend_records(
         records = [SpendRecord(**row._mapping) for row in result]
     more = len(records) > limit
     del records[limit:]
+    await with_attempts(engine, records)
     return RecordPage(records, encode_cursor(records[-1]) if more else None)
 
 
@@ -292,22 +298,26 @@ def _cell(value: object) -> object:
 CSV_TYPE = "text/csv; charset=utf-8"  # what report_csv and write_records_csv produce
 
 
-def report_csv(rows: Iterable[SpendRow], group_by: GroupBy) -> str:
-    """A spend report as CSV text; the first column is named after the grouping."""
-    names = [f.name for f in fields(SpendRow)]
+def report_csv(
+    rows: Iterable[SpendRow], group_by: GroupBy, names: Mapping[str, str] | None = None
+) -> str:
+    """A spend report as CSV text; the first column is named after the grouping. With
+    ``names`` (keys' or teams' names by id) a ``name`` column follows the id."""
+    columns = [f.name for f in fields(SpendRow)]
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([group_by, *names[1:]])
+    writer.writerow([group_by, *(["name"] if names is not None else []), *columns[1:]])
     for row in rows:
-        writer.writerow(
-            [_cell(row.cost if name == "cost_usd" else getattr(row, name)) for name in names]
-        )
+        cells = [_cell(row.cost if c == "cost_usd" else getattr(row, c)) for c in columns]
+        if names is not None:
+            cells.insert(1, _cell(names.get(row.group or "")))
+        writer.writerow(cells)
     return out.getvalue()
 
 
 def write_records_csv(records: Iterable[SpendRecord], out: TextIO, *, header: bool = True) -> int:
-    """Write records as CSV (one column per field); returns how many."""
-    names = [f.name for f in fields(SpendRecord)]
+    """Write records as CSV (one column per stored field); returns how many."""
+    names = list(RECORD_FIELDS)
     writer = csv.writer(out)
     if header:
         writer.writerow(names)
@@ -341,12 +351,22 @@ async def export_records_csv(
 _COUNTS = ("REQUESTS", "ERRORS", "PROMPT", "CACHED", "COMPLETION", "REASONING")
 
 
-def render_report(rows: Sequence[SpendRow], group_by: GroupBy) -> str:
+def render_report(
+    rows: Sequence[SpendRow], group_by: GroupBy, names: Mapping[str, str] | None = None
+) -> str:
     """A spend report as an aligned text table with a TOTAL line. Costs are exact and lined
     up on the decimal point; UNKNOWN COST counts the requests they leave out (no price).
-    Rows without a group (no key, team, …) show as ``(none)``."""
+    Rows without a group (no key, team, …) show as ``(none)``; with ``names`` a key or team
+    shows as ``name (id)``."""
     total = SpendRow.total(rows)
-    lines = [[row.group or "(none)", *_counts(row)] for row in [*rows, total]]
+
+    def label(group: str | None) -> str:
+        if group is None:
+            return "(none)"
+        name = names.get(group) if names is not None else None
+        return f"{name} ({group})" if name else group
+
+    lines = [[label(row.group), *_counts(row)] for row in [*rows, total]]
     lines[-1][0] = "TOTAL"
     costs = _on_decimal_point([row.cost_text for row in [*rows, total]])
     table = [[group_by.upper(), *_COUNTS, "COST USD", "UNKNOWN COST"]] + [

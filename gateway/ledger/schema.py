@@ -92,6 +92,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 Tags = JSON().with_variant(JSONB(), "postgresql")
+Content = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 metadata = MetaData(
     naming_convention={
@@ -144,12 +145,49 @@ spend_records = Table(
     # The response cache: a hit costs 0 and saves what its answer cost when it was produced.
     Column("cache_hit", Boolean, nullable=False, server_default=false()),
     Column("saved_usd", Money(20), nullable=True),
+    # Prompt and answer of callers whose key or team has ``log_content: true``; else NULL.
+    Column("content", Content, nullable=True),
 )
 # Time-range reads and keyset pagination walk (started_at, request_id), optionally per key.
 Index(None, spend_records.c.started_at, spend_records.c.request_id)
 Index(None, spend_records.c.key_id, spend_records.c.started_at, spend_records.c.request_id)
 Index(None, spend_records.c.model, spend_records.c.started_at)
 Index(None, spend_records.c.adjusts)
+
+# Every upstream attempt of a request (``spend_records.request_id``), in order (``seq``): a
+# deployment's own failures stay visible even when another deployment answered the request.
+spend_attempts = Table(
+    "spend_attempts",
+    metadata,
+    Column("request_id", String, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("deployment", String, nullable=False),
+    Column("provider", String, nullable=True),
+    Column("model", String, nullable=True),
+    Column("status", Integer, nullable=True),  # NULL: no HTTP answer
+    Column("error_type", String, nullable=True),
+    Column("latency_ms", Float, nullable=False),
+    Column("billed", Boolean, nullable=False),
+)
+Index(None, spend_attempts.c.deployment, spend_attempts.c.started_at)
+Index(None, spend_attempts.c.started_at)
+
+# Budget alerts sent: one row per (scope, id, budget period, threshold), claimed before the
+# webhook is called, so every replica together sends each alert once per period.
+budget_alerts = Table(
+    "budget_alerts",
+    metadata,
+    Column("scope", String(8), primary_key=True),  # key or team
+    Column("scope_id", String, primary_key=True),
+    Column("period_start", UTCDateTime(), primary_key=True),
+    Column("threshold", Integer, primary_key=True),  # percent
+    Column("name", String, nullable=False),
+    Column("spent_usd", Money(20), nullable=False),
+    Column("budget_usd", Money(20), nullable=False),
+    Column("sent_at", UTCDateTime(), nullable=False),
+    Column("delivered", Boolean, nullable=False),
+)
 
 COUNTERS = (
     "requests",

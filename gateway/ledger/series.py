@@ -16,12 +16,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, case, func, literal, select
+from sqlalchemy import ColumnElement, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.ledger.records import ERROR_STATUS, as_utc
 from gateway.ledger.reports import GROUP_COLUMNS, plan_range
-from gateway.ledger.schema import spend_daily
+from gateway.ledger.schema import spend_attempts, spend_daily
 from gateway.ledger.schema import spend_records as records_table
 
 Dimension = Literal["model", "provider", "team", "key"]
@@ -74,7 +74,8 @@ class TrafficMinute:
 
 @dataclass(slots=True)
 class DeploymentErrors:
-    """What the ledger saw of one deployment: requests, errors and their types."""
+    """What the ledger saw of one deployment: its attempts (``requests``), the failed ones
+    (``errors``) and their types."""
 
     deployment: str
     requests: int = 0
@@ -261,20 +262,15 @@ def merged(minutes: Sequence[TrafficMinute], name: str = "total") -> TrafficMinu
 async def deployment_errors(
     engine: AsyncEngine, since: datetime, until: datetime
 ) -> dict[str, DeploymentErrors]:
-    """Per deployment that answered (or failed last) in ``[since, until)``: its requests,
-    errors and error types. One record per request: a failure retried on another
-    deployment is counted under the one that answered."""
-    r = records_table.c
+    """Per deployment attempted in ``[since, until)``: its attempts, its failed attempts and
+    their error types (``spend_attempts``). A failure retried elsewhere stays the failing
+    deployment's own, whichever deployment answered the request."""
+    a = spend_attempts.c
+    failed = or_(a.error_type.is_not(None), a.status.is_(None), a.status >= ERROR_STATUS)
     query = (
-        select(
-            r.deployment,
-            r.error_type,
-            func.count(),
-            func.sum(case((r.status >= ERROR_STATUS, 1), else_=0)),
-        )
-        .where(r.started_at >= as_utc(since), r.started_at < as_utc(until))
-        .where(r.deployment.is_not(None), r.kind == "call")
-        .group_by(r.deployment, r.error_type)
+        select(a.deployment, a.error_type, func.count(), func.sum(case((failed, 1), else_=0)))
+        .where(a.started_at >= as_utc(since), a.started_at < as_utc(until))
+        .group_by(a.deployment, a.error_type)
     )
     out: dict[str, DeploymentErrors] = {}
     async with engine.connect() as conn:

@@ -64,6 +64,13 @@ def storable(record: SpendRecord) -> SpendRecord:
             tags = {SALVAGE_TAG: "tags nested too deep to store"}
         if tags != record.tags:
             changes["tags"] = tags
+    if record.content:
+        try:
+            content = storable_value(record.content)
+        except RecursionError:
+            content = None
+        if content != record.content:
+            changes["content"] = content
     return dataclasses.replace(record, **changes) if changes else record
 
 
@@ -71,4 +78,4 @@ def salvaged(record: SpendRecord, reason: str) -> SpendRecord:
     """The last-resort form of a record the database refused: its tags replaced by a note
     saying why, everything the bill needs kept."""
     note = storable_text(f"tags not stored: the database refused them ({reason})")[:300]
-    return dataclasses.replace(record, tags={SALVAGE_TAG: note})
+    return dataclasses.replace(record, tags={SALVAGE_TAG: note}, content=None)

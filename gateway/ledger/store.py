@@ -19,10 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.ledger.db import SQLITE_IMMEDIATE
 from gateway.ledger.records import ERROR_STATUS, SpendRecord, quantize_cost
-from gateway.ledger.schema import COUNTERS, ROLLUPS, dimensions, spend_records
-from gateway.ledger.storable import storable
+from gateway.ledger.schema import COUNTERS, ROLLUPS, dimensions, spend_attempts, spend_records
+from gateway.ledger.storable import storable, storable_text
 
-RECORD_FIELDS = tuple(f.name for f in fields(SpendRecord))
+# ``attempt_log`` is stored as rows of ``spend_attempts``, not as a column.
+RECORD_FIELDS = tuple(f.name for f in fields(SpendRecord) if f.name != "attempt_log")
 
 
 @dataclass(slots=True)
@@ -92,7 +93,30 @@ async def write_batch(engine: AsyncEngine, records: Sequence[SpendRecord]) -> in
             result = await conn.execute(stmt, [record_row(r) for r in unique.values()])
             new = {row[0] for row in result}
             await add_to_daily(conn, (unique[rid] for rid in new))
+            attempts = [row for rid in sorted(new) for row in attempt_rows(unique[rid])]
+            if attempts:
+                await conn.execute(spend_attempts.insert(), attempts)
     return len(new)
+
+
+def attempt_rows(record: SpendRecord) -> list[dict[str, Any]]:
+    """The ``spend_attempts`` rows of a record (only a new record's are stored, in the same
+    transaction, so a retried batch never stores them twice)."""
+    return [
+        {
+            "request_id": record.request_id,
+            "seq": seq,
+            "started_at": a.started_at,
+            "deployment": storable_text(a.deployment),
+            "provider": a.provider,
+            "model": None if a.model is None else storable_text(a.model),
+            "status": a.status,
+            "error_type": None if a.error_type is None else storable_text(a.error_type),
+            "latency_ms": a.latency_ms,
+            "billed": a.billed,
+        }
+        for seq, a in enumerate(record.attempt_log)
+    ]
 
 
 async def add_to_daily(conn: AsyncConnection, records: Iterable[SpendRecord]) -> None:

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import orjson
 
 from gateway.facts import usd_str
-from gateway.ledger.records import SpendRecord
+from gateway.ledger.records import AttemptEntry, SpendRecord
 from gateway.sdk.protocol import ApiRequest, Headers
 
 Moment = str | datetime | None  # "7d", "24h", an ISO date or timestamp, or a datetime
@@ -150,6 +150,10 @@ def record_from_json(data: dict[str, Any]) -> SpendRecord:
     values["finished_at"] = _moment(values["finished_at"])
     values["cost_usd"] = _decimal(values.get("cost_usd"))
     values["adjusted_cost_usd"] = _decimal(values.get("adjusted_cost_usd"))
+    values["attempt_log"] = tuple(
+        AttemptEntry(**{**a, "started_at": _moment(a["started_at"])})
+        for a in values.get("attempt_log") or ()
+    )
     return SpendRecord(**values)
 
 

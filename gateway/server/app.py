@@ -25,6 +25,7 @@ from gateway.errors import GatewayError, InvalidRequestError
 from gateway.observability import instrument
 from gateway.reload import ConfigReloader
 from gateway.server.admin import add_admin_routes
+from gateway.server.alerts import BudgetAlerts
 from gateway.server.asgi import CALLER, Caller, GatewayApp
 from gateway.server.batches import add_batch_routes
 from gateway.server.completions import add_completions_routes
@@ -89,6 +90,7 @@ def create_app(
     lifecycle = Lifecycle(readiness, reloader, drain_delay=cfg.server.drain_delay)
     observability = instrument(eng)
     batch_poller = None
+    alerts = BudgetAlerts(eng, cfg.alerts)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -98,12 +100,14 @@ def create_app(
         await observability.start()
         if batch_poller is not None:
             batch_poller.start()
+        alerts.start()
         if settle_gc:
             settle_heap()
         yield
         readiness.draining = True
         if retention is not None:
             await retention.aclose()
+        await alerts.aclose()
         lifecycle.uninstall()
         if batch_poller is not None:
             await batch_poller.aclose()
@@ -117,6 +121,7 @@ def create_app(
     )
     app.state.engine = eng
     app.state.observability = observability
+    app.state.alerts = alerts
     app.closing = lambda: readiness.draining  # answers ask clients to close once draining
     app.internal_error = internal_error
     app.cut_response = cut_response

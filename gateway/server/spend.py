@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Collection
 from dataclasses import fields
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, cast
 
 import orjson
@@ -23,6 +24,8 @@ from gateway.auth import Principal
 from gateway.engine import Engine
 from gateway.errors import GatewayError, InvalidRequestError, PermissionDeniedError
 from gateway.facts import usd_str
+from gateway.keys.names import group_names
+from gateway.ledger.filters import RecordFilter, StatusFilter
 from gateway.ledger.ledger import Ledger, ledger_disabled
 from gateway.ledger.periods import FORMS, PeriodError, report_period
 from gateway.ledger.records import SpendRecord
@@ -84,13 +87,15 @@ class SpendRoutes:
             await ledger.caught_up()
             rows = await ledger.spend_report(group_by, since, until, key_id)
             savings = await ledger.cache_savings(since, until, key_id)
+            keys = self.engine.keys
+            names = await group_names(keys, group_by) if keys is not None else None
         except GatewayError as exc:
             return error_response(exc)
         except (SQLAlchemyError, OSError) as exc:
             return error_response(unreadable(exc))
         if csv:
             return StreamingResponse(
-                iter([report_csv(rows, group_by)]),
+                iter([report_csv(rows, group_by, names)]),
                 media_type=CSV_TYPE,
                 headers={"content-disposition": f'attachment; filename="spend-by-{group_by}.csv"'},
             )
@@ -99,7 +104,14 @@ class SpendRoutes:
             "group_by": group_by,
             "since": since.isoformat(),
             "until": until.isoformat(),
-            "data": [{"group": row.group, **sums_json(row)} for row in rows],
+            "data": [
+                {
+                    "group": row.group,
+                    **({"name": names.get(row.group or "")} if names is not None else {}),
+                    **sums_json(row),
+                }
+                for row in rows
+            ],
             "total": sums_json(SpendRow.total(rows)),
             "savings": {
                 "cache_hits": savings.cache_hits,
@@ -117,6 +129,7 @@ class SpendRoutes:
             csv = query.choice("format", FORMATS, "json") == "csv"
             limit = query.integer("limit", DEFAULT_PAGE, 1, MAX_PAGE)
             cursor = query.cursor()
+            filters = query.filters()
             if csv and (query.given("limit") or cursor is not None):
                 raise InvalidRequestError(
                     "limit and cursor page the JSON list; format=csv exports every record "
@@ -126,7 +139,7 @@ class SpendRoutes:
             query.done()
             await ledger.caught_up()
             page = await ledger.spend_records(
-                since, until, key_id, EXPORT_PAGE if csv else limit, cursor
+                since, until, key_id, EXPORT_PAGE if csv else limit, cursor, filters
             )
         except GatewayError as exc:
             return error_response(exc)
@@ -134,7 +147,7 @@ class SpendRoutes:
             return error_response(unreadable(exc))
         if csv:
             return StreamingResponse(
-                export_csv(ledger, page.records, page.next_cursor, since, until, key_id),
+                export_csv(ledger, page.records, page.next_cursor, since, until, key_id, filters),
                 media_type=CSV_TYPE,
                 headers={"content-disposition": 'attachment; filename="spend-records.csv"'},
             )
@@ -218,6 +231,38 @@ class SpendQuery:
             )
         return self.scope
 
+    def filters(self) -> RecordFilter:
+        """``team``, ``model``, ``deployment``, ``status`` (ok, error or a status code) and
+        ``cost_above`` (USD): the records to list."""
+        given = self.get("status")
+        status: StatusFilter | None = None
+        if given in ("ok", "error"):
+            status = "ok" if given == "ok" else "error"
+        elif given is not None:
+            if not given.isdigit() or not 100 <= int(given) <= 599:
+                raise InvalidRequestError(
+                    f"status must be ok, error or an HTTP status code, not {given!r}",
+                    param="status",
+                )
+            status = int(given)
+        cost_above = self.get("cost_above")
+        try:
+            above = None if cost_above is None else Decimal(cost_above)
+        except ArithmeticError:
+            above = None
+        if cost_above is not None and (above is None or not above.is_finite()):
+            raise InvalidRequestError(
+                f"cost_above must be an amount in USD such as 0.01, not {cost_above!r}",
+                param="cost_above",
+            )
+        return RecordFilter(
+            team=self.get("team"),
+            model=self.get("model"),
+            deployment=self.get("deployment"),
+            status=status,
+            cost_above=above,
+        )
+
     def cursor(self) -> str | None:
         cursor = self.get("cursor")
         if cursor is not None:
@@ -262,7 +307,7 @@ def sums_json(row: SpendRow) -> dict[str, Any]:
     }
 
 
-_RECORD_FIELDS = tuple(f.name for f in fields(SpendRecord))
+_RECORD_FIELDS = tuple(f.name for f in fields(SpendRecord) if f.name != "attempt_log")
 
 
 def record_json(record: SpendRecord) -> dict[str, Any]:
@@ -274,6 +319,19 @@ def record_json(record: SpendRecord) -> dict[str, Any]:
         out["adjusted_cost_usd"] = usd_str(record.adjusted_cost_usd)
     if record.saved_usd is not None:
         out["saved_usd"] = usd_str(record.saved_usd)
+    out["attempt_log"] = [
+        {
+            "deployment": a.deployment,
+            "provider": a.provider,
+            "model": a.model,
+            "started_at": a.started_at,
+            "latency_ms": a.latency_ms,
+            "status": a.status,
+            "error_type": a.error_type,
+            "billed": a.billed,
+        }
+        for a in record.attempt_log
+    ]
     return out
 
 
@@ -284,6 +342,7 @@ async def export_csv(
     since: datetime,
     until: datetime,
     key_id: str | None,
+    filters: RecordFilter | None = None,
 ) -> AsyncIterator[str]:
     """The records as CSV, a page at a time. A page that cannot be read ends the response
     without its final chunk, so the client sees an incomplete download, not a short file."""
@@ -297,7 +356,7 @@ async def export_csv(
             return
         header = False
         try:
-            page = await ledger.spend_records(since, until, key_id, EXPORT_PAGE, cursor)
+            page = await ledger.spend_records(since, until, key_id, EXPORT_PAGE, cursor, filters)
         except Exception as exc:
             log.error("spend: CSV export cut short: %s", describe(exc))
             raise

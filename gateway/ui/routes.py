@@ -44,6 +44,7 @@ from gateway.keys import (
     hash_key,
     key_store_disabled,
 )
+from gateway.keys.names import group_names
 from gateway.keys.store import store_errors
 from gateway.ledger.reports import CSV_TYPE, report_csv
 from gateway.ledger.writer import describe
@@ -56,6 +57,7 @@ from gateway.ui.audit import (
     ui_act,
 )
 from gateway.ui.forms import key_form, team_form
+from gateway.ui.logs import logs_page
 from gateway.ui.session import (
     COOKIE,
     PATH,
@@ -96,6 +98,7 @@ def add_ui_routes(app: FastAPI, engine: Engine) -> None:
         ("/spend", "GET", ui.guarded(ui.spend)),
         ("/spend.csv", "GET", ui.guarded(ui.spend_csv)),
         ("/traffic", "GET", ui.guarded(ui.traffic)),
+        ("/logs", "GET", ui.guarded(ui.logs)),
         ("/deployments", "GET", ui.guarded(ui.deployments)),
         ("/audit", "GET", ui.guarded(ui.audit)),
         ("/keys", "GET", ui.guarded(ui.keys)),
@@ -316,8 +319,13 @@ class Dashboard:
         q = request.query_params
         period = q.get("period", "7d")
         by = q.get("by", "model")
+        first, last = q.get("from", "").strip(), q.get("to", "").strip()
+        if period == "range" or (period not in views.PERIODS and (first or last)):
+            # Any days: from … to … (one of them alone means that single day).
+            today = datetime.now(UTC).date().isoformat()
+            period = f"{first or last or today}..{last or first or today}"
         return (
-            period if period in views.PERIODS else "7d",
+            period if period in views.PERIODS or ".." in period else "7d",
             by if by in views.DIMENSIONS else "model",
             q.get("team") or None,
         )
@@ -347,9 +355,10 @@ class Dashboard:
         await self.engine.ledger.caught_up()
         since, until, _ = views.period_range(period, datetime.now(UTC))
         rows = await self.engine.ledger.spend_report(by, since, until, team=team)  # type: ignore[arg-type]
-        name = f"spend-by-{by}-{period}" + ("-team" if team else "")
+        names = await group_names(self.engine.keys, by) if self.engine.keys is not None else None
+        name = f"spend-by-{by}-{period.replace('..', '-to-')}" + ("-team" if team else "")
         return Response(
-            report_csv(rows, by),  # type: ignore[arg-type]
+            report_csv(rows, by, names),  # type: ignore[arg-type]
             media_type=CSV_TYPE,
             headers={"content-disposition": f'attachment; filename="{name}.csv"'},
         )
@@ -361,6 +370,14 @@ class Dashboard:
         await self.engine.ledger.caught_up()
         data = await views.traffic_page(self.engine)
         return self.page("traffic.html", request, session, **data)
+
+    async def logs(self, request: Request, session: Session) -> Response:
+        if (refused := self._ledger_needed(request, session)) is not None:
+            return refused
+        assert self.engine.ledger is not None
+        await self.engine.ledger.caught_up()
+        data = await logs_page(self.engine, request.query_params)
+        return self.page("logs.html", request, session, **data)
 
     async def deployments(self, request: Request, session: Session) -> Response:
         if self.engine.ledger is not None:
@@ -388,11 +405,19 @@ class Dashboard:
         status: int = 200,
         created: dict[str, str] | None = None,
         error: str | None = None,
+        typed: dict[str, str] | None = None,
     ) -> Response:
         self.store()
         data = await views.keys_page(self.engine)
         return self.page(
-            "keys.html", request, session, status=status, created=created, error=error, **data
+            "keys.html",
+            request,
+            session,
+            status=status,
+            created=created,
+            error=error,
+            typed=typed,
+            **data,
         )
 
     # -- changes ---------------------------------------------------------------------------
@@ -401,11 +426,17 @@ class Dashboard:
         return validated(model, body, "form")
 
     async def _changed(
-        self, request: Request, session: Session, work: Awaitable[Issued | None]
+        self,
+        request: Request,
+        session: Session,
+        work: Awaitable[Issued | None],
+        *,
+        keep_typed: bool = False,
     ) -> Response:
-        """Run a change. A mistake shows the keys page with the admin API's message; a new
-        plaintext is shown on the page that answers (never in a URL, never again); anything
-        else goes back to the list."""
+        """Run a change. A mistake shows the keys page with the admin API's message (and,
+        with ``keep_typed``, the new-key form filled in as it was sent); a new plaintext is
+        shown on the page that answers (never in a URL, never again); anything else goes
+        back to the list."""
         action, target = ui_act(request)
         try:
             issued = await work
@@ -417,7 +448,13 @@ class Dashboard:
             )
             if exc.status >= 500:
                 raise
-            return await self.keys(request, session, status=exc.status, error=exc.message)
+            typed = None
+            if keep_typed:
+                sent = await form(request)
+                typed = {k: v for k, v in sent.items() if isinstance(v, str) and k != "csrf"}
+            return await self.keys(
+                request, session, status=exc.status, error=exc.message, typed=typed
+            )
         if target is None and issued is not None:
             target = issued[0].id
         accepted = await form_fields(request, accepted=True)
@@ -434,7 +471,7 @@ class Dashboard:
             key, plaintext = await self.admin().new_key(spec)
             return key, plaintext, "created"
 
-        return await self._changed(request, session, work())
+        return await self._changed(request, session, work(), keep_typed=True)
 
     async def update_key(self, request: Request, session: Session) -> Response:
         async def work() -> None:

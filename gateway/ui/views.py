@@ -5,14 +5,16 @@ templates; no HTTP here."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal, cast
 
 from gateway.engine import Engine
+from gateway.errors import InvalidRequestError
 from gateway.facts import usd_str
 from gateway.keys import Team, VirtualKey
 from gateway.keys.admin import budget_status
+from gateway.ledger.alerts import alerts_since
 from gateway.ledger.ledger import Ledger
 from gateway.ledger.reports import GroupBy, SpendRow
 from gateway.ledger.series import (
@@ -25,7 +27,7 @@ from gateway.ledger.series import (
     traffic,
 )
 
-PERIODS = {"today": "Today", "7d": "Last 7 days", "30d": "Last 30 days"}
+PERIODS = {"today": "Today", "7d": "Last 7 days", "30d": "Last 30 days", "range": "From … to …"}
 DIMENSIONS = {"model": "Model", "provider": "Provider", "team": "Team", "key": "Key"}
 MAX_SERIES = 8  # groups drawn on their own; the rest are summed as "other"
 PALETTE = (
@@ -54,13 +56,37 @@ def money(amount: Decimal | None) -> str:
     return "$" + format(amount.quantize(Decimal("0.0000001")).normalize(), "f")
 
 
+MAX_RANGE_DAYS = 366
+
+
 def period_range(period: str, now: datetime) -> tuple[datetime, datetime, Literal["hour", "day"]]:
-    """``[since, now)`` and the chart's bucket for a period name (today, 7d, 30d)."""
+    """``[since, now)`` and the chart's bucket for a period name (today, 7d, 30d), or
+    ``[from, to]`` for ``FROM..TO`` (ISO dates, both days included)."""
+    if ".." in period:
+        return date_range(*period.split("..", 1))
     midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     if period == "today":
         return midnight, now, "hour"
     days = 7 if period == "7d" else 30
     return midnight - timedelta(days=days - 1), now, "day"
+
+
+def date_range(first: str, last: str) -> tuple[datetime, datetime, Literal["hour", "day"]]:
+    """The UTC days ``first`` to ``last`` (ISO dates, both included), per hour when that is
+    two days or less; a 400 naming the field when one is not a date or the order is wrong."""
+    try:
+        since = datetime.combine(date.fromisoformat(first), time(), tzinfo=UTC)
+    except ValueError:
+        raise InvalidRequestError("from: a date such as 2026-12-01", param="from") from None
+    try:
+        until = datetime.combine(date.fromisoformat(last), time(), tzinfo=UTC) + timedelta(days=1)
+    except ValueError:
+        raise InvalidRequestError("to: a date such as 2026-12-04", param="to") from None
+    if until <= since:
+        raise InvalidRequestError("to must be on or after from", param="to")
+    if until - since > timedelta(days=MAX_RANGE_DAYS):
+        raise InvalidRequestError(f"a range of at most {MAX_RANGE_DAYS} days", param="from")
+    return since, until, "hour" if until - since <= timedelta(days=2) else "day"
 
 
 @dataclass(slots=True)
@@ -172,6 +198,7 @@ async def spend_page(engine: Engine, period: str, by: str, team: str | None) -> 
         "table": table,
         "budgets": await budgets(engine, names),
         "savings": await cache_savings_view(ledger, since, until, team),
+        "alerts": await recent_alerts(engine),
     }
 
 
@@ -181,6 +208,25 @@ async def cache_savings_view(
     """What the response cache saved in the period: its hits and their original cost."""
     savings = await ledger.cache_savings(since, until, team=team)
     return {"hits": savings.cache_hits, "saved": money(savings.saved_usd)}
+
+
+async def recent_alerts(engine: Engine, days: int = 7) -> list[dict[str, Any]]:
+    """Budget alerts sent in the last ``days`` days, newest first (alerts.webhook_url)."""
+    if engine.ledger is None:
+        return []
+    since = datetime.now(UTC) - timedelta(days=days)
+    return [
+        {
+            "scope": a.scope,
+            "name": a.name,
+            "threshold": a.threshold,
+            "spent": money(a.spent_usd),
+            "budget": money(a.budget_usd),
+            "at": a.sent_at.strftime("%Y-%m-%d %H:%M UTC") if a.sent_at else "",
+            "delivered": a.delivered,
+        }
+        for a in await alerts_since(engine.ledger.engine, since)
+    ]
 
 
 async def budgets(engine: Engine, names: Names) -> list[dict[str, Any]]:
@@ -247,7 +293,10 @@ async def traffic_page(engine: Engine) -> dict[str, Any]:
     hour["rps"] = round(hour["requests"] / max(1.0, (now - since).total_seconds()), 3)
 
     def line(key: str, name: str, color: str) -> dict[str, Any]:
-        return {"label": name, "data": [v[key] for v in views], "borderColor": color}
+        # Counts are 0 in a quiet minute; a rate or a latency there is no value (None).
+        counted = key in ("rps", "retries", "fallbacks")
+        data = [v[key] if counted or v["requests"] else None for v in views]
+        return {"label": name, "data": data, "borderColor": color}
 
     labels = [v["minute"] for v in views]
     return {
