@@ -319,7 +319,7 @@ async def test_upgrade_to_0007_marks_earlier_records_as_no_cache_hits(db_url):
     engine = create_ledger_engine(db_url)
     async with engine.begin() as conn:
         row = record_row(make_records(1)[0])
-        for later in COLUMNS_0007:
+        for later in (*COLUMNS_0007, *COLUMNS_0009):  # the columns 0007 and later add
             del row[later]
         await conn.execute(records_table.insert().values(row))
     await upgrade(db_url)
