@@ -126,6 +126,39 @@ def test_an_agent_with_a_function_tool_runs_through_the_gateway(
     assert_billed_as_responses(recorded(db, new_key, calls=2))
 
 
+def test_a_streamed_agent_run_gets_the_tool_answer_as_text_deltas(
+    gateway_url, new_key, db, mistral_emu
+):
+    set_tracing_disabled(True)
+    client = openai.AsyncOpenAI(base_url=gateway_url, api_key=new_key["key"], max_retries=0)
+    agent = Agent(
+        name="forecaster",
+        model=OpenAIResponsesModel(model=MODEL, openai_client=client),
+        tools=[get_weather],
+    )
+
+    async def run() -> tuple[Any, list[str]]:
+        try:
+            streamed = Runner.run_streamed(agent, "Weather in Paris?", max_turns=3)
+            deltas = [
+                event.data.delta
+                async for event in streamed.stream_events()
+                if event.type == "raw_response_event"
+                and event.data.type == "response.output_text.delta"
+            ]
+            return streamed, deltas
+        finally:
+            await client.close()
+
+    streamed, deltas = asyncio.run(run())
+    assert streamed.final_output == "the tool said: sunny and 21C in Paris"
+    assert "".join(deltas) == streamed.final_output
+    assert [r.body["stream"] for r in mistral_emu.requests] == [True, True]
+    records = recorded(db, new_key, calls=2)
+    assert_billed_as_responses(records)
+    assert {r.stream for r in records} == {True}
+
+
 # --- LangChain ------------------------------------------------------------------------------
 
 
