@@ -205,9 +205,16 @@ async def spend_page(engine: Engine, period: str, by: str, team: str | None) -> 
 async def cache_savings_view(
     ledger: Ledger, since: datetime, until: datetime, team: str | None
 ) -> dict[str, Any]:
-    """What the response cache saved in the period: its hits and their original cost."""
+    """What the response cache saved in the period (its hits and their original cost) and
+    what batch jobs cost and saved against live prices."""
     savings = await ledger.cache_savings(since, until, team=team)
-    return {"hits": savings.cache_hits, "saved": money(savings.saved_usd)}
+    return {
+        "hits": savings.cache_hits,
+        "saved": money(savings.saved_usd),
+        "batch_requests": savings.batch_requests,
+        "batch_cost": money(savings.batch_cost_usd),
+        "batch_saved": money(savings.batch_saved_usd),
+    }
 
 
 async def recent_alerts(engine: Engine, days: int = 7) -> list[dict[str, Any]]:
