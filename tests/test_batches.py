@@ -31,6 +31,7 @@ from gateway.limits import ScopeLimits
 from gateway.sdk.local import AsyncGateway, Gateway
 from gateway.sdk.remote import AsyncGatewayClient, GatewayClient
 from gateway.server.app import create_app
+from gateway.ui.views import money
 from tests.conftest import SINGLE_ATTEMPT
 from tests.emulators.batch_api import AZURE_KEY, MISTRAL_KEY, BatchEmulator
 from tests.emulators.common import Fault
@@ -271,6 +272,47 @@ async def test_each_result_line_is_a_ledger_record_at_batch_prices(gateway, emu)
         ) / 10**6
         assert record.prompt_tokens > 0 and record.cost_usd == expected
         assert record.price_model == "gpt-4o-mini"
+
+
+async def test_spend_and_the_dashboard_show_batch_spend_and_its_saving(gateway, emu):
+    base_url, db = gateway
+    key = Admin(base_url).create_key(name="saver")
+    client = sdk(base_url, key["key"])
+    batch = await asyncio.to_thread(submit, client, "gpt-4o-mini", 3)
+    emu.complete(emu.only_job(), fail=frozenset({"line-2"}))
+    await asyncio.to_thread(retrieve, client, batch.id)
+    records = await key_records(db, key["id"], at_least=3)
+
+    ok = [r for r in records if r.status == 200]
+    assert len(ok) == 2
+    batch_total = live_total = Decimal(0)
+    for r in ok:
+        live = (r.prompt_tokens * GPT_4O_MINI[0] + r.completion_tokens * GPT_4O_MINI[1]) / 10**6
+        cost = live * HALF
+        assert r.cost_usd == cost and r.saved_usd == live - cost
+        batch_total += cost
+        live_total += live
+    failed = next(r for r in records if r.status != 200)
+    assert failed.saved_usd is None  # the provider did not bill it: nothing saved
+
+    headers = {"authorization": f"Bearer {key['key']}"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        report = (
+            await http.get(f"{base_url}/spend", params={"since": "1d"}, headers=headers)
+        ).json()
+    savings = report["savings"]
+    assert savings["cache_hits"] == 0 and savings["saved_usd"] == "0"
+    assert savings["batch_requests"] == 3
+    assert Decimal(savings["batch_cost_usd"]) == batch_total
+    assert Decimal(savings["batch_saved_usd"]) == live_total - batch_total > 0
+    assert Decimal(report["total"]["cost_usd"]) == batch_total
+
+    root = base_url.removesuffix("/v1")
+    async with httpx.AsyncClient(base_url=root, timeout=10) as ui:
+        assert (await ui.post("/ui/login", data={"key": MASTER_KEY})).status_code == 303
+        page = (await ui.get("/ui/spend")).text
+    assert 'id="batch-cost" title="3 batch line(s)">' in page
+    assert money(batch_total) in page and money(live_total - batch_total) in page
 
 
 def reservation(n: int, max_tokens: int, content_bytes: int) -> Decimal:

@@ -189,11 +189,24 @@ def line_cost(result: Result, price: Price | None, tier: str | None = BATCH_TIER
     return compute_cost(result.usage, price, service_tier=tier)
 
 
+def line_saving(cost: Cost, live: Cost) -> Decimal | None:
+    """What running a line in a batch saved: its cost at live prices minus its batch cost
+    (None when either is unknown)."""
+    if cost.total is None or live.total is None:
+        return None
+    return live.total - cost.total
+
+
 def line_record(
-    result: Result, cost: Cost, batch: Any, dep: Deployment | None, started: datetime
+    result: Result,
+    cost: Cost,
+    batch: Any,
+    dep: Deployment | None,
+    started: datetime,
+    saved: Decimal | None = None,
 ) -> SpendRecord:
     """The ledger record of one result line (``operation: batch``; its batch id and
-    ``custom_id`` are in its tags)."""
+    ``custom_id`` are in its tags; ``saved_usd``: its live cost minus its batch cost)."""
     counts = token_counts(result.usage)
     price = cost.price
     return SpendRecord(
@@ -222,4 +235,5 @@ def line_record(
         price_model=price.model if price is not None else None,
         price_source=price_source(price),
         price_effective=price_effective(price),
+        saved_usd=saved,
     )

@@ -26,6 +26,7 @@ from gateway.batch.lines import (
     batch_price,
     line_cost,
     line_record,
+    line_saving,
     read_input,
     read_results,
     worst_case,
@@ -430,17 +431,19 @@ class Batches:
             ledger = self.engine.ledger
             for result in results:
                 cost = line_cost(result, price)
+                live_cost = line_cost(result, live_price, tier=None)
                 if cost.total is None:
                     known = False
                 else:
                     total += cost.total
-                    live += line_cost(result, live_price, tier=None).total or Decimal(0)
+                    live += live_cost.total or Decimal(0)
                 if result.status == 200:
                     completed += 1
                 else:
                     failed += 1
                 if ledger is not None:
-                    ledger.submit(line_record(result, cost, row, dep, row.created_at))
+                    saved = line_saving(cost, live_cost) if result.status == 200 else None
+                    ledger.submit(line_record(result, cost, row, dep, row.created_at, saved))
             content = b"".join(orjson.dumps(r.line) + b"\n" for r in results)
             file = StoredFile(
                 _id("file-"),

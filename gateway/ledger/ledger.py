@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
@@ -13,6 +14,7 @@ from gateway.config import LedgerConfig
 from gateway.errors import GatewayError
 from gateway.ledger.db import create_ledger_engine, ledger_url
 from gateway.ledger.filters import RecordFilter, recent_records
+from gateway.ledger.last_used import last_used
 from gateway.ledger.migrate import upgrade
 from gateway.ledger.records import SpendRecord
 from gateway.ledger.reports import (
@@ -114,6 +116,10 @@ class Ledger:
     ) -> CacheSavings:
         """What the response cache saved in ``[since, until)`` (for one key or team)."""
         return await cache_savings(self.engine, since, until, key_id, team)
+
+    async def last_used(self, key_ids: Collection[str]) -> dict[str, datetime]:
+        """When each of ``key_ids`` was last used (its newest call); unused keys left out."""
+        return await last_used(self.engine, key_ids)
 
     async def scope_spend(
         self, kind: Literal["key", "team"], ident: str, since: datetime

@@ -110,8 +110,9 @@ class SpendRecord:
     kind: RecordKind = "call"
     adjusts: str | None = None
     adjusted_cost_usd: Decimal | None = None
-    # Answered from the response cache (cost 0); ``saved_usd``: what the answer cost when it
-    # was produced (None: not a hit, or that cost was unknown).
+    # Answered from the response cache (cost 0). ``saved_usd``: what the answer would otherwise
+    # have cost minus what it cost -- for a hit, what the answer cost when it was produced; for
+    # a batch line, its cost at live prices minus its batch cost (None: neither, or unknown).
     cache_hit: bool = False
     saved_usd: Decimal | None = None
     # The prompt and the answer, kept only for keys (or teams) with ``log_content: true``.

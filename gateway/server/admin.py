@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.responses import Response
 
 from gateway.auth import Principal
@@ -155,7 +156,25 @@ class AdminRoutes:
         team = request.query_params.get("team")
         team_id = (await admin.team(team)).id if team else None
         keys = await admin.store.list_keys(team_id)
-        return json_body({"object": "list", "data": [listed_key(k) for k in keys]})
+        used = await self._last_used([k.id for k in keys])
+        data = [
+            {**listed_key(k), "last_used_at": _iso(used.get(k.id)) if used is not None else None}
+            for k in keys
+        ]
+        return json_body({"object": "list", "data": data})
+
+    async def _last_used(self, key_ids: list[str]) -> dict[str, datetime] | None:
+        """When each key was last used, by the ledger (its newest call); None without a
+        ledger or if the ledger cannot be read (the listing itself does not depend on it)."""
+        ledger = self.engine.ledger
+        if ledger is None or not key_ids:
+            return None
+        try:
+            await ledger.caught_up()
+            return await ledger.last_used(key_ids)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("admin: when keys were last used could not be read: %s", describe(exc))
+            return None
 
     async def show_key(self, request: Request, admin: KeyAdmin) -> Response:
         key = await admin.store.get_key(request.path_params["key_id"])
@@ -229,6 +248,10 @@ async def audit_admin_act(
         request.client.host if request.client else None,
         detail,
     )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
 
 
 def key_json(key: VirtualKey) -> dict[str, Any]:

@@ -116,6 +116,9 @@ class SpendRoutes:
             "savings": {
                 "cache_hits": savings.cache_hits,
                 "saved_usd": usd_str(savings.saved_usd),
+                "batch_requests": savings.batch_requests,
+                "batch_cost_usd": usd_str(savings.batch_cost_usd),
+                "batch_saved_usd": usd_str(savings.batch_saved_usd),
             },
         }
         return Response(orjson.dumps(body), media_type=JSON_TYPE)

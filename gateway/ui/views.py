@@ -205,9 +205,16 @@ async def spend_page(engine: Engine, period: str, by: str, team: str | None) -> 
 async def cache_savings_view(
     ledger: Ledger, since: datetime, until: datetime, team: str | None
 ) -> dict[str, Any]:
-    """What the response cache saved in the period: its hits and their original cost."""
+    """What the response cache saved in the period (its hits and their original cost) and
+    what batch jobs cost and saved against live prices."""
     savings = await ledger.cache_savings(since, until, team=team)
-    return {"hits": savings.cache_hits, "saved": money(savings.saved_usd)}
+    return {
+        "hits": savings.cache_hits,
+        "saved": money(savings.saved_usd),
+        "batch_requests": savings.batch_requests,
+        "batch_cost": money(savings.batch_cost_usd),
+        "batch_saved": money(savings.batch_saved_usd),
+    }
 
 
 async def recent_alerts(engine: Engine, days: int = 7) -> list[dict[str, Any]]:
@@ -394,10 +401,19 @@ def _quota(used: int, limit: int | None) -> dict[str, Any] | None:
     return {"used": used, "limit": limit, "pct": round(min(100.0, used / limit * 100), 1)}
 
 
+async def keys_last_used(engine: Engine, key_ids: list[str]) -> dict[str, datetime]:
+    """When each key was last used, by the ledger (nothing without one)."""
+    if engine.ledger is None or not key_ids:
+        return {}
+    await engine.ledger.caught_up()
+    return await engine.ledger.last_used(key_ids)
+
+
 async def keys_page(engine: Engine) -> dict[str, Any]:
     """Every key and team with its limits and current-period spend."""
     names = await Names.load(engine)
     keys = sorted(names.keys.values(), key=lambda k: (k.revoked_at is not None, k.name))
+    used = await keys_last_used(engine, [k.id for k in keys])
     key_rows = []
     for key in keys:
         spend = (
@@ -405,7 +421,14 @@ async def keys_page(engine: Engine) -> dict[str, Any]:
             if key.revoked_at is None
             else None
         )
-        key_rows.append({"key": key, "team": names.label("team", key.team_id), "spend": spend})
+        key_rows.append(
+            {
+                "key": key,
+                "team": names.label("team", key.team_id),
+                "spend": spend,
+                "last_used": used.get(key.id),
+            }
+        )
     team_rows = [
         {"team": t, "spend": await budget_status(t, "team", engine.limits, engine.ledger)}
         for t in sorted(names.teams.values(), key=lambda t: t.name)
