@@ -54,6 +54,12 @@ class Call:
     tags: dict[str, Any] = field(default_factory=dict)
     principal: Principal | None = None
     regions: frozenset[str] | None = None  # narrowed by the request (x-gateway-regions)
+    # A continued conversation (Responses API ``previous_response_id``): the regions its
+    # earlier turns were answered in (None: a deployment without region), each of which the
+    # caller's regions must allow, and the regions those turns were restricted to, which
+    # keep restricting the conversation.
+    history_regions: frozenset[str | None] = frozenset()
+    history_policy: frozenset[str] | None = None
     admission: Admission | None = None
     # The prompt and the answer, kept only for callers whose key or team has the metadata
     # ``log_content: true`` (for the access log); never otherwise.

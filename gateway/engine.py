@@ -30,7 +30,8 @@ from gateway.calls import Calls
 from gateway.config import GatewayConfig
 from gateway.costs import Cost, served_tier, usage_readable
 from gateway.costs.reasoning import is_reasoning_model
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, PermissionDeniedError
+from gateway.governance.residency import allowed, narrow
 from gateway.keys.store import KeyStore
 from gateway.ledger.ledger import Ledger
 from gateway.limits import BudgetShortfall, Limits, limits_for, period_start
@@ -329,7 +330,7 @@ class Engine:
         """The Plan, within what the caller may use: its models (fallbacks included) and its
         regions, narrowed further by the request's own ``x-gateway-regions``."""
         router = setup.router
-        regions = call.regions
+        regions = narrow(call.regions, call.history_policy)
         may_use = None
         if call.principal is not None:
             may_use, regions = call.principal.authorize(
@@ -347,6 +348,7 @@ class Engine:
             affinity=lambda: affinity_key(request),
         )
         call.regions = plan.regions  # the model's own regions too
+        check_history_regions(call)
         return plan
 
     # -- the response cache ----------------------------------------------------------------
@@ -587,6 +589,25 @@ class Engine:
         for provider in self.router.providers.values():
             if provider.transport is not None:
                 await provider.transport.close()
+
+
+def check_history_regions(call: Call) -> None:
+    """403 ``region_not_allowed`` when a continued conversation's earlier turns were answered
+    in a region this call may not use: their data would otherwise come under a policy that
+    does not allow where it was."""
+    outside = sorted(
+        r or "a deployment without region"
+        for r in call.history_regions
+        if not allowed(r, call.regions)
+    )
+    if outside:
+        raise PermissionDeniedError(
+            "this conversation's earlier turns were answered in regions this request may not "
+            f"use ({', '.join(outside)}; it may use "
+            f"{', '.join(sorted(call.regions or ())) or 'none'})",
+            param="previous_response_id",
+            code="region_not_allowed",
+        )
 
 
 def cache_wanted(config: GatewayConfig) -> bool:

@@ -195,3 +195,74 @@ def test_erasure_empties_the_prompts_and_answers_kept_for_content_logging(site):
 
     assert erasure(proxy, {"user": PERSON}).status_code == 200
     assert said not in everything(proxy, db)
+
+
+def respond(proxy: str, key: str, text: str, **body: Any) -> dict[str, Any]:
+    response = httpx.post(
+        proxy + "/responses",
+        json={"model": "gpt-4o", "input": text, **body},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def stored(proxy: str, key: str, response_id: str) -> int:
+    headers = {"authorization": f"Bearer {key}"}
+    return httpx.get(f"{proxy}/responses/{response_id}", headers=headers, timeout=10).status_code
+
+
+def test_erasure_deletes_the_persons_stored_responses(site):
+    proxy, db = site
+    key = Admin(proxy).create_key(name="assistant")["key"]
+    first = respond(proxy, key, "my diagnosis is ZEBRA-42", user=PERSON)
+    second = respond(
+        proxy, key, "and my address is QUOKKA-7", user=PERSON, previous_response_id=first["id"]
+    )
+    streamed = httpx.post(
+        proxy + "/responses",
+        json={"model": "gpt-4o", "input": "also WOMBAT-9", "user": PERSON, "stream": True},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    )
+    assert streamed.status_code == 200, streamed.text
+    kept = respond(proxy, key, "bob says KOALA-1", user="bob")
+    text = everything(proxy, db)
+    assert "ZEBRA-42" in text and "QUOKKA-7" in text and "WOMBAT-9" in text
+
+    answer = erasure(proxy, {"user": PERSON})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stored_responses"] == 3
+
+    assert stored(proxy, key, first["id"]) == 404 and stored(proxy, key, second["id"]) == 404
+    assert stored(proxy, key, kept["id"]) == 200  # someone else's: kept
+    text = everything(proxy, db)
+    for secret in (PERSON, "ZEBRA-42", "QUOKKA-7", "WOMBAT-9"):
+        assert secret not in text
+    assert "KOALA-1" in text
+    (entry,) = [
+        e
+        for e in httpx.get(server_root(proxy) + "/admin/audit", headers=MASTER).json()["data"]
+        if e["action"] == "erasure"
+    ]
+    assert entry["detail"]["stored_responses"] == 3
+
+
+def test_erasure_by_key_and_by_tag_deletes_stored_responses(site):
+    proxy, db = site
+    admin = Admin(proxy)
+    one, other = admin.create_key(name="one"), admin.create_key(name="other")
+    by_one = respond(proxy, one["key"], "from key one: OTTER-3")
+    tagged = respond(proxy, other["key"], "ticket text: LYNX-5", metadata={"ticket": "T-9"})
+    untagged = respond(proxy, other["key"], "other text: HERON-8", metadata={"ticket": "T-8"})
+
+    assert erasure(proxy, {"key_id": one["id"]}).json()["stored_responses"] == 1
+    assert erasure(proxy, {"tag": {"ticket": "T-9"}}).json()["stored_responses"] == 1
+
+    assert stored(proxy, one["key"], by_one["id"]) == 404
+    assert stored(proxy, other["key"], tagged["id"]) == 404
+    assert stored(proxy, other["key"], untagged["id"]) == 200
+    text = everything(proxy, db)
+    assert "OTTER-3" not in text and "LYNX-5" not in text and "HERON-8" in text

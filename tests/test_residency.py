@@ -190,6 +190,60 @@ def test_key_restricted_to_a_region_refuses_a_deployment_without_region(proxy, u
     assert up.attempts == []
 
 
+# --- stored responses: a conversation keeps to the regions of its earlier turns -------------
+
+
+def respond(proxy: str, key: str, model: str, **body: Any) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}", **body.pop("headers", {})}
+    return httpx.post(
+        proxy + "/responses",
+        json={"model": model, "input": "hello", **body},
+        headers=headers,
+        timeout=10,
+    )
+
+
+def test_a_conversation_restricted_to_a_region_cannot_be_continued_outside_it(proxy, up):
+    first = respond(proxy, MASTER_KEY, "eu-chat", headers={"x-gateway-regions": "eu"})
+    assert first.status_code == 200, first.text
+    assert first.headers["x-gateway-region"] == "eu"
+    up.reset()
+    # The caller itself may use any region; the conversation's first turn was kept to the EU.
+    moved = respond(proxy, MASTER_KEY, "us-chat", previous_response_id=first.json()["id"])
+    assert moved.status_code == 403, moved.text
+    assert moved.json()["error"]["code"] == "region_not_allowed"
+    assert up.attempts == []  # the EU turn's text was sent nowhere
+    # Within the region it goes on, and its fallback outside the region is not used.
+    kept = respond(proxy, MASTER_KEY, "eu-flaky", previous_response_id=first.json()["id"])
+    assert kept.status_code == 503, kept.text
+    assert up.attempts_for("ok#us-chat") == []
+    stays = respond(proxy, MASTER_KEY, "eu-chat", previous_response_id=first.json()["id"])
+    assert stays.status_code == 200, stays.text
+    assert stays.headers["x-gateway-region"] == "eu"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_a_conversation_answered_outside_a_keys_regions_is_refused_to_it(proxy, up, stream):
+    admin = Admin(proxy)
+    team = admin.create_team(name=f"shares-responses-{stream}")
+    anywhere = admin.create_key(name=f"anywhere-{stream}", team=team["id"])["key"]
+    eu_only = admin.create_key(name=f"eu-only-{stream}", team=team["id"], regions=["eu"])["key"]
+    first = respond(proxy, anywhere, "us-chat")
+    assert first.status_code == 200, first.text
+    assert first.headers["x-gateway-region"] == "us"
+    up.reset()
+    # The EU-only key of the same team may read the team's responses, but continuing this
+    # conversation would put its US turn under the key's EU-only policy: refused.
+    refused = respond(
+        proxy, eu_only, "eu-chat", previous_response_id=first.json()["id"], stream=stream
+    )
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"]["code"] == "region_not_allowed"
+    assert up.attempts == []
+    fresh = respond(proxy, eu_only, "eu-chat", stream=stream)
+    assert fresh.status_code == 200, fresh.text
+
+
 # --- the check itself, and an exporter ------------------------------------------------------
 
 

@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from gateway import AsyncGateway, AsyncGatewayClient, Gateway, GatewayClient, NotFoundError
+from gateway import (
+    AsyncGateway,
+    AsyncGatewayClient,
+    Gateway,
+    GatewayClient,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from gateway.errors import InvalidRequestError
 from gateway.sdk.local import LocalResponse
 from gateway.types import ResponseDeleted, ResponseObject
@@ -34,6 +41,26 @@ def emulator_config(emu: OpenAIEmulator, db: Path) -> dict[str, Any]:
 def gw(openai_emu: OpenAIEmulator, tmp_path: Path) -> Iterator[Gateway]:
     with Gateway(emulator_config(openai_emu, tmp_path / "ledger.db")) as gw:
         yield gw
+
+
+def test_local_conversation_keeps_to_the_regions_of_its_first_turn(openai_emu, tmp_path):
+    config = emulator_config(openai_emu, tmp_path / "ledger.db")
+    openai = config["providers"]["openai"]
+    config["providers"] = {"eu": {**openai, "region": "eu"}, "us": {**openai, "region": "us"}}
+    config["models"] = {
+        name: {"deployments": [{"provider": name.split("-")[0], "model": "gpt-4o"}]}
+        for name in ("eu-chat", "us-chat")
+    }
+    with Gateway(config) as gw:
+        first = gw.responses.create(model="eu-chat", input="in the EU", regions=["eu"])
+        assert first.facts.region == "eu"
+        sent = len(openai_emu.requests)
+        with pytest.raises(PermissionDeniedError) as refused:
+            gw.responses.create(model="us-chat", input="more", previous_response_id=first.id)
+        assert refused.value.code == "region_not_allowed"
+        assert len(openai_emu.requests) == sent  # the EU turn was sent nowhere else
+        kept = gw.responses.create(model="eu-chat", input="more", previous_response_id=first.id)
+        assert kept.facts.region == "eu"
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,12 @@ from gateway.governance.retention import RetentionTask, day_cutoff, prune_spend_
 from gateway.ledger.db import create_ledger_engine
 from gateway.ledger.migrate import upgrade
 from gateway.ledger.reports import spend_report
+from gateway.ledger.responses import (
+    DatabaseResponseStore,
+    Owner,
+    StoredResponse,
+    stored_responses_table,
+)
 from gateway.ledger.schema import spend_daily, spend_records
 from gateway.ledger.store import write_batch
 from gateway.server import create_app
@@ -129,4 +135,65 @@ def test_the_server_prunes_in_the_background(
         while left != 1 and time.monotonic() < deadline:  # only today's request is kept
             time.sleep(0.05)
             left = asyncio.run(remaining())
+    assert left == 1
+
+
+async def store_responses(engine: Any, expiring: list[datetime]) -> None:
+    store = DatabaseResponseStore(engine)
+    for n, expires in enumerate(expiring):
+        item = {"type": "message", "role": "user", "content": f"text {n}"}
+        stored = StoredResponse(f"resp_{n:04d}", None, [item], {"id": f"resp_{n:04d}"})
+        await store.save(Owner("key-1"), stored, expires - timedelta(days=30), expires)
+
+
+async def test_expired_stored_responses_go_in_batches(engine):
+    now = DAY0 + timedelta(days=40)
+    expiring = [now - timedelta(hours=n + 1) for n in range(30)]
+    expiring += [now + timedelta(hours=n + 1) for n in range(5)]
+    await store_responses(engine, expiring)
+
+    task = RetentionTask(engine, LedgerConfig(retention_batch=7))
+    pruned = await task.run_once(now)
+
+    assert pruned.stored_responses == 30
+    assert await count(engine, stored_responses_table) == 5
+    async with engine.connect() as conn:
+        soonest = (
+            await conn.execute(select(func.min(stored_responses_table.c.expires_at)))
+        ).scalar_one()
+    assert soonest.replace(tzinfo=UTC) > now
+    assert (await task.run_once(now)).stored_responses == 0  # nothing left to do
+
+
+def test_the_server_deletes_expired_stored_responses_in_the_background(
+    openai_upstream: OpenAIEmulator, tmp_path: Path
+) -> None:
+    db = tmp_path / "ledger.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    now = datetime.now(UTC)
+
+    async def on_disk(action: Any) -> Any:
+        eng = create_ledger_engine(url)
+        try:
+            return await action(eng)
+        finally:
+            await eng.dispose()
+
+    async def seed(eng: Any) -> None:
+        await store_responses(eng, [now - timedelta(days=1)] * 20 + [now + timedelta(days=1)])
+
+    async def remaining(eng: Any) -> int:
+        return await count(eng, stored_responses_table)
+
+    asyncio.run(upgrade(url))
+    asyncio.run(on_disk(seed))
+    config = gateway_config(openai_upstream.url, db)
+    config["ledger"].update(retention_interval=0.05)  # no other retention setting
+    # No request is made: nothing on the request path deletes them, only the background task.
+    with ServerThread(create_app(config)):
+        deadline = time.monotonic() + 10
+        left = asyncio.run(on_disk(remaining))
+        while left != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = asyncio.run(on_disk(remaining))
     assert left == 1

@@ -9,8 +9,10 @@ counts, costs, times, models and keys stay. The pseudonym cannot be traced back 
 nothing keeps the mapping.
 
 Prompts and answers are kept only for keys with ``log_content`` (the record's ``content``, and
-the access log, which the log pipeline keeps): the records' copy is emptied here; other stores
-— stored responses, the response cache — erase their own entries through their own hooks.
+the access log, which the log pipeline keeps) and as stored Responses API answers: the
+records' copy is emptied here, and the person's stored responses (made for that end user, by
+that key, or by requests with that tag) are deleted outright. Other stores — the response
+cache — erase their own entries through their own hooks.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.ledger.db import SQLITE_IMMEDIATE
+from gateway.ledger.responses import erase_stored_responses
 from gateway.ledger.schema import spend_daily_users, spend_records
 
 By = Literal["user", "key_id", "tag"]
@@ -39,6 +42,7 @@ class ErasureReport:
     end_users: int = 0  # distinct end-user ids pseudonymised
     daily_user_rows: int = 0  # rows of the per-user daily roll-up re-labelled
     tags_cleared: int = 0  # records whose metadata tags were emptied
+    stored_responses: int = 0  # stored Responses API answers deleted
     pseudonyms: list[str] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
@@ -49,8 +53,10 @@ class ErasureReport:
             "end_users": self.end_users,
             "daily_user_rows": self.daily_user_rows,
             "tags_cleared": self.tags_cleared,
+            "stored_responses": self.stored_responses,
             "pseudonyms": self.pseudonyms,
-            "content": "the gateway stores no prompts or answers in its database",
+            "content": "prompts and answers kept for content logging were emptied and the "
+            "person's stored responses deleted",
         }
 
 
@@ -111,6 +117,9 @@ async def erase(
                 )
                 report.daily_user_rows += rolled.rowcount or 0
             report.end_users = len(users)
+    report.stored_responses = await erase_stored_responses(
+        engine, user=user, key_id=key_id, tag=tag
+    )
     return report
 
 

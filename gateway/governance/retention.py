@@ -4,6 +4,8 @@ request path.
 - spend records (``ledger.retention_days``): the per-request rows of whole UTC days older than
   the period are deleted; the daily roll-ups stay, so reports, budgets and invoices over old
   periods still add up (a report reads whole days from the roll-ups);
+- stored Responses API answers (``ledger.responses_retention_days``, default 30): each row
+  once its own ``expires_at`` has passed (it is not read any more from then on);
 - the audit trail (``ledger.audit_retention_days``, default: kept for ever): oldest entries
   first; the oldest entry kept then anchors the chain.
 
@@ -27,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.config import LedgerConfig
 from gateway.governance.audit import AuditTrail
 from gateway.ledger.db import SQLITE_IMMEDIATE
+from gateway.ledger.responses import prune_stored_responses
 from gateway.ledger.schema import spend_records
 from gateway.ledger.writer import describe
 
@@ -67,6 +70,7 @@ async def prune_spend_records(engine: AsyncEngine, before: datetime, batch: int 
 class Pruned:
     spend_records: int = 0
     audit_entries: int = 0
+    stored_responses: int = 0
 
 
 class RetentionTask:
@@ -80,8 +84,8 @@ class RetentionTask:
 
     @property
     def configured(self) -> bool:
-        c = self.config
-        return c.retention_days is not None or c.audit_retention_days is not None
+        # Stored responses always expire (``responses_retention_days`` has a default).
+        return True
 
     async def run_once(self, now: datetime | None = None) -> Pruned:
         c = self.config
@@ -92,11 +96,15 @@ class RetentionTask:
         if c.audit_retention_days is not None:
             cutoff = (now or datetime.now(UTC)) - timedelta(days=c.audit_retention_days)
             out.audit_entries = await AuditTrail(self.engine).prune(cutoff, c.retention_batch)
-        if out.spend_records or out.audit_entries:
+        out.stored_responses = await prune_stored_responses(
+            self.engine, now or datetime.now(UTC), c.retention_batch
+        )
+        if out.spend_records or out.audit_entries or out.stored_responses:
             log.info(
-                "retention: deleted %d spend records and %d audit entries",
+                "retention: deleted %d spend records, %d audit entries and %d stored responses",
                 out.spend_records,
                 out.audit_entries,
+                out.stored_responses,
             )
         return out
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).parent
 # The newest shipped revision (tests check it against Alembic's own reading of the scripts).
-HEAD = "0009"
+HEAD = "0011"
 # Alembic keeps its running migration in module globals: one at a time per event loop.
 _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
     weakref.WeakKeyDictionary()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from gateway.call import Call
 from gateway.engine import Engine
 from gateway.errors import GatewayError, InvalidRequestError, NotFoundError
+from gateway.governance.residency import narrow
 from gateway.ledger.responses import (
     DatabaseResponseStore,
     MemoryResponseStore,
@@ -79,9 +80,15 @@ class Responses:
     def prepare(self, request: ResponsesRequest, history: list[JSON]) -> ResponsesChatRequest:
         return chat_request(request, history)
 
-    async def history(self, owner: Owner, previous_id: str | None) -> list[JSON]:
+    async def history(
+        self, owner: Owner, previous_id: str | None, call: Call | None = None
+    ) -> list[JSON]:
         """The items of the conversation up to ``previous_id``: each earlier turn's input and
-        output, oldest first. An id this caller cannot read is a 400 naming it."""
+        output, oldest first. An id this caller cannot read is a 400 naming it.
+
+        With ``call``, the residency of the earlier turns goes with it: the regions they were
+        answered in (which the call's regions must allow, else 403 ``region_not_allowed``) and
+        the regions they were restricted to (which restrict the call too)."""
         turns: list[StoredResponse] = []
         at = previous_id
         while at is not None and len(turns) < MAX_TURNS:
@@ -98,6 +105,9 @@ class Responses:
                 break  # an earlier turn expired: the conversation starts after it
             turns.append(stored)
             at = stored.previous_id
+        if call is not None:
+            call.history_regions = frozenset(stored.region for stored in turns)
+            call.history_policy = narrow(*(stored.regions for stored in turns))
         items: list[JSON] = []
         for stored in reversed(turns):
             items.extend(stored.input)
@@ -146,7 +156,17 @@ class Responses:
             return
         items = [stored_item(item) for item in request.input_items()]
         created, expires = retention(self.engine.config.ledger.responses_retention_days)
-        stored = StoredResponse(response["id"], request.previous_response_id, items, response)
+        served = call.served_by
+        stored = StoredResponse(
+            response["id"],
+            request.previous_response_id,
+            items,
+            response,
+            end_user=call.end_user,
+            tags=dict(call.tags) or None,
+            region=served.region if served is not None else None,
+            regions=call.regions,
+        )
         try:
             await self.store.save(owner_of(call), stored, created, expires)
         except Exception:  # the answer stands; only a later turn cannot build on it

@@ -232,7 +232,7 @@ class LocalBackend:
         parsed = ResponsesRequest.model_validate(body)
         service = responses_for(self.engine)
         await self.engine.start()
-        history = await service.history(owner_of(call), parsed.previous_response_id)
+        history = await service.history(owner_of(call), parsed.previous_response_id, call)
         return parsed, service.prepare(parsed, history), call
 
     async def respond(self, request: ModelRequest) -> LocalResponse:

@@ -30,7 +30,8 @@ AUDIT_PARAMS = ("since", "until", "actor", "action", "target", "after", "limit",
 
 
 def retention_task(engine: Engine) -> RetentionTask | None:
-    """The background retention rounds, started when the ledger has a retention setting."""
+    """The background retention rounds, started whenever there is a ledger (stored responses
+    always expire; other kinds of data when the ledger has a retention setting)."""
     if engine.ledger is None:
         return None
     task = RetentionTask(engine.ledger.engine, engine.config.ledger)

@@ -78,7 +78,7 @@ def add_responses_routes(app: GatewayApp, engine: Engine, gate: Gatekeeper) -> N
             body = await gate.parse(request, ResponsesRequest, call)
             if on_azure:
                 body.model = azure.model_for(body.model)
-            history = await service.history(owner_of(call), body.previous_response_id)
+            history = await service.history(owner_of(call), body.previous_response_id, call)
             chat = service.prepare(body, history)
             apply_gateway_headers(request, chat, call)
             call.tag_with(body.metadata)
