@@ -31,6 +31,7 @@ from gateway.config import GatewayConfig
 from gateway.costs import Cost, served_tier, usage_readable
 from gateway.costs.reasoning import is_reasoning_model
 from gateway.errors import GatewayError
+from gateway.governance.residency import allowed
 from gateway.keys.store import KeyStore
 from gateway.ledger.ledger import Ledger
 from gateway.limits import BudgetShortfall, Limits, limits_for, period_start
@@ -375,9 +376,15 @@ class Engine:
         except Exception as exc:
             log.warning("response cache unreadable, answering afresh: %s", type(exc).__name__)
             return None
-        if hit is not None:
-            ticket.status = "hit"
-            ticket.writes = False
+        if hit is None:
+            return None
+        if not allowed(hit.region, call.regions):
+            # Kept from a deployment outside the caller's regions: answered afresh in them
+            # (and that answer kept in its place), as if nothing had been kept.
+            return None
+        ticket.status = "hit"
+        ticket.writes = False
+        ticket.region = hit.region
         return hit
 
     def _answer_from_cache(self, call: Call, hit: CachedAnswer) -> JSON:
@@ -395,8 +402,9 @@ class Engine:
         if cache is None or ticket is None:
             return
         cost = call.cost.total if call.cost is not None else None
+        served = call.served_by
         try:
-            work = cache.keep(ticket, cost, call.usage)
+            work = cache.keep(ticket, cost, call.usage, served.region if served else None)
         except Exception:
             log.exception("request %s: its answer could not be cached", call.request_id)
             return

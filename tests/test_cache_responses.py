@@ -1,7 +1,10 @@
-"""The response cache for the Responses API, driven by the openai SDK through the proxy."""
+"""The response cache for the Responses API (driven by the openai SDK through the proxy), and
+data residency on cache hits: a kept answer is served only to callers whose regions allow the
+region of the deployment that produced it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ import pytest
 from tests.emulators.openai_api import OpenAIEmulator
 from tests.emulators.openai_responses import ResponsesEmulator
 from tests.harness import ServerThread
-from tests.keys_helpers import MASTER_KEY, chat, gateway_config
+from tests.keys_helpers import MASTER_KEY, Admin, chat, gateway_config, key_records
 
 QUESTION = "what is the capital of France"
 
@@ -128,6 +131,72 @@ def test_a_streamed_hit_is_replayed_as_responses_events(client, openai_emu):
         streamed = stream.get_final_response()
     status, plain = create(client, input="stream me")
     assert status == "hit" and plain.output_text == streamed.output_text
+    assert len(openai_emu.requests) == 2
+
+
+# --- residency on hits ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def regional(start_gateway: Any, openai_emu: OpenAIEmulator, tmp_path: Path) -> str:
+    """A gateway whose gpt-4o has a deployment in the us and one in the eu, sharing answers
+    across every caller (``scope: global``)."""
+    config = gateway_config(
+        openai_emu.url, tmp_path / "ledger.db", cache={"enabled": True, "scope": "global"}
+    )
+    upstream = config["providers"]["openai"]
+    config["providers"].update(us={**upstream, "region": "us"}, eu={**upstream, "region": "eu"})
+    config["models"]["gpt-4o"] = {
+        "deployments": [
+            {"provider": "us", "model": "gpt-4o"},
+            {"provider": "eu", "model": "gpt-4o"},
+        ]
+    }
+    return str(start_gateway(config))
+
+
+def ask(base: str, key: str) -> tuple[str, str | None]:
+    answer = chat(base, key, messages=[{"role": "user", "content": QUESTION}], temperature=0)
+    assert answer.status_code == 200
+    return answer.headers["x-gateway-cache"], answer.headers.get("x-gateway-region")
+
+
+def test_a_hit_from_outside_the_callers_regions_is_not_served(regional, openai_emu, tmp_path):
+    admin = Admin(regional)
+    us_only = admin.create_key(name="us-only", regions=["us"])["key"]
+    eu_only = admin.create_key(name="eu-only", regions=["eu"])["key"]
+    unrestricted = admin.create_key(name="anywhere")
+    anywhere = unrestricted["key"]
+    assert ask(regional, us_only) == ("miss", "us")  # kept with its region
+    assert ask(regional, anywhere) == ("hit", "us")  # the region that produced it
+    assert len(openai_emu.requests) == 1
+    # The us answer is not for an eu-only key: it is answered in the eu, as without a cache.
+    assert ask(regional, eu_only) == ("miss", "eu")
+    assert len(openai_emu.requests) == 2
+    # That answer took the us one's place, and the eu key is served it from now on.
+    assert ask(regional, eu_only) == ("hit", "eu")
+    assert ask(regional, anywhere) == ("hit", "eu")
+    assert len(openai_emu.requests) == 2
+    # The ledger records each hit with the region that produced its answer.
+    records = asyncio.run(key_records(tmp_path / "ledger.db", unrestricted["id"], at_least=2))
+    assert sorted((r.region, r.cache_hit) for r in records) == [("eu", True), ("us", True)]
+
+
+def test_a_responses_hit_keeps_to_the_callers_regions(regional, openai_emu):
+    admin = Admin(regional)
+    us_only = admin.create_key(name="us-only", regions=["us"])["key"]
+    eu_only = admin.create_key(name="eu-only", regions=["eu"])["key"]
+
+    def respond(key: str) -> tuple[str, str | None]:
+        client = openai.OpenAI(base_url=regional, api_key=key, max_retries=0)
+        raw = client.responses.with_raw_response.create(
+            model="gpt-4o", input=QUESTION, temperature=0
+        )
+        return raw.headers["x-gateway-cache"], raw.headers.get("x-gateway-region")
+
+    assert respond(us_only) == ("miss", "us")
+    assert respond(us_only) == ("hit", "us")
+    assert respond(eu_only) == ("miss", "eu")
     assert len(openai_emu.requests) == 2
 
 
