@@ -312,7 +312,6 @@ def spend_record(info: Call, error: GatewayError | None) -> SpendRecord:
     started = finished - timedelta(seconds=latency)
     usage = info.usage if error is None or info.usage else None
     counts = token_counts(usage)
-    dep = info.served_by
     cost = info.cost
     # A call that failed before any attempt was sent (or whose attempts were refused by the
     # upstream) was billed nothing (zero, known); an unanswered attempt has a cost already.
@@ -339,7 +338,7 @@ def spend_record(info: Call, error: GatewayError | None) -> SpendRecord:
         provider=info.provider,
         deployment=info.deployment,
         upstream_model=info.upstream_model,
-        region=dep.region if dep is not None else None,
+        region=info.region,
         attempts=info.attempts,
         fallback_used=info.fallback_used,
         error_type=None if error is None else (error.code or error.type),

@@ -164,9 +164,9 @@ class Call:
             "x-gateway-fallback-used": "true" if tries.fallback_used else "false",
             "x-gateway-overhead-ms": f"{self.overhead_ms():.2f}",
         }
-        served = tries.served_by
-        if served is not None and served.region:
-            headers["x-gateway-region"] = served.region
+        region = self.region
+        if region:
+            headers["x-gateway-region"] = region
         if self.dropped_params:
             headers["x-gateway-dropped-params"] = ",".join(self.dropped_params)
         if self.client_request_id:
@@ -187,6 +187,15 @@ class Call:
         return headers
 
     @property
+    def region(self) -> str | None:
+        """The region of the deployment that answered (on a cache hit: that produced the
+        kept answer)."""
+        served = self.tries.served_by
+        if served is not None:
+            return served.region
+        return self.cache.region if self.cache is not None else None
+
+    @property
     def cache_hit(self) -> bool:
         return self.cache is not None and self.cache.status == "hit"
 
@@ -204,7 +213,7 @@ class Call:
             overhead_ms=round(self.overhead_ms(), 2),
             dropped_params=self.dropped_params,
             cache=self.cache.status if self.cache is not None else None,
-            region=self.served_by.region if self.served_by is not None else None,
+            region=self.region,
         )
 
 

@@ -377,9 +377,15 @@ class Engine:
         except Exception as exc:
             log.warning("response cache unreadable, answering afresh: %s", type(exc).__name__)
             return None
-        if hit is not None:
-            ticket.status = "hit"
-            ticket.writes = False
+        if hit is None:
+            return None
+        if not allowed(hit.region, call.regions):
+            # Kept from a deployment outside the caller's regions: answered afresh in them
+            # (and that answer kept in its place), as if nothing had been kept.
+            return None
+        ticket.status = "hit"
+        ticket.writes = False
+        ticket.region = hit.region
         return hit
 
     def _answer_from_cache(self, call: Call, hit: CachedAnswer) -> JSON:
@@ -397,8 +403,9 @@ class Engine:
         if cache is None or ticket is None:
             return
         cost = call.cost.total if call.cost is not None else None
+        served = call.served_by
         try:
-            work = cache.keep(ticket, cost, call.usage)
+            work = cache.keep(ticket, cost, call.usage, served.region if served else None)
         except Exception:
             log.exception("request %s: its answer could not be cached", call.request_id)
             return

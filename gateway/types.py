@@ -171,6 +171,10 @@ class ChatCompletionRequest(_Open):
         """Serve this request through chat only: its native form would carry what the gateway
         has changed in the messages (personal data it redacted)."""
 
+    def cache_body(self) -> JSON:
+        """The body the response cache keys this request by: the one sent upstream."""
+        return self.upstream_body()
+
     def native_request(self, deployment: Any) -> UpstreamRequest | None:
         """The request in another API a deployment serves natively (a Responses API request
         sent to the provider's own route; streamed if this request is), or None: it is sent

@@ -1,7 +1,14 @@
 """The response cache: an exact cache of answers keyed by the canonical form of their request
 (docs/caching.md)."""
 
-from gateway.cache.keys import cache_key, canonical_bytes, chat_form, embeddings_form, fim_form
+from gateway.cache.keys import (
+    cache_key,
+    canonical_bytes,
+    chat_form,
+    embeddings_form,
+    fim_form,
+    responses_form,
+)
 from gateway.cache.replay import StreamCapture, replay_chunks
 from gateway.cache.stage import (
     HEADER,
@@ -32,4 +39,5 @@ __all__ = [
     "embeddings_form",
     "fim_form",
     "replay_chunks",
+    "responses_form",
 ]

@@ -7,8 +7,8 @@ a ``null``. Fields that do not change the answer (``stream``, ``stream_options``
 ``metadata`` and the gateway's own options) are left out. A content given as a list of text
 parts equals the same text given as one string.
 
-One function per operation (``chat_form``, ``fim_form``, ``embeddings_form``); a new operation
-(e.g. the Responses API) adds its own and calls ``cache_key`` with it.
+One function per operation (``chat_form``, ``responses_form``, ``fim_form``,
+``embeddings_form``); a new operation adds its own and calls ``cache_key`` with it.
 """
 
 from __future__ import annotations
@@ -92,6 +92,45 @@ def chat_form(body: JSON) -> JSON:
     if form.get("max_completion_tokens") is not None and "max_tokens" not in form:
         # The two caps mean the same to a non-reasoning model; one name for both.
         form["max_tokens"] = form.pop("max_completion_tokens")
+    return form
+
+
+# What the Responses API assumes when a field is missing.
+_RESPONSES_DEFAULTS: dict[str, Any] = {
+    "text": {"format": {"type": "text"}},
+    "tool_choice": "auto",
+    "tools": [],
+    "truncation": "disabled",
+    "include": [],
+}
+# Text parts of a Responses message's content.
+_TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
+
+
+def _item(item: JSON) -> JSON:
+    """An input item in one shape: a message by its type, its text parts as one string."""
+    if item.get("type", "message") != "message":
+        return item
+    item = {k: v for k, v in item.items() if k not in ("id", "status")}
+    item["type"] = "message"
+    content = item.get("content")
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") in _TEXT_PARTS and set(p) <= {"type", "text"}
+        for p in content
+    ):
+        item["content"] = "".join(str(p.get("text", "")) for p in content)
+    return item
+
+
+def responses_form(body: JSON) -> JSON:
+    """The canonical form of a Responses API request (``ResponsesChatRequest.cache_body``: the
+    request with the conversation's earlier items in ``input``, no ``previous_response_id``)."""
+    form = {
+        k: v
+        for k, v in _common(body).items()
+        if _RESPONSES_DEFAULTS.get(k, ...) != v and not (k == "instructions" and v == "")
+    }
+    form["input"] = [_item(i) for i in form.get("input") or () if isinstance(i, dict)]
     return form
 
 

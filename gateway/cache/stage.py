@@ -2,9 +2,10 @@
 whether it may be answered from the cache, under which key, and whether its answer may be
 kept; ``get`` reads an answer, ``keep`` stores one after its call ended well.
 
-The engine asks for a ticket per operation (``chat_ticket``, ``fim_ticket``,
-``embeddings_ticket``); another operation builds its canonical form (``gateway.cache.keys``)
-and its reason not to cache, and calls ``ticket``. The rules are in docs/caching.md.
+The engine asks for a ticket per operation (``chat_ticket``, the Responses API's too,
+``fim_ticket``, ``embeddings_ticket``); another operation builds its canonical form
+(``gateway.cache.keys``) and its reason not to cache, and calls ``ticket``. The rules are in
+docs/caching.md.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.cache.keys import cache_key, chat_form, embeddings_form, fim_form
+from gateway.cache.keys import cache_key, chat_form, embeddings_form, fim_form, responses_form
 from gateway.cache.store import CacheStore, MemoryStore, RedisStore
 from gateway.config import CacheConfig, GatewayConfig
 from gateway.errors import InvalidRequestError
@@ -49,14 +50,17 @@ class CacheTicket:
     reason: str | None = None  # why the request is not answered from the cache
     answer: JSON | None = None  # the answer to keep once the call has ended well
     stored_bytes: int = 0
+    region: str | None = None  # on a hit: the region of the deployment that produced it
 
 
 @dataclass(frozen=True, slots=True)
 class CachedAnswer:
-    """A kept answer and what the call that produced it cost (None: unknown)."""
+    """A kept answer, what the call that produced it cost (None: unknown) and the region of
+    the deployment that produced it (None: it has none, or the entry predates regions)."""
 
     response: JSON
     cost: Decimal | None
+    region: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +144,10 @@ class ResponseCache:
     def chat_ticket(
         self, request: ChatCompletionRequest, tenant: Tenant, directive: Directive
     ) -> CacheTicket:
+        """A chat completion, or a Responses API request (run as chat, ``operation:
+        responses``), keyed by its Responses form and kept apart from chat's answers."""
+        if request.operation == "responses":
+            return self._responses_ticket(request, tenant, directive)
         refusal = None
         if request.n is not None and request.n > 1:
             refusal = "n > 1 asks for several different answers"
@@ -151,6 +159,31 @@ class ResponseCache:
             "chat",
             request.model,
             lambda: chat_form(request.upstream_body()),
+            tenant,
+            directive,
+            refusal,
+        )
+
+    def _responses_ticket(
+        self, request: ChatCompletionRequest, tenant: Tenant, directive: Directive
+    ) -> CacheTicket:
+        body = request.cache_body()
+        builtin = sorted(
+            {str(t.get("type")) for t in body.get("tools") or () if t.get("type") != "function"}
+        )
+        if builtin:
+            refusal: str | None = (
+                f"built-in tools ({', '.join(builtin)}) run by the provider give answers that "
+                "change"
+            )
+        elif body.get("background"):
+            refusal = "background responses are not cached"
+        else:
+            refusal = self._sampled(request.model, request.temperature, directive)
+        return self.ticket(
+            "responses",
+            request.model,
+            lambda: responses_form(body),
             tenant,
             directive,
             refusal,
@@ -270,20 +303,28 @@ class ResponseCache:
             return None
         entry = orjson.loads(raw)
         cost = entry.get("cost")
-        return CachedAnswer(entry["response"], None if cost is None else Decimal(cost))
+        return CachedAnswer(
+            entry["response"], None if cost is None else Decimal(cost), entry.get("region")
+        )
 
     def keep(
-        self, ticket: CacheTicket, cost: Decimal | None, usage: JSON | None
+        self,
+        ticket: CacheTicket,
+        cost: Decimal | None,
+        usage: JSON | None,
+        region: str | None = None,
     ) -> Coroutine[Any, Any, None] | None:
-        """Keep ``ticket.answer`` (with what its call cost), if it is a whole answer within
-        ``max_entry_bytes``. A memory store keeps it at once; for Redis, the coroutine to run
-        in the background is returned."""
+        """Keep ``ticket.answer`` (with what its call cost and the region of the deployment
+        that produced it), if it is a whole answer within ``max_entry_bytes``. A memory store
+        keeps it at once; for Redis, the coroutine to run in the background is returned."""
         answer = ticket.answer
         if answer is None or not ticket.writes or not ticket.key or not whole(answer):
             return None
         if answer.get("usage") is None and usage:
             answer = {**answer, "usage": usage}
-        raw = orjson.dumps({"response": answer, "cost": None if cost is None else str(cost)})
+        raw = orjson.dumps(
+            {"response": answer, "cost": None if cost is None else str(cost), "region": region}
+        )
         if len(raw) > self.settings.max_entry_bytes:
             return None
         ticket.stored_bytes = len(raw)

@@ -98,9 +98,17 @@ class ResponsesChatRequest(ChatCompletionRequest):
     operation: ClassVar[Literal["chat", "fim", "responses"]] = "responses"
     _native: JSON | None = PrivateAttr(default=None)
     _builtin_tools: list[str] = PrivateAttr(default_factory=list)
+    _responses_body: JSON | None = PrivateAttr(default=None)
 
     def drop_native(self) -> None:
         self._native = None
+
+    def cache_body(self) -> JSON:
+        """The Responses request as it came, the conversation's earlier items in ``input``
+        (``native_body``): what the response cache keys it by."""
+        if self._responses_body is None:
+            return super().cache_body()
+        return self._responses_body
 
     def native_request(self, deployment: Any) -> UpstreamRequest | None:
         if self._native is None:
@@ -328,7 +336,7 @@ def chat_request(request: ResponsesRequest, history: list[JSON]) -> ResponsesCha
     if "tools" not in body:
         body.pop("tool_choice", None)  # a choice among built-in tools, if any
     chat = ResponsesChatRequest.model_validate(body)
-    chat._native = native_body(request, history)
+    chat._native = chat._responses_body = native_body(request, history)
     chat._builtin_tools = builtin
     return chat
 
