@@ -306,9 +306,10 @@ class Engine:
             wanted = config is not None and config.redact_pii
         if not wanted or not isinstance(request, ChatCompletionRequest):
             return  # FIM and legacy completions carry a prompt, not messages
-        from gateway.governance.pii import Vault, redact_messages  # loaded only when used
+        from gateway.governance.pii import Vault, name_finder, redact_messages  # when used
 
-        vault = Vault()
+        detector = setup.config.pii.names_detector
+        vault = Vault(names=name_finder(detector) if detector else None)
         redact_messages(request.messages, vault)
         if vault:
             call.pii = vault

@@ -5,6 +5,7 @@ totals add up; the act is audited without the id it erased."""
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -266,3 +267,32 @@ def test_erasure_by_key_and_by_tag_deletes_stored_responses(site):
     assert stored(proxy, other["key"], untagged["id"]) == 200
     text = everything(proxy, db)
     assert "OTTER-3" not in text and "LYNX-5" not in text and "HERON-8" in text
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_erasure_empties_the_response_cache(
+    openai_upstream: OpenAIEmulator, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Cached answers are kept by a hash of the request, not by person: an erasure empties the
+    cache, so nothing the person asked is answered again from it."""
+    cache: dict[str, Any] = {"enabled": True, "backend": backend}
+    config = gateway_config(openai_upstream.url, tmp_path / "ledger.db", cache=cache)
+    if backend == "redis":
+        config["redis"] = {
+            "url": request.getfixturevalue("redis_url"),
+            "key_prefix": f"llm-gateway-test:{uuid.uuid4().hex}:",
+        }
+    with ServerThread(create_app(config)) as server:
+        proxy = server.url + "/v1"
+        ask = [{"role": "user", "content": "my address is 12 Rue des Lilas"}]
+        first = chat(proxy, MASTER_KEY, user=PERSON, messages=ask, temperature=0)
+        again = chat(proxy, MASTER_KEY, user=PERSON, messages=ask, temperature=0)
+        assert [first.headers["x-gateway-cache"], again.headers["x-gateway-cache"]] == [
+            "miss",
+            "hit",
+        ]
+        answer = erasure(proxy, {"user": PERSON})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["cache_entries_flushed"] >= 1
+        after = chat(proxy, MASTER_KEY, user=PERSON, messages=ask, temperature=0)
+        assert after.headers["x-gateway-cache"] == "miss"

@@ -236,3 +236,30 @@ def test_a_redacted_prompt_is_never_answered_from_the_response_cache(
     assert [a.headers["x-gateway-cache"] for a in answers] == ["bypass", "bypass"]
     assert answer(answers[1], False) == "echo I am bob.stone@example.org"
     assert len(echo.bodies) == 2
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_names_are_redacted_where_a_detector_is_configured(
+    echo: Echo, start_gateway: GatewayFactory, tmp_path: Path, stream: bool
+) -> None:
+    config = gateway_config(echo.url, tmp_path / "ledger.db")  # type: ignore[attr-defined]
+    config["pii"] = {"names_detector": "tests.pii_names:detect"}
+    deployment = {"provider": "openai", "model": "gpt-4o"}
+    config["models"] = {"private": {"deployments": [deployment], "redact_pii": True}}
+    base = start_gateway(config)
+    echo.bodies.clear()
+    said = "Alice Martin wrote to Jan de Vries; Alice Martin again"
+    messages = [{"role": "user", "content": said}]
+    response = chat(base, MASTER_KEY, model="private", messages=messages, stream=stream)
+    assert answer(response, stream) == "echo " + said
+    assert echo.bodies[0]["messages"][-1]["content"] == (
+        "[NAME_1] wrote to [NAME_2]; [NAME_1] again"
+    )
+
+
+def test_a_names_detector_that_cannot_be_imported_is_a_config_error() -> None:
+    from gateway.config import GatewayConfig
+    from gateway.errors import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match="cannot be imported"):
+        GatewayConfig.model_validate({"pii": {"names_detector": "no_such_module:detect"}})

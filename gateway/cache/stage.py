@@ -334,6 +334,10 @@ class ResponseCache:
             return None
         return store.put(ticket.key, raw, ticket.ttl)
 
+    async def clear(self) -> int:
+        """Forget every kept answer (an erasure: entries cannot be told apart by person)."""
+        return await self.store.clear()
+
     async def aclose(self) -> None:
         await self.store.aclose()
 

@@ -19,6 +19,8 @@ class CacheStore(Protocol):
 
     async def put(self, key: str, value: bytes, ttl: float) -> None: ...
 
+    async def clear(self) -> int: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -65,9 +67,15 @@ class MemoryStore:
         value, _ = self._entries.pop(key)
         self.bytes -= len(value)
 
-    async def aclose(self) -> None:
+    async def clear(self) -> int:
+        """Drop every entry; how many there were."""
+        dropped = len(self._entries)
         self._entries.clear()
         self.bytes = 0
+        return dropped
+
+    async def aclose(self) -> None:
+        await self.clear()
 
 
 class RedisStore:
@@ -94,6 +102,19 @@ class RedisStore:
 
     def put_now(self, key: str, value: bytes, ttl: float) -> None:
         raise NotImplementedError("a Redis store is written asynchronously")
+
+    async def clear(self) -> int:
+        """Delete every entry under the prefix (every replica's); how many there were."""
+        dropped = 0
+        batch: list[str | bytes] = []
+        async for key in self.client.scan_iter(match=self.prefix + "*", count=500):
+            batch.append(key)
+            if len(batch) >= 500:
+                dropped += int(await self.client.delete(*batch))
+                batch = []
+        if batch:
+            dropped += int(await self.client.delete(*batch))
+        return dropped
 
     async def aclose(self) -> None:
         await self.client.aclose()

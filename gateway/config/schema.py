@@ -380,6 +380,33 @@ class ModelCacheConfig(_Strict):
     )
 
 
+class PiiConfig(_Strict):
+    """PII redaction settings beyond the built-in patterns (docs/governance.md)."""
+
+    names_detector: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="'package.module:function' of a function giving the (start, end) spans of "
+        "person names in a text (e.g. a Presidio wrapper); names are not detected without it.",
+    )
+
+    @field_validator("names_detector")
+    @classmethod
+    def _importable(cls, path: str | None) -> str | None:
+        if path is None:
+            return None
+        import importlib.util
+
+        module = path.partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            raise ValueError(f"module {module!r} cannot be imported")
+        return path
+
+
 class CacheConfig(_Strict):
     """The exact response cache (docs/caching.md). Off by default."""
 
@@ -639,6 +666,7 @@ class GatewayConfig(_Strict):
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     ui: UIConfig = Field(default_factory=UIConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     surfaces: SurfacesConfig = Field(default_factory=SurfacesConfig)

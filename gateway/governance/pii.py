@@ -11,15 +11,19 @@ What is found, and how:
   Spain's DNI/NIE, Italy's codice fiscale, France's NIR, Poland's PESEL, Belgium's national
   number, Germany's tax id, the Netherlands' BSN).
 
-Names are not detected: that takes a language model (e.g. Presidio with spaCy), which the
-gateway does not download. python-stdnum is pure Python and ships its checks with it.
+Names are found only where a detector is configured (``pii.names_detector: "module:function"``,
+a function of a text giving the ``(start, end)`` spans of names in it, e.g. a wrapper around
+Presidio with a spaCy model the deployer installs): that takes a language model, which the
+gateway neither ships nor downloads. python-stdnum is pure Python and ships its checks with it.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from stdnum import iban, luhn
@@ -74,7 +78,9 @@ DETECTORS: tuple[tuple[str, re.Pattern[str], Callable[[str], bool] | None], ...]
         lambda text: 8 <= len(re.sub(r"\D", "", text)) <= 15,
     ),
 )
-KINDS = tuple(kind for kind, _, _ in DETECTORS)
+NAME = "NAME"  # found by a configured detector, not a pattern
+KINDS = (*(kind for kind, _, _ in DETECTORS), NAME)
+NameFinder = Callable[[str], Iterable[tuple[int, int]]]
 _DIGIT = re.compile(r"\d")
 PLACEHOLDER = re.compile(r"\[(?:" + "|".join(KINDS) + r")_\d+\]")
 # The longest tail of a chunk that may be the start of a placeholder: held for the next one.
@@ -85,6 +91,7 @@ _PARTIAL = re.compile(r"\[[A-Z_]{0,12}\d{0,6}$")
 class Vault:
     """The placeholders of one request and the values they stand for."""
 
+    names: NameFinder | None = None  # the configured names detector, if any
     values: dict[str, str] = field(default_factory=dict)  # placeholder → original
     _by_value: dict[tuple[str, str], str] = field(default_factory=dict)
     _counts: dict[str, int] = field(default_factory=dict)
@@ -102,8 +109,8 @@ class Vault:
     def redact(self, text: str) -> str:
         """``text`` with each piece of personal data replaced by its placeholder."""
         has_at = "@" in text
-        if not has_at and _DIGIT.search(text) is None:
-            return text  # every kind has an @ or a digit: most text is passed over at once
+        if self.names is None and not has_at and _DIGIT.search(text) is None:
+            return text  # every pattern's kind has an @ or a digit: most text is passed over
         spans: list[tuple[int, int, str]] = []
         for kind, pattern, valid in DETECTORS:
             if kind == "EMAIL" and not has_at:
@@ -118,6 +125,12 @@ class Vault:
                     continue
                 spans.append((start, end, kind))
                 pos = end
+        if self.names is not None:
+            for start, end in self.names(text):
+                if 0 <= start < end <= len(text) and not any(
+                    s < end and start < e for s, e, _ in spans
+                ):
+                    spans.append((start, end, NAME))
         if not spans:
             return text
         out: list[str] = []
@@ -137,6 +150,17 @@ class Vault:
 
     def __bool__(self) -> bool:
         return bool(self.values)
+
+
+@cache
+def name_finder(path: str) -> NameFinder:
+    """The names detector at ``path`` (``"package.module:function"``), imported once."""
+    module, _, attr = path.partition(":")
+    found = getattr(importlib.import_module(module), attr)
+    if not callable(found):
+        raise TypeError(f"{path} is not a function")
+    finder: NameFinder = found
+    return finder
 
 
 def _longest_valid(text: str, start: int, end: int, valid: Callable[[str], bool]) -> int:

@@ -10,6 +10,7 @@ answers CSV with ``format=csv``. ``GET /admin/audit/verify`` walks the chain.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,8 @@ from gateway.governance.erasure import erase
 from gateway.governance.retention import RetentionTask
 from gateway.ledger.ledger import ledger_disabled
 from gateway.server.http import Gatekeeper, error_response, json_body
+
+log = logging.getLogger("gateway.governance")
 
 Handler = Callable[[Request, AuditTrail], Awaitable[Response]]
 AUDIT_PARAMS = ("since", "until", "actor", "action", "target", "after", "limit", "format")
@@ -133,11 +136,27 @@ class GovernanceRoutes:
         except Exception:
             await trail.record("master", "erasure", target, "failed", address, {})
             raise
-        detail = report.public()
+        answer = report.public()
+        answer["cache_entries_flushed"] = await self._flush_cache()
+        detail = dict(answer)
         detail.pop("content")
         # Never the person's id itself: the trail would keep what was erased.
         await trail.record("master", "erasure", target, "ok", address, detail)
-        return json_body(report.public())
+        return json_body(answer)
+
+    async def _flush_cache(self) -> int | None:
+        """The response cache keeps answers by a hash of the request within a tenant, so the
+        person's entries cannot be picked out: an erasure empties it (it is only a saving;
+        answers are produced afresh). None: no cache; a store that cannot be reached is
+        logged and reported as None too, its entries expiring with their TTL."""
+        cache = self.engine.cache
+        if cache is None:
+            return None
+        try:
+            return await cache.clear()
+        except Exception as exc:
+            log.warning("erasure: the response cache could not be emptied: %s", exc)
+            return None
 
 
 def _erasure_subject(body: dict[str, Any]) -> tuple[str | None, str | None, tuple[str, Any] | None]:
