@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import orjson
@@ -36,7 +36,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     retry_after_seconds,
 )
-from gateway.facts import facts_from_headers, usd
+from gateway.facts import GatewayFacts, facts_from_headers, usd
 from gateway.sdk.resources import ModelRequest
 from gateway.types import (
     ChatCompletion,
@@ -293,14 +293,27 @@ class RetryPolicy:
 
 
 StreamItem = ChatCompletionChunk | GatewayError
+Item = TypeVar("Item")
 
 
-def unwrap(items: list[StreamItem]) -> Iterator[ChatCompletionChunk]:
-    """The chunks in order; an error among them is raised where it stands."""
+def unwrap(items: Sequence[Item | GatewayError]) -> Iterator[Item]:
+    """The items in order (chunks or events); an error among them is raised where it stands."""
     for item in items:
         if isinstance(item, GatewayError):
             raise item
         yield item
+
+
+class StreamDecoder(Protocol[Item]):
+    """Turns a gateway stream's SSE bytes into its items (``ChunkDecoder``, ``EventDecoder``):
+    what was read so far, errors in place; ``finished`` once nothing more may follow."""
+
+    facts: GatewayFacts
+    finished: bool
+
+    def feed(self, data: bytes) -> list[Item | GatewayError]: ...
+
+    def close(self) -> list[Item | GatewayError]: ...
 
 
 class ChunkDecoder:
@@ -375,14 +388,6 @@ class ChunkDecoder:
 
 EventItem = ResponseStreamEvent | GatewayError
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
-
-
-def unwrap_events(items: list[EventItem]) -> Iterator[ResponseStreamEvent]:
-    """The events in order; an error among them is raised where it stands."""
-    for item in items:
-        if isinstance(item, GatewayError):
-            raise item
-        yield item
 
 
 class EventDecoder:

@@ -16,7 +16,7 @@ import itertools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, Self
 from urllib.parse import quote
 
 import httpx
@@ -55,8 +55,10 @@ from gateway.sdk.protocol import (
     GatewayConnectionError,
     GatewayTimeoutError,
     Headers,
+    Item,
     RetryPolicy,
     Settings,
+    StreamDecoder,
     Timeout,
     api_request,
     chat_result,
@@ -69,7 +71,6 @@ from gateway.sdk.protocol import (
     stream_broken,
     transport_error,
     unwrap,
-    unwrap_events,
 )
 from gateway.sdk.resources import (
     AsyncChat,
@@ -187,28 +188,31 @@ class _Operations:
 # --- sync -----------------------------------------------------------------------------------
 
 
-class RemoteChunkIterator:
-    """The chunks of one streaming answer from a gateway; ``facts`` is read from its headers.
-    Iterating to the end (or ``close()``) releases the connection."""
+class RemoteStream(Generic[Item]):
+    """The items of one streamed answer from a gateway (chunks, or Responses events), as its
+    ``decoder`` reads them; ``facts`` is read from its headers. Iterating to the end (or
+    ``close()``) releases the connection."""
 
-    def __init__(self, response: httpx.Response, *, hide_usage: bool = False) -> None:
+    def __init__(
+        self, response: httpx.Response, decoder: Callable[[Headers], StreamDecoder[Item]]
+    ) -> None:
         self._response = response
         self._headers = headers_of(response)
-        self._decoder = ChunkDecoder(self._headers, hide_usage=hide_usage)
-        self._chunks = self._iterate()
+        self._decoder = decoder(self._headers)
+        self._items = self._iterate()
 
     @property
     def facts(self) -> GatewayFacts:
-        """The call's facts; ``cost`` is filled in when the stream's usage chunk arrives."""
+        """The call's facts; ``cost`` is filled in when the stream's usage arrives."""
         return self._decoder.facts
 
-    def __iter__(self) -> Iterator[ChatCompletionChunk]:
+    def __iter__(self) -> Iterator[Item]:
         return self
 
-    def __next__(self) -> ChatCompletionChunk:
-        return next(self._chunks)
+    def __next__(self) -> Item:
+        return next(self._items)
 
-    def _iterate(self) -> Generator[ChatCompletionChunk, None, None]:
+    def _iterate(self) -> Generator[Item, None, None]:
         decoder = self._decoder
         try:
             try:
@@ -223,59 +227,28 @@ class RemoteChunkIterator:
             self._response.close()
 
     def close(self) -> None:
-        self._chunks.close()
+        self._items.close()
         self._response.close()
 
-    def __enter__(self) -> RemoteChunkIterator:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
-class RemoteResponseEvents:
-    """The events of one streamed response from a gateway; ``facts`` is read from its
-    headers. Iterating to the end (or ``close()``) releases the connection."""
+class RemoteChunkIterator(RemoteStream[ChatCompletionChunk]):
+    """The chunks of one streaming chat answer from a gateway."""
+
+    def __init__(self, response: httpx.Response, *, hide_usage: bool = False) -> None:
+        super().__init__(response, lambda headers: ChunkDecoder(headers, hide_usage=hide_usage))
+
+
+class RemoteResponseEvents(RemoteStream[ResponseStreamEvent]):
+    """The events of one streamed response (Responses API) from a gateway."""
 
     def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-        self._headers = headers_of(response)
-        self._decoder = EventDecoder(self._headers)
-        self._events = self._iterate()
-
-    @property
-    def facts(self) -> GatewayFacts:
-        return self._decoder.facts
-
-    def __iter__(self) -> Iterator[ResponseStreamEvent]:
-        return self
-
-    def __next__(self) -> ResponseStreamEvent:
-        return next(self._events)
-
-    def _iterate(self) -> Generator[ResponseStreamEvent, None, None]:
-        decoder = self._decoder
-        try:
-            try:
-                for data in self._response.iter_bytes():
-                    yield from unwrap_events(decoder.feed(data))
-                    if decoder.finished:
-                        break
-            except httpx.TransportError as exc:
-                raise stream_broken(exc, self._headers) from exc
-            yield from unwrap_events(decoder.close())
-        finally:
-            self._response.close()
-
-    def close(self) -> None:
-        self._events.close()
-        self._response.close()
-
-    def __enter__(self) -> RemoteResponseEvents:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        super().__init__(response, EventDecoder)
 
 
 class _HttpBackend(_Operations):
@@ -397,98 +370,68 @@ class GatewayClient:
 # --- async ----------------------------------------------------------------------------------
 
 
-class AsyncRemoteChunkStream:
-    """The chunks of one streaming answer from a gateway, for ``async for``; ``facts`` is read
-    from its headers. Iterating to the end (or ``aclose()``) releases the connection."""
+class AsyncRemoteStream(Generic[Item]):
+    """``RemoteStream`` for ``async for``: iterating to the end (or ``aclose()``) releases the
+    connection."""
 
-    def __init__(self, response: httpx.Response, *, hide_usage: bool = False) -> None:
+    def __init__(
+        self, response: httpx.Response, decoder: Callable[[Headers], StreamDecoder[Item]]
+    ) -> None:
         self._response = response
         self._headers = headers_of(response)
-        self._decoder = ChunkDecoder(self._headers, hide_usage=hide_usage)
-        self._chunks = self._iterate()
+        self._decoder = decoder(self._headers)
+        self._items = self._iterate()
 
     @property
     def facts(self) -> GatewayFacts:
-        """The call's facts; ``cost`` is filled in when the stream's usage chunk arrives."""
+        """The call's facts; ``cost`` is filled in when the stream's usage arrives."""
         return self._decoder.facts
 
-    def __aiter__(self) -> AsyncIterator[ChatCompletionChunk]:
+    def __aiter__(self) -> AsyncIterator[Item]:
         return self
 
-    async def __anext__(self) -> ChatCompletionChunk:
-        return await anext(self._chunks)
+    async def __anext__(self) -> Item:
+        return await anext(self._items)
 
-    async def _iterate(self) -> AsyncGenerator[ChatCompletionChunk, None]:
+    async def _iterate(self) -> AsyncGenerator[Item, None]:
         decoder = self._decoder
         try:
             try:
                 async for data in self._response.aiter_bytes():
-                    for chunk in unwrap(decoder.feed(data)):
-                        yield chunk
+                    for item in unwrap(decoder.feed(data)):
+                        yield item
                     if decoder.finished:
                         break
             except httpx.TransportError as exc:
                 raise stream_broken(exc, self._headers) from exc
-            for chunk in unwrap(decoder.close()):
-                yield chunk
+            for item in unwrap(decoder.close()):
+                yield item
         finally:
             await self._response.aclose()
 
     async def aclose(self) -> None:
-        await self._chunks.aclose()
+        await self._items.aclose()
         await self._response.aclose()
 
-    async def __aenter__(self) -> AsyncRemoteChunkStream:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
 
-class AsyncRemoteResponseEvents:
+class AsyncRemoteChunkStream(AsyncRemoteStream[ChatCompletionChunk]):
+    """The chunks of one streaming chat answer from a gateway, for ``async for``."""
+
+    def __init__(self, response: httpx.Response, *, hide_usage: bool = False) -> None:
+        super().__init__(response, lambda headers: ChunkDecoder(headers, hide_usage=hide_usage))
+
+
+class AsyncRemoteResponseEvents(AsyncRemoteStream[ResponseStreamEvent]):
     """The events of one streamed response from a gateway, for ``async for``."""
 
     def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-        self._headers = headers_of(response)
-        self._decoder = EventDecoder(self._headers)
-        self._events = self._iterate()
-
-    @property
-    def facts(self) -> GatewayFacts:
-        return self._decoder.facts
-
-    def __aiter__(self) -> AsyncIterator[ResponseStreamEvent]:
-        return self
-
-    async def __anext__(self) -> ResponseStreamEvent:
-        return await anext(self._events)
-
-    async def _iterate(self) -> AsyncGenerator[ResponseStreamEvent, None]:
-        decoder = self._decoder
-        try:
-            try:
-                async for data in self._response.aiter_bytes():
-                    for event in unwrap_events(decoder.feed(data)):
-                        yield event
-                    if decoder.finished:
-                        break
-            except httpx.TransportError as exc:
-                raise stream_broken(exc, self._headers) from exc
-            for event in unwrap_events(decoder.close()):
-                yield event
-        finally:
-            await self._response.aclose()
-
-    async def aclose(self) -> None:
-        await self._events.aclose()
-        await self._response.aclose()
-
-    async def __aenter__(self) -> AsyncRemoteResponseEvents:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+        super().__init__(response, EventDecoder)
 
 
 class _AsyncHttpBackend(_Operations):
