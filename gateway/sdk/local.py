@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, cast
 
 from pydantic import PrivateAttr
 
@@ -76,6 +76,8 @@ if TYPE_CHECKING:
 
 ConfigSource = str | Path | dict[str, Any] | GatewayConfig | None
 R = TypeVar("R")
+Item = TypeVar("Item")
+Item_co = TypeVar("Item_co", covariant=True)
 
 
 class LocalChatCompletion(ChatCompletion):
@@ -432,70 +434,58 @@ class _LoopThread:
         self.loop.close()
 
 
-class ChunkIterator:
+class _AsyncItems(Protocol[Item_co]):
+    """What a blocking iterator drives: ``AsyncChunkStream`` or ``AsyncResponseEvents``."""
+
+    info: Call
+
+    @property
+    def facts(self) -> GatewayFacts: ...
+
+    def __aiter__(self) -> AsyncIterator[Item_co]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class BlockingStream(Generic[Item]):
+    """Synchronous iterator over a streamed answer's items, run on the gateway's loop thread."""
+
+    def __init__(self, stream: _AsyncItems[Item], runner: _LoopThread) -> None:
+        self._aiter = aiter(stream)
+        self._stream = stream
+        self._runner = runner
+        self.info = stream.info
+
+    @property
+    def facts(self) -> GatewayFacts:
+        """Who answers the stream and, once it has ended, what it cost."""
+        return self._stream.facts
+
+    def __iter__(self) -> Iterator[Item]:
+        return self
+
+    def __next__(self) -> Item:
+        try:
+            return self._runner.run(anext(self._aiter))  # type: ignore[arg-type]
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._runner.run(self._stream.aclose())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class ChunkIterator(BlockingStream[ChatCompletionChunk]):
     """Synchronous iterator over a streaming answer's chunks."""
 
-    def __init__(self, stream: AsyncChunkStream, runner: _LoopThread) -> None:
-        self._aiter = aiter(stream)
-        self._stream = stream
-        self._runner = runner
-        self.info = stream.info
 
-    @property
-    def facts(self) -> GatewayFacts:
-        """Who answers the stream and, once it has ended, what it cost."""
-        return self._stream.facts
-
-    def __iter__(self) -> Iterator[ChatCompletionChunk]:
-        return self
-
-    def __next__(self) -> ChatCompletionChunk:
-        try:
-            return self._runner.run(anext(self._aiter))  # type: ignore[arg-type]
-        except StopAsyncIteration:
-            raise StopIteration from None
-
-    def close(self) -> None:
-        self._runner.run(self._stream.aclose())
-
-    def __enter__(self) -> ChunkIterator:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class ResponseEventIterator:
+class ResponseEventIterator(BlockingStream[ResponseStreamEvent]):
     """Synchronous iterator over a streamed response's events."""
-
-    def __init__(self, stream: AsyncResponseEvents, runner: _LoopThread) -> None:
-        self._aiter = aiter(stream)
-        self._stream = stream
-        self._runner = runner
-        self.info = stream.info
-
-    @property
-    def facts(self) -> GatewayFacts:
-        """Who answers the stream and, once it has ended, what it cost."""
-        return self._stream.facts
-
-    def __iter__(self) -> Iterator[ResponseStreamEvent]:
-        return self
-
-    def __next__(self) -> ResponseStreamEvent:
-        try:
-            return self._runner.run(anext(self._aiter))  # type: ignore[arg-type]
-        except StopAsyncIteration:
-            raise StopIteration from None
-
-    def close(self) -> None:
-        self._runner.run(self._stream.aclose())
-
-    def __enter__(self) -> ResponseEventIterator:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 class BlockingBackend:
