@@ -9,6 +9,7 @@ bring their own ``AsyncClient``).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from types import SimpleNamespace
@@ -25,11 +26,78 @@ STREAM_READ_BYTES = 64 * 1024  # the most one read of a streamed body hands on
 # --- aiohttp ------------------------------------------------------------------------------
 
 
-class _AiohttpResponse:
-    __slots__ = ("_resp", "headers", "status")
+class _Watched:
+    """A streamed body the idle watch looks after: its reads so far, whether its reader is
+    waiting for bytes now, and since when the watch has seen it waiting on the same count."""
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+    __slots__ = ("expired", "idle", "reads", "resp", "seen", "since", "waiting")
+
+    def __init__(self, resp: aiohttp.ClientResponse, idle: float, now: float) -> None:
+        self.resp = resp
+        self.idle = idle
+        self.reads = 0
+        self.waiting = False
+        self.seen = 0
+        self.since = now
+        self.expired = False
+
+
+class IdleWatch:
+    """One timer for every streamed body of a transport, instead of aiohttp's per-read one.
+
+    aiohttp re-arms a timer on each read from a socket (``sock_read``): for a stream, one
+    cancelled and one new timer per event. The watch instead wakes every ``idle / 10`` (within
+    10 ms … 250 ms), notes which bodies have been read since, and closes a body whose reader
+    has waited ``idle`` seconds for a byte, so its reader gets ``UpstreamTimeoutError``. A stall
+    is thus noticed between ``idle`` and ``idle`` plus two wake-ups after the last byte. Time
+    the reader spends elsewhere (a slow caller holding the stream) does not count, as with
+    aiohttp's timer, which stops while reading is paused.
+    """
+
+    def __init__(self) -> None:
+        self._bodies: set[_Watched] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def watch(self, resp: aiohttp.ClientResponse, idle: float) -> _Watched:
+        loop = asyncio.get_running_loop()
+        watched = _Watched(resp, idle, loop.time())
+        self._bodies.add(watched)
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+        return watched
+
+    def forget(self, watched: _Watched) -> None:
+        self._bodies.discard(watched)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        bodies = self._bodies
+        while bodies:
+            shortest = min(w.idle for w in bodies)
+            await asyncio.sleep(min(max(shortest / 10, 0.01), 0.25))
+            now = loop.time()
+            for w in list(bodies):
+                if w.reads != w.seen or not w.waiting:
+                    w.seen, w.since = w.reads, now
+                elif now - w.since >= w.idle:
+                    w.expired = True
+                    bodies.discard(w)
+                    w.resp.close()  # the pending read fails; iter_bytes says why
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._bodies.clear()
+
+
+class _AiohttpResponse:
+    __slots__ = ("_idle", "_resp", "_watch", "headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse, watch: IdleWatch, idle: float) -> None:
         self._resp = resp
+        self._watch = watch
+        self._idle = idle
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
 
@@ -44,22 +112,41 @@ class _AiohttpResponse:
             self._resp.release()
 
     async def iter_bytes(self) -> AsyncIterator[bytes]:
-        content = self._resp.content
+        resp = self._resp
+        content = resp.content
+        # From here the idle watch, not aiohttp's per-read timer, bounds the wait for bytes.
+        connection = resp.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = None
+        watched = self._watch.watch(resp, self._idle)
+        read = content.read
         try:
             # At most STREAM_READ_BYTES a read (as soon as any have arrived): what one read
             # brings is held — decoded, translated and re-encoded — until the caller takes
             # it, so a bounded read bounds what a slow caller's stream holds.
-            async for chunk in content.iter_chunked(STREAM_READ_BYTES):
+            while True:
+                watched.waiting = True
+                chunk = await read(STREAM_READ_BYTES)
+                watched.waiting = False
+                if not chunk:
+                    break
+                watched.reads += 1
                 yield chunk
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeoutError("upstream stream went idle") from exc
         except aiohttp.ClientError as exc:
+            if watched.expired:
+                raise UpstreamTimeoutError("upstream stream went idle") from exc
             # aiohttp raises a stored connection error before handing over the bytes it had
             # already received; those are part of the answer, so they go first.
             buffered = b"".join(getattr(content, "_buffer", ()))
             if buffered:
                 yield buffered
             raise UpstreamConnectionError(f"upstream stream broke: {exc}") from exc
+        finally:
+            self._watch.forget(watched)
+        if watched.expired:
+            raise UpstreamTimeoutError("upstream stream went idle")
 
     async def close(self) -> None:
         self._resp.release()
@@ -87,6 +174,7 @@ class AiohttpTransport:
         self._max_connections = max_connections
         self._max_per_host = max_per_host
         self._session: aiohttp.ClientSession | None = None
+        self._idle = IdleWatch()
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily: a ClientSession binds to the running event loop.
@@ -136,9 +224,10 @@ class AiohttpTransport:
             raise UpstreamConnectionError(f"could not reach upstream: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamConnectionError(f"could not reach upstream: {exc}") from exc
-        return _AiohttpResponse(resp)
+        return _AiohttpResponse(resp, self._idle, timeouts.read)
 
     async def close(self) -> None:
+        self._idle.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -73,6 +73,47 @@ async def test_stalled_stream_is_upstream_timeout(transport, openai_emu):
     await resp.close()
 
 
+async def test_a_reader_slower_than_the_idle_limit_is_not_taken_for_a_stall(
+    transport, openai_emu
+):
+    # The upstream pauses 0.1 s mid-stream, well within the 0.3 s idle limit; the reader
+    # holds each piece for 0.5 s. Only time spent waiting for bytes may count as idle.
+    openai_emu.fail_next(Fault(stall_after=2, stall_seconds=0.1))
+    resp = await transport.send(chat(openai_emu.url, stream=True), Timeouts(connect=2, read=0.3))
+    pieces = []
+    async for piece in resp.iter_bytes():
+        pieces.append(piece)
+        await asyncio.sleep(0.5)
+    await resp.close()
+    assert b"".join(pieces).endswith(b"data: [DONE]\n\n")
+
+
+async def test_every_stalled_stream_is_cut_at_its_own_idle_limit(openai_emu):
+    # One watch looks after every streamed body of a transport: each stall is still noticed
+    # on time, each at its own limit.
+    transport = AiohttpTransport()
+    try:
+
+        async def stalled(read: float) -> float:
+            resp = await transport.send(
+                chat(openai_emu.url, stream=True), Timeouts(connect=2, read=read)
+            )
+            began = time.monotonic()
+            with pytest.raises(UpstreamTimeoutError):
+                async for _ in resp.iter_bytes():
+                    began = time.monotonic()
+            await resp.close()
+            return time.monotonic() - began
+
+        for _ in range(6):
+            openai_emu.fail_next(Fault(stall_after=2, stall_seconds=3.0))
+        waited = await asyncio.gather(*(stalled(r) for r in (0.2, 0.2, 0.2, 0.6, 0.6, 0.6)))
+    finally:
+        await transport.close()
+    assert all(0.2 <= w < 0.4 for w in waited[:3]), waited
+    assert all(0.6 <= w < 0.9 for w in waited[3:]), waited
+
+
 async def test_library_user_can_inject_their_own_httpx_client(openai_emu):
     config = {
         "providers": {
