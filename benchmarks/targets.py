@@ -126,6 +126,11 @@ DEFAULT_SCENARIOS = (
 )
 
 
+def stream_model(provider_type: str) -> str:
+    """The upstream model streams are asked of: Mistral's for its shape, else OpenAI's."""
+    return "mistral-small-latest" if provider_type == "mistral" else UPSTREAM_MODEL
+
+
 def litellm_binary() -> Path | None:
     """$LITELLM_BIN, else a litellm-venv next to the repository, else litellm on PATH."""
     candidates = [os.environ.get("LITELLM_BIN"), str(REPO.parent / "litellm-venv/bin/litellm")]
@@ -144,13 +149,19 @@ def gateway_config(
     workers: int = 1,
     ledger: str | None = None,
     cache: str | None = None,
+    provider_type: str = "openai",
 ) -> dict[str, Any]:
     """One model per answer shape; ``full``: each with two weighted deployments (3:1, two
-    providers, both pointing at the upstream) and the ledger at ``ledger``."""
+    providers, both pointing at the upstream) and the ledger at ``ledger``.
+    ``provider_type``: the adapter the stream providers use (``mistral`` for its shape)."""
     provider = {"type": "openai", "api_key": API_KEY}
     providers = {
         "bench-json": {**provider, "base_url": upstream + BASE_PATHS["chat"]},
-        "bench-sse": {**provider, "base_url": upstream + BASE_PATHS["stream"]},
+        "bench-sse": {
+            **provider,
+            "type": provider_type,
+            "base_url": upstream + BASE_PATHS["stream"],
+        },
         "bench-native": {
             **provider,
             "base_url": upstream + BASE_PATHS["responses-native"],
@@ -178,7 +189,7 @@ def gateway_config(
         "providers": providers,
         "models": {
             MODELS["chat"]: deployments("bench-json", UPSTREAM_MODEL),
-            MODELS["stream"]: deployments("bench-sse", UPSTREAM_MODEL),
+            MODELS["stream"]: deployments("bench-sse", stream_model(provider_type)),
             MODELS["embed"]: deployments("bench-json", EMBED_MODEL),
             MODELS["responses-native"]: deployments("bench-native", UPSTREAM_MODEL),
         },
@@ -216,12 +227,13 @@ def create_virtual_key(db_path: Path) -> str:
     return asyncio.run(_create_virtual_key(f"sqlite+aiosqlite:///{db_path}"))
 
 
-def litellm_config(upstream: str) -> dict[str, Any]:
+def litellm_config(upstream: str, provider_type: str = "openai") -> dict[str, Any]:
     def entry(mode: str, model: str) -> dict[str, Any]:
+        kind = provider_type if mode == "stream" else "openai"
         return {
             "model_name": MODELS[mode],
             "litellm_params": {
-                "model": f"openai/{model}",
+                "model": f"{kind}/{model}",
                 "api_base": upstream + BASE_PATHS[mode],
                 "api_key": API_KEY,
             },
@@ -230,7 +242,7 @@ def litellm_config(upstream: str) -> dict[str, Any]:
     return {
         "model_list": [
             entry("chat", UPSTREAM_MODEL),
-            entry("stream", UPSTREAM_MODEL),
+            entry("stream", stream_model(provider_type)),
             entry("embed", EMBED_MODEL),
         ],
         "litellm_settings": {"telemetry": False},
@@ -241,8 +253,17 @@ def litellm_config(upstream: str) -> dict[str, Any]:
 class RunningTarget:
     """A started scenario: where to send each mode, and the proxy process (if any)."""
 
-    def __init__(self, scenario: Scenario, upstream: str, workdir: Path, cpus: str | None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        upstream: str,
+        workdir: Path,
+        cpus: str | None,
+        *,
+        provider_type: str = "openai",
+    ) -> None:
         self.scenario = scenario
+        self.provider_type = provider_type
         self.process: Process | None = None
         self.version = ""
         self.key = MASTER_KEY  # what the load generator sends as its bearer token
@@ -273,7 +294,8 @@ class RunningTarget:
                     "../litellm-venv/bin/pip install 'litellm[proxy]'` (or set LITELLM_BIN)"
                 )
             config = log_dir / "litellm.yaml"
-            config.write_text(yaml.safe_dump(litellm_config(upstream), sort_keys=False))
+            settings = litellm_config(upstream, provider_type)
+            config.write_text(yaml.safe_dump(settings, sort_keys=False))
             argv = [str(binary), "--config", str(config), "--host", "127.0.0.1"]
             argv += ["--port", str(port), "--num_workers", "1"]
             env = {
@@ -296,6 +318,7 @@ class RunningTarget:
                 workers=scenario.workers,
                 ledger=ledger,
                 cache=scenario.cache,
+                provider_type=provider_type,
             )
             config = log_dir / "gateway.yaml"
             config.write_text(yaml.safe_dump(settings, sort_keys=False))
@@ -327,6 +350,8 @@ class RunningTarget:
 
     def model(self, mode: str) -> str:
         if self._base is None or self.scenario.kind == "floor":
+            if mode == "stream":
+                return stream_model(self.provider_type)
             return EMBED_MODEL if mode == "embed" else UPSTREAM_MODEL
         return MODELS[mode]
 
