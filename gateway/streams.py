@@ -268,8 +268,16 @@ class ChunkStream:
         while self._current is not None:
             opened = self._current
             generated = self._generated
+            upstream = opened.stream
+            batch = upstream.take_held()
+            read_next = upstream.reads.__anext__
             try:
-                async for batch in opened.stream.batches():
+                while True:
+                    if not batch:
+                        try:
+                            batch = await read_next()
+                        except StopAsyncIteration:
+                            break
                     out: list[JSON] = []
                     for chunk in batch:
                         if continued:
@@ -320,6 +328,7 @@ class ChunkStream:
                         if self.restorer is not None:
                             self.restorer.chunk(chunk)
                         out.append(chunk)
+                    batch = []
                     if out:
                         if self.capture is not None:
                             self.capture.add(out)

@@ -62,10 +62,21 @@ class UpstreamStream:
         self._reads: AsyncGenerator[list[JSON], None] = self._read()
         self._held: list[JSON] = []  # read by until_output, not handed out yet
 
+    def take_held(self) -> list[JSON]:
+        """What ``until_output`` read and nobody has taken yet (taken once)."""
+        held, self._held = self._held, []
+        return held
+
+    @property
+    def reads(self) -> AsyncGenerator[list[JSON], None]:
+        """The chunks not read yet, a list per upstream read (never an empty one). Read this
+        directly after ``take_held``: one generator less between each event and the caller."""
+        return self._reads
+
     async def batches(self) -> AsyncGenerator[list[JSON], None]:
         """The chunks not handed out yet, a list per upstream read (never an empty one);
         what ``until_output`` read comes first, in one list."""
-        held, self._held = self._held, []
+        held = self.take_held()
         if held:
             yield held
         async for batch in self._reads:

@@ -163,6 +163,11 @@ class Caller:
             self.started = True
         await self._send(message)
 
+    @property
+    def server_send(self) -> Send:
+        """The server's own ``send``, for a body once its head has gone through ``send``."""
+        return self._send
+
     def cancellation(self) -> GatewayError:
         """What a cancellation of the request's call means."""
         if self.gone:
@@ -309,11 +314,14 @@ async def send_stream(response: StreamingResponse, caller: Caller, send: Send) -
                 "headers": response.raw_headers,
             }
         )
+        # The head went through ``send`` (which may add to it); the body's many messages go
+        # straight to the server's.
+        body_send = caller.server_send if send == caller.send else send
         async for chunk in response.body_iterator:
             if not isinstance(chunk, bytes):
                 chunk = bytes(chunk) if isinstance(chunk, memoryview) else chunk.encode()
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await body_send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await body_send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
         if not gone:
             raise
