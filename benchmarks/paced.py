@@ -2,13 +2,15 @@
 
 A paced upstream (``benchmarks/paced_upstream.py``) sends every stream's events one at a
 time at ``--rate`` events per second, each stamped with its send time. For each scenario
-(direct, llm-gateway with its whole pipeline, LiteLLM) and each number of concurrent streams,
-the proxy is started afresh, warmed up with a few short streams, left to go quiet, and then
-``benchmarks/paced_reader.py`` processes open the streams over ``--ramp`` seconds and read
-every event. Reported per scenario and C: how late events arrived (p50 / p99 / max) and how
-much of that the proxy added (minus the direct run's figure at the same C), streams that saw
-a gap over the stall threshold, time to first token, the proxy's CPU per event, and its RSS
-per open stream beyond what it held idle.
+(direct, llm-gateway with its whole pipeline, LiteLLM) and each number C of concurrent
+streams, the proxy is started afresh, warmed up with a few short streams, left to go quiet,
+and then ``benchmarks/paced_reader.py`` keeps C streams open: slots start evenly over one
+stream's length and each opens its next stream as soon as one ends, so after that ramp C
+streams are open and C / length start each second. Measured over the next stream's length
+(the window): how late events arrived (p50 / p99 / max) and how much of that the proxy added
+(minus the direct run's figure at the same C), streams that saw a gap over the stall
+threshold, time to first token, the proxy's CPU per event, and its RSS per open stream
+beyond what it held idle.
 
 The proxy runs alone on the last cores; the upstream and the readers share core 0. The direct
 run at the same C tells where that core, not the proxy, becomes the limit.
@@ -49,7 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--streams", default="64,256,512,1024,2048", help="concurrent streams (C)")
     p.add_argument("--rates", default="20,50", help="events per second per stream")
     p.add_argument("--seconds", type=float, default=10.0, help="length of each stream")
-    p.add_argument("--ramp", type=float, default=3.0, help="seconds over which streams open")
+    p.add_argument(
+        "--ramp", type=float, default=0.0, help="seconds over which slots start (0: --seconds)"
+    )
     p.add_argument("--readers", type=int, default=1, help="reader processes")
     p.add_argument("--slow", type=float, default=0.0, help="share of slow-reading streams")
     p.add_argument("--shape", choices=("openai", "mistral"), default="openai")
@@ -133,23 +137,22 @@ class PacedRun:
             port = int(url.split(":")[2].split("/")[0])
             # Warm up: a few short streams, then wait until the proxy is quiet.
             self.read(port, path, target.key, model, 16, events=3, ramp=0.2, tag="warmup")
-            quiet = wait_quiet(target)
+            quiet = target.wait_quiet()
             idle = target.memory()
-            cpu_before = target.cpu_seconds()
             began = time.monotonic()
-            samples: list[float] = []
+            samples: list[tuple[float, float, float]] = []  # (time, CPU seconds, RSS MiB)
             readers = self.start_readers(port, path, target.key, model, streams)
             while any(r.poll() is None for r in readers):
-                memory = target.memory()
-                if memory is not None:
-                    samples.append(memory["rss_mib"])
-                time.sleep(0.25)
+                if target.process is not None:
+                    memory = target.memory() or {}
+                    cpu = target.cpu_seconds() or 0.0
+                    samples.append((time.monotonic(), cpu, memory.get("rss_mib") or 0.0))
+                time.sleep(0.2)
             wall = time.monotonic() - began
-            cpu_after = target.cpu_seconds()
             for r in readers:
                 if r.returncode != 0:
                     raise RuntimeError(f"a reader exited with code {r.returncode}")
-            record = self.collect(streams)
+            record, window = self.collect(streams)
             record.update(
                 {
                     "scenario": name,
@@ -158,17 +161,18 @@ class PacedRun:
                     "quiet_after_warmup_seconds": quiet,
                 }
             )
-            if target.process is not None and cpu_before is not None and cpu_after is not None:
-                cpu = cpu_after - cpu_before
-                record["proxy_cpu_seconds"] = round(cpu, 3)
-                events = record["events_received"]
+            inside = [x for x in samples if window[0] <= x[0] <= window[1]]
+            if target.process is not None and len(inside) >= 2:
+                cpu = inside[-1][1] - inside[0][1]
+                span = inside[-1][0] - inside[0][0]
+                events = record["window_events"] * span / (window[1] - window[0])
+                record["proxy_cpu_share"] = round(cpu / span, 3)
                 record["proxy_cpu_us_per_event"] = round(cpu * 1e6 / events, 1) if events else None
-                record["proxy_cpu_share"] = round(cpu / wall, 3)
                 idle_mib = idle["rss_mib"] if idle else None
-                peak = max(samples) if samples else None
+                peak = max(x[2] for x in inside)
                 record["idle_rss_mib"] = idle_mib
                 record["peak_rss_mib"] = peak
-                if idle_mib is not None and peak is not None:
+                if idle_mib is not None:
                     record["rss_kib_per_stream"] = round((peak - idle_mib) * 1024 / streams, 1)
             show(record)
             return record
@@ -211,58 +215,47 @@ class PacedRun:
         argv = [sys.executable, "-m", "benchmarks.paced_reader", "--port", str(port)]
         argv += ["--path", path, "--key", key, "--body", str(body), "--streams", str(streams)]
         argv += ["--ramp", str(ramp), "--events", str(events), "--rate", str(self.rate)]
-        argv += ["--grace", "10", "--out", str(out)]
+        argv += ["--out", str(out)]
         subprocess.run(argv, cwd=REPO, check=True)
-        bad = [s for s in orjson.loads(out.read_bytes())["streams"] if not s["finished"]]
+        bad = [s for s in orjson.loads(out.read_bytes())["streams"] if s["error"] is not None]
         if bad:
             raise RuntimeError(f"{tag}: {len(bad)} streams failed, e.g. {bad[0]['error']}")
 
-    def collect(self, streams: int) -> dict[str, Any]:
+    def collect(self, streams: int) -> tuple[dict[str, Any], tuple[float, float]]:
+        """What the readers saw in the window, and the window (monotonic seconds)."""
         delays, gaps = array("i"), array("i")
         summaries: list[dict[str, Any]] = []
+        windows = []
         for index in range(max(1, min(self.args.readers, streams))):
             out = self.workdir / f"reader-{index}.json"
             delays.frombytes(Path(str(out) + ".delays").read_bytes())
             gaps.frombytes(Path(str(out) + ".gaps").read_bytes())
-            summaries += orjson.loads(out.read_bytes())["streams"]
+            seen = orjson.loads(out.read_bytes())
+            summaries += seen["streams"]
+            windows.append(seen["window"])
+        window = (max(w[0] for w in windows), min(w[1] for w in windows))
         normal = [s for s in summaries if not s["slow"]]
         slow = [s for s in summaries if s["slow"]]
-        failed = [s for s in summaries if not s["finished"]]
+        failed = [s for s in summaries if s["error"] is not None]
         stall_us = STALL_MS * 1000
-        ms = [d / 1000 for d in delays]
-        gap_ms = [g / 1000 for g in gaps]
-        return {
+        record = {
             "streams": streams,
             "events_per_stream": self.events,
-            "events_received": sum(s["events"] for s in summaries),
-            "events_expected": self.events * streams,
-            "delay_ms": percentiles(ms, (50, 90, 99)),
-            "gap_ms": percentiles(gap_ms, (50, 99)),
+            "window_seconds": round(window[1] - window[0], 2),
+            "window_events": sum(s["window_events"] for s in summaries),
+            "window_events_expected": round(streams * self.rate * (window[1] - window[0])),
+            "delay_ms": percentiles([d / 1000 for d in delays], (50, 90, 99)),
+            "gap_ms": percentiles([g / 1000 for g in gaps], (50, 99)),
             "ttft_ms": percentiles(
                 [s["ttft_us"] / 1000 for s in normal if s["ttft_us"] is not None], (50, 99)
             ),
+            "streams_opened": len(summaries),
             "stalled_streams": sum(1 for s in normal if s["max_gap_us"] > stall_us),
             "failed_streams": len(failed),
             "failures": sorted({str(s["error"])[:200] for s in failed})[:3],
             "slow_streams": len(slow),
-            "slow_streams_finished": sum(1 for s in slow if s["finished"]),
         }
-
-
-def wait_quiet(target: RunningTarget, limit: float = 15.0) -> float | None:
-    """Wait until the proxy uses under 2 % of a core over half a second (e.g. a tokenizer
-    loading after the warm-up); the seconds it took, or None if it never did."""
-    if target.process is None:
-        return 0.0
-    began = time.monotonic()
-    last = target.cpu_seconds() or 0.0
-    while time.monotonic() - began < limit:
-        time.sleep(0.5)
-        now = target.cpu_seconds() or 0.0
-        if now - last < 0.01:
-            return round(time.monotonic() - began, 1)
-        last = now
-    return None
+        return record, window
 
 
 def show(r: dict[str, Any]) -> None:

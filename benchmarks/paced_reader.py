@@ -1,19 +1,26 @@
-"""One load-generator process of the paced-stream benchmark: opens its share of the streams,
-reads every event, and records how late each one arrived.
+"""One load-generator process of the paced-stream benchmark: keeps its share of C streams
+open, reads every event, and records how late each one arrived.
 
 Run by ``benchmarks.paced`` (one or more of these at once); it writes what it saw to
-``--out`` (JSON) and each event's delay to ``--out`` + ``.delays`` (int32 microseconds):
+``--out`` (JSON) and each event's delay to ``--out`` + ``.delays`` (int32 microseconds).
+
+Each of its slots opens its first stream at an offset spread evenly over ``--ramp`` seconds
+(by default one stream's length) and opens the next as soon as one ends, so once the ramp is
+over exactly C streams are open and new ones start at C / length per second, as in steady
+traffic. What is measured is what happens in the **window**, from the end of the ramp for
+one stream's length; then every stream still open is closed and the process exits.
 
 - an event's **delay** is its arrival here minus the send time the paced upstream wrote into
   it (both read from the machine's monotonic clock); through a proxy, minus the same figure
   read directly, it is what the proxy added;
 - a stream's **gaps** are the times between reads that brought events; one over the stall
-  threshold makes the stream "stalled";
-- **TTFT** runs from writing the request to the first content event's arrival.
+  threshold in the window makes the stream "stalled";
+- **TTFT** runs from writing the request to the first content event's arrival (streams that
+  started in the window).
 
-A share of the streams can be slow readers (``--slow``): they read the response head, then
-read nothing until the stream should have ended, then drain it. Their events are reported
-apart, so what they cost the other streams shows in the others' delays.
+A share of the slots can be slow readers (``--slow``): they read the response head, then
+read nothing until the stream should have ended, then drain it. Their events are counted but
+kept out of the delays, so what they cost the other streams shows in the others' delays.
 """
 
 from __future__ import annotations
@@ -45,12 +52,20 @@ class Collected:
 
 class StreamReader(asyncio.Protocol):
     def __init__(
-        self, request: bytes, out: Collected, slow_until: float | None, done: asyncio.Future[None]
+        self,
+        request: bytes,
+        out: Collected,
+        window: tuple[int, int],
+        slow_until: float | None,
+        done: asyncio.Future[None],
     ) -> None:
         self.request = request
         self.out = out
+        self.window = window  # monotonic ns: only what arrives in it counts
         self.slow_until = slow_until
         self.done = done
+        self.window_events = 0
+        self.cut = False  # closed by this process when the window ended
         self.transport: asyncio.Transport | None = None
         self.status: int | None = None
         self.head = b""
@@ -86,19 +101,23 @@ class StreamReader(asyncio.Protocol):
         buf = self.tail + data
         end = 0
         found = 0
-        slow = self.slow_until is not None
+        lo, hi = self.window
+        counted = lo <= now < hi
+        keep = counted and self.slow_until is None
         delays = self.out.delays
         for m in _MARK.finditer(buf):
             found += 1
             end = m.end()
-            if not slow:
+            if keep:
                 delays.append((now - int(m.group(1))) // 1000)
         if found:
             self.events += found
+            if counted:
+                self.window_events += found
             if self.first_ns is None:
                 self.first_ns = now
-            elif not slow:
-                gap = now - (self.last_ns or now)
+            elif keep and self.last_ns is not None and self.last_ns >= lo:
+                gap = now - self.last_ns
                 self.out.gaps.append(gap // 1000)
                 if gap > self.max_gap_ns:
                     self.max_gap_ns = gap
@@ -111,24 +130,32 @@ class StreamReader(asyncio.Protocol):
         self.tail = buf[max(end, len(buf) - _TAIL) :]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.finished and self.error is None:
+        if not self.finished and self.error is None and not self.cut:
             self.error = f"connection closed before [DONE] ({exc or 'by the server'})"
         if not self.done.done():
             self.done.set_result(None)
 
     def summary(self) -> dict[str, Any]:
+        in_window = self.window[0] <= self.sent_ns < self.window[1]
         return {
             "status": self.status,
             "events": self.events,
+            "window_events": self.window_events,
             "finished": self.finished,
+            "cut": self.cut,
+            "started_in_window": in_window,
             "slow": self.slow_until is not None,
-            "ttft_us": (self.first_ns - self.sent_ns) // 1000 if self.first_ns else None,
+            "ttft_us": (
+                (self.first_ns - self.sent_ns) // 1000 if self.first_ns and in_window else None
+            ),
             "max_gap_us": self.max_gap_ns // 1000,
             "error": self.error,
         }
 
 
-async def read_streams(args: argparse.Namespace, body: bytes) -> Collected:
+async def read_streams(args: argparse.Namespace, body: bytes) -> tuple[Collected, list[float]]:
+    """Keep this process's slots streaming until the window ends; what was seen, and the
+    window (monotonic seconds)."""
     loop = asyncio.get_running_loop()
     request = (
         f"POST {args.path} HTTP/1.1\r\nhost: 127.0.0.1:{args.port}\r\n"
@@ -137,44 +164,44 @@ async def read_streams(args: argparse.Namespace, body: bytes) -> Collected:
     ).encode() + body
     out = Collected()
     readers: list[StreamReader] = []
-    waits: list[asyncio.Future[None]] = []
-    start = loop.time() + 0.2
-    offsets = [
-        (i * args.of + args.index) * args.ramp / (args.streams * args.of)
-        for i in range(args.streams)
-    ]
-    slow_every = round(1 / args.slow) if args.slow > 0 else 0
     stream_seconds = args.events / args.rate
+    ramp = args.ramp if args.ramp > 0 else stream_seconds
+    start = time.monotonic() + 0.3
+    window = (start + ramp, start + ramp + stream_seconds)
+    window_ns = (int(window[0] * 1e9), int(window[1] * 1e9))
+    slots = args.streams * args.of
+    slow_every = round(1 / args.slow) if args.slow > 0 else 0
 
-    async def open_one(offset: float, slow: bool) -> None:
-        await asyncio.sleep(max(0.0, start + offset - loop.time()))
-        done: asyncio.Future[None] = loop.create_future()
-        slow_until = loop.time() + stream_seconds + 1.0 if slow else None
-        reader = StreamReader(request, out, slow_until, done)
-        readers.append(reader)
-        waits.append(done)
-        try:
-            await loop.create_connection(lambda: reader, "127.0.0.1", args.port)
-        except OSError as exc:
-            reader.error = f"connect failed: {exc}"
-            done.set_result(None)
+    async def slot(number: int) -> None:
+        offset = (number * args.of + args.index) * ramp / slots
+        await asyncio.sleep(max(0.0, start + offset - time.monotonic()))
+        slow = bool(slow_every) and (number + 1) % slow_every == 0
+        while time.monotonic() < window[1]:
+            done: asyncio.Future[None] = loop.create_future()
+            slow_until = loop.time() + stream_seconds + 1.0 if slow else None
+            reader = StreamReader(request, out, window_ns, slow_until, done)
+            readers.append(reader)
+            try:
+                await loop.create_connection(lambda r=reader: r, "127.0.0.1", args.port)
+            except OSError as exc:
+                reader.error = f"connect failed: {exc}"
+                await asyncio.sleep(0.1)
+                continue
+            await done
+            if reader.error is not None:
+                await asyncio.sleep(0.1)  # a refused stream: try again, not in a tight loop
 
-    openers = []
-    for number, offset in enumerate(offsets, 1):
-        slow = bool(slow_every) and number % slow_every == 0
-        openers.append(asyncio.create_task(open_one(offset, slow)))
-    await asyncio.gather(*openers)
-    left = start + args.ramp + stream_seconds + args.grace - loop.time()
-    pending = [w for w in waits if not w.done()]
-    if pending:
-        await asyncio.wait(pending, timeout=max(left, 1.0))
+    tasks = [asyncio.create_task(slot(n)) for n in range(args.streams)]
+    await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
     for reader in readers:
         if not reader.finished and reader.transport is not None:
+            reader.cut = True
             reader.transport.close()
-        if not reader.finished and reader.error is None:
-            reader.error = "not finished within the run's time limit"
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     out.streams = [r.summary() for r in readers]
-    return out
+    return out, list(window)
 
 
 def main() -> None:
@@ -186,24 +213,25 @@ def main() -> None:
     p.add_argument("--streams", type=int, required=True, help="streams this process opens")
     p.add_argument("--index", type=int, default=0, help="this process's number")
     p.add_argument("--of", type=int, default=1, help="how many reader processes there are")
-    p.add_argument("--ramp", type=float, default=3.0, help="seconds over which streams open")
+    p.add_argument(
+        "--ramp", type=float, default=0.0, help="seconds over which slots start (0: a stream's)"
+    )
     p.add_argument("--events", type=int, required=True)
     p.add_argument("--rate", type=float, required=True)
-    p.add_argument("--grace", type=float, default=20.0, help="seconds past the expected end")
     p.add_argument("--slow", type=float, default=0.0, help="share of slow-reading streams")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    result: dict[str, Collected] = {}
+    result: dict[str, tuple[Collected, list[float]]] = {}
     body = Path(args.body).read_bytes()
 
     async def go() -> None:
         result["out"] = await read_streams(args, body)
 
     run_loop(go())
-    out = result["out"]
+    out, window = result["out"]
     Path(args.out + ".delays").write_bytes(out.delays.tobytes())
     Path(args.out + ".gaps").write_bytes(out.gaps.tobytes())
-    Path(args.out).write_bytes(orjson.dumps({"streams": out.streams}))
+    Path(args.out).write_bytes(orjson.dumps({"streams": out.streams, "window": window}))
 
 
 if __name__ == "__main__":

@@ -271,6 +271,7 @@ class Bench:
                 run_load(
                     self.generator, load, duration=self.args.warmup, connections=conns, threads=1
                 )
+            target.wait_quiet()
             cpu_before = target.cpu_seconds()
             core_before = cores_busy_seconds(self.proxy_cpus)
             result = run_load(

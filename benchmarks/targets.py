@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -361,6 +362,22 @@ class RunningTarget:
 
     def cpu_seconds(self) -> float | None:
         return self.process.cpu_seconds() if self.process else None
+
+    def wait_quiet(self, limit: float = 15.0) -> float | None:
+        """Wait until the proxy uses under 2 % of a core over half a second, so work a warm-up
+        left behind (a tokenizer loading to bill callers the warm-up's end cut off) is not
+        counted in the next measurement; the seconds it took, or None if it never did."""
+        if self.process is None:
+            return 0.0
+        began = time.monotonic()
+        last = self.process.cpu_seconds()
+        while time.monotonic() - began < limit:
+            time.sleep(0.5)
+            now = self.process.cpu_seconds()
+            if now - last < 0.01:
+                return round(time.monotonic() - began, 1)
+            last = now
+        return None
 
     def memory(self) -> dict[str, Any] | None:
         """Peak and current RSS (MiB) of each of the proxy's processes, or None (direct)."""

@@ -73,9 +73,7 @@ async def test_stalled_stream_is_upstream_timeout(transport, openai_emu):
     await resp.close()
 
 
-async def test_a_reader_slower_than_the_idle_limit_is_not_taken_for_a_stall(
-    transport, openai_emu
-):
+async def test_a_reader_slower_than_the_idle_limit_is_not_taken_for_a_stall(transport, openai_emu):
     # The upstream pauses 0.1 s mid-stream, well within the 0.3 s idle limit; the reader
     # holds each piece for 0.5 s. Only time spent waiting for bytes may count as idle.
     openai_emu.fail_next(Fault(stall_after=2, stall_seconds=0.1))
