@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenarios", default="direct,gateway-full,litellm")
     p.add_argument("--streams", default="64,256,512,1024,2048", help="concurrent streams (C)")
     p.add_argument("--rates", default="20,50", help="events per second per stream")
-    p.add_argument("--seconds", type=float, default=10.0, help="length of each stream")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each stream")
     p.add_argument(
         "--ramp", type=float, default=0.0, help="seconds over which slots start (0: --seconds)"
     )
@@ -58,10 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow", type=float, default=0.0, help="share of slow-reading streams")
     p.add_argument("--shape", choices=("openai", "mistral"), default="openai")
     p.add_argument(
-        "--litellm-max-streams",
-        type=int,
-        default=512,
-        help="LiteLLM is measured up to this C (past its knee every run waits out the limit)",
+        "--litellm-streams",
+        default="4,16,64",
+        help="the C LiteLLM is measured at (its knee is far below the gateway's)",
     )
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--output", type=Path, help="JSON (default benchmarks/results/paced-<time>)")
@@ -72,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if name not in SCENARIOS:
             p.error(f"unknown scenario {name!r}")
     args.stream_list = [int(c) for c in args.streams.split(",")]
+    args.litellm_list = [int(c) for c in args.litellm_streams.split(",")]
     args.rate_list = [float(r) for r in args.rates.split(",")]
     return args
 
@@ -278,16 +278,22 @@ def show(r: dict[str, Any]) -> None:
 
 
 def added(records: list[dict[str, Any]]) -> None:
-    """Each proxy record's delay, gap and TTFT minus the direct run's at the same rate and C."""
+    """Each proxy record's delay and TTFT minus the direct run's at the same rate and C (or,
+    for a C direct was not run at, the nearest C below it, else the smallest)."""
     direct = {
         (r["rate"], r["streams"]): r
         for r in records
         if r.get("scenario") == "direct" and "delay_ms" in r
     }
     for r in records:
-        base = direct.get((r.get("rate"), r.get("streams")))
-        if base is None or r.get("scenario") == "direct" or "delay_ms" not in r:
+        if r.get("scenario") == "direct" or "delay_ms" not in r:
             continue
+        levels = sorted(c for rate, c in direct if rate == r["rate"])
+        if not levels:
+            continue
+        below = [c for c in levels if c <= r["streams"]]
+        base = direct[(r["rate"], below[-1] if below else levels[0])]
+        r["direct_streams_compared"] = base["streams"]
         r["added_delay_ms"] = {
             k: round(r["delay_ms"][k] - base["delay_ms"][k], 2)
             for k in ("p50", "p99", "max")
@@ -423,9 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         run = PacedRun(args, rate, workdir)
         try:
             for name in args.scenario_list:
-                for streams in args.stream_list:
-                    if name == "litellm" and streams > args.litellm_max_streams:
-                        continue
+                for streams in args.litellm_list if name == "litellm" else args.stream_list:
                     record = run.measure(name, streams)
                     if record is None or "skipped" in record:
                         break
