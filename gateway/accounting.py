@@ -419,18 +419,33 @@ def unreadable_usage_note(usage: Mapping[str, Any] | None) -> str:
     return f"the provider's usage could not be read (fields: {fields}); tokens counted offline"
 
 
+# reserve_rates by (id(price), tier): (that price, the day it was worked out for, the rates).
+# Holding the price makes an id reused after a reload miss instead of answer for another.
+_RESERVE_RATES: dict[tuple[int, str | None], tuple[Price, str, tuple[Decimal, Decimal]]] = {}
+
+
 def reserve_rates(price: Price, service_tier: str | None = None) -> tuple[Decimal, Decimal]:
     """The dearest a prompt token and an output token can cost under ``price`` (USD per 1M)
     for a request asking for ``service_tier``: long-context tiers and the deployment's uplift
     included, cache writes and reasoning too, so a reservation is never below what the call
     can be billed. Audio rates are left out: they would make every text call reserve many
-    times its worth."""
+    times its worth. Worked out once per price, tier and (for a dated price) day: every
+    admission asks, for each deployment its request could reach."""
+    key = (id(price), service_tier)
+    day = datetime.now(UTC).date().isoformat() if price.history else ""
+    known = _RESERVE_RATES.get(key)
+    if known is not None and known[0] is price and known[1] == day:
+        return known[2]
 
     def dearest(*kinds: str) -> Decimal:
         rates = [price.reserve_rate(kind, service_tier) for kind in kinds]
         return max((r for r in rates if r is not None), default=Decimal(0))
 
-    return dearest("input", "cache_write"), dearest("output", "reasoning")
+    rates = dearest("input", "cache_write"), dearest("output", "reasoning")
+    if len(_RESERVE_RATES) >= 4096:  # reloads leave old prices behind: start again
+        _RESERVE_RATES.clear()
+    _RESERVE_RATES[key] = (price, day, rates)
+    return rates
 
 
 def asked_tier(request: CompletionRequest) -> str | None:
