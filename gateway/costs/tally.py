@@ -13,6 +13,9 @@ from __future__ import annotations
 from gateway.costs.tokens import count_tokens
 
 FOLD_CHARS = 48_000  # the largest tail kept uncounted, in characters
+# Pieces kept apart before they are joined: a stream's text arrives a token at a time, and
+# each piece held as its own string costs ~60 bytes beyond its characters.
+JOIN_EVERY = 64
 
 
 class TextTally:
@@ -29,8 +32,11 @@ class TextTally:
     def add(self, text: str) -> bool:
         """Append ``text``; True when the tail has grown enough to be folded."""
         if text:
-            self._parts.append(text)
+            parts = self._parts
+            parts.append(text)
             self._size += len(text)
+            if len(parts) >= JOIN_EVERY:
+                self._parts = ["".join(parts)]
         return not self.keep_all and self._size > FOLD_CHARS
 
     @property
