@@ -303,9 +303,16 @@ def added(records: list[dict[str, Any]]) -> None:
             r["added_ttft_ms"] = round(r["ttft_ms"]["p50"] - base["ttft_ms"]["p50"], 2)
 
 
+def delivered(r: dict[str, Any]) -> float:
+    """The share of the events the window should have held that arrived in it."""
+    expected = r.get("window_events_expected") or 0
+    return r["window_events"] / expected if expected else 0.0
+
+
 def knee(records: list[dict[str, Any]], scenario: str, rate: float) -> int | None:
-    """The largest C at which the scenario kept every stream unstalled and finished, with
-    p99 added delay within target (direct: p99 delay itself)."""
+    """The largest C at which the scenario kept up (≥ 97 % of the window's events arrived in
+    it), no stream stalled or failed, and p99 added delay stayed within target (direct: p99
+    delay itself)."""
     best = None
     for r in sorted(
         (r for r in records if r.get("scenario") == scenario and r.get("rate") == rate),
@@ -316,15 +323,18 @@ def knee(records: list[dict[str, Any]], scenario: str, rate: float) -> int | Non
         extra = r.get("added_delay_ms", {}).get("p99", r["delay_ms"].get("p99", 0))
         if r["stalled_streams"] or r["failed_streams"] or extra > TARGET_ADDED_P99_MS:
             break
+        if delivered(r) < 0.97:  # fell behind: events are late by more than the window shows
+            break
         best = r["streams"]
     return best
 
 
 def markdown(records: list[dict[str, Any]]) -> str:
     head = (
-        "| rate | scenario | C | delay p50 / p99 / max (ms) | added p50 / p99 / max (ms) | "
-        "stalled | failed | TTFT p50 (+added) ms | proxy CPU | µs/event | RSS idle → peak | "
-        "KiB/stream |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| rate | scenario | C | events delivered | delay p50 / p99 / max (ms) | "
+        "added p50 / p99 / max (ms) | stalled | failed | TTFT p50 (+added) ms | proxy CPU | "
+        "µs/event | RSS idle → peak | KiB/stream |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = [head]
     for r in records:
@@ -337,7 +347,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
             return "-" if v is None else format(v, spec)
 
         rows.append(
-            f"| {r['rate']:g} | {r['scenario']} | {r['streams']} | "
+            f"| {r['rate']:g} | {r['scenario']} | {r['streams']} | {delivered(r):.0%} | "
             f"{f(d.get('p50'), '.2f')} / {f(d.get('p99'), '.2f')} / {f(d.get('max'))} | "
             + (
                 f"{f(a.get('p50'), '.2f')} / {f(a.get('p99'), '.2f')} / {f(a.get('max'))} | "
@@ -381,13 +391,17 @@ def chart(records: list[dict[str, Any]], rates: list[float], path: Path) -> None
                 continue
             xs = [r["streams"] for r in rows]
             ys = [max(r["delay_ms"].get("p99", 0), 0.05) for r in rows]
-            ax.plot(xs, ys, "o-", label=str(name), color=colours.get(str(name)))
+            colour = colours.get(str(name))
+            ax.plot(xs, ys, "-", label=str(name), color=colour)
+            for x, y, r in zip(xs, ys, rows, strict=True):
+                behind = delivered(r) < 0.97  # hollow: events were left waiting upstream
+                ax.plot(x, y, "o", color=colour, markerfacecolor="white" if behind else colour)
         ax.axhline(TARGET_ADDED_P99_MS, ls="--", lw=0.8, color="black")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("concurrent streams")
         ax.set_ylabel("p99 event delay, ms (upstream send → reader)")
-        ax.set_title(f"{rate:g} events/s per stream")
+        ax.set_title(f"{rate:g} events/s per stream (hollow: fell behind)")
         ax.legend()
     ax = axes[-1]
     for name in ("gateway-full", "litellm"):
@@ -408,6 +422,7 @@ def chart(records: list[dict[str, Any]], rates: list[float], path: Path) -> None
                 )
     ax.axhline(64, ls="--", lw=0.8, color="black")
     ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
     ax.set_xlabel("concurrent streams")
     ax.set_ylabel("RSS per open stream, KiB")
     ax.set_title("memory per stream")
@@ -438,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             run.stop()
     added(records)
     table = markdown(records)
-    knees = {
+    knees: dict[str, int | None] = {
         f"{name}@{rate:g}": knee(records, name, rate)
         for rate in args.rate_list
         for name in args.scenario_list
