@@ -212,15 +212,16 @@ class MistralStreamTranslator(StreamTranslator):
         if event.data == b"[DONE]":
             self.finished = True
             return []
-        where = self._provider.where(self._deployment)
         try:
             chunk = orjson.loads(event.data)
         except orjson.JSONDecodeError as exc:
+            where = self._provider.where(self._deployment)
             raise MalformedEventError(f"{where} sent an undecodable event") from exc
         if not isinstance(chunk, dict):
             return []
         if "choices" not in chunk and ("error" in chunk or "message" in chunk):
             info = read_error(chunk)
+            where = self._provider.where(self._deployment)
             raise StreamInterruptedError(
                 f"{where} reported an error mid-stream: {info.message or 'no message'}"
             )
@@ -228,8 +229,9 @@ class MistralStreamTranslator(StreamTranslator):
         for choice in choices:
             self._choice(choice)
         chunk["object"] = "chat.completion.chunk"
-        chunk.setdefault("created", self._created)
-        usage = openai_usage(chunk.pop("usage", None))
+        if "created" not in chunk:
+            chunk["created"] = self._created
+        usage = openai_usage(chunk.pop("usage")) if "usage" in chunk else None
         out = [chunk] if choices or usage is None else []
         if usage is not None:
             head = {k: chunk[k] for k in ("id", "object", "created", "model") if k in chunk}
@@ -238,7 +240,14 @@ class MistralStreamTranslator(StreamTranslator):
 
     def _choice(self, choice: JSON) -> None:
         delta = choice.get("delta")
-        if isinstance(delta, dict):
+        if (
+            isinstance(delta, dict)
+            and "tool_calls" not in delta
+            and "prefix" not in delta
+            and not isinstance(delta.get("content"), list)
+        ):
+            pass  # the commonest delta, a piece of text: already OpenAI-shaped
+        elif isinstance(delta, dict):
             index = int(choice.get("index") or 0)
             first = self._calls_seen.get(index, 0)
             calls = self._provider.normalise_message(delta, self._ids, first_call_index=first)
