@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 from array import array
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import orjson
 from benchmarks.load import percentiles
 from benchmarks.payloads import BASE_PATHS, MODELS, OPERATIONS
 from benchmarks.processes import Process, cpu_sets, free_port
+from benchmarks.report import results_file, run_facts
 from benchmarks.targets import REPO, SCENARIOS, RunningTarget, Skipped, stream_model
 
 STALL_MS = 250.0
@@ -460,18 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("\n" + table + "\n")
     print("knee (largest C with no stall and p99 added ≤ 10 ms):", knees)
-    out = args.output or REPO / "benchmarks/results" / (
-        "paced-" + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ".json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = results_file(args.output, "paced-")
     result = {
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "wall_seconds": round(time.monotonic() - began, 1),
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-            if not k.endswith("_list")
-        },
+        **run_facts(args, began),
         "git": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
         ).stdout.strip(),

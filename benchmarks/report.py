@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import time
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +253,26 @@ def chart(rows: list[Record], path: Path, busy: int = 32) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def results_file(given: Path | None, prefix: str = "") -> Path:
+    """Where a run's JSON goes: ``given``, else benchmarks/results/<prefix><UTC time>.json."""
+    out = given or Path(__file__).resolve().parent / "results" / (
+        prefix + datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ".json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_facts(args: argparse.Namespace, began: float) -> dict[str, Any]:
+    """When a run finished, how long it took, and its settings (lists parsed from them
+    left out), for the head of its JSON."""
+    return {
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wall_seconds": round(time.monotonic() - began, 1),
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if not k.endswith("_list")
+        },
+    }

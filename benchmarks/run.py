@@ -19,7 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,14 @@ from benchmarks.load import (
 )
 from benchmarks.payloads import MASTER_KEY, request_body
 from benchmarks.processes import cores_busy_seconds, cpu_sets
-from benchmarks.report import chart, markdown, pipeline_markdown, summarize
+from benchmarks.report import (
+    chart,
+    markdown,
+    pipeline_markdown,
+    results_file,
+    run_facts,
+    summarize,
+)
 from benchmarks.targets import (
     DEFAULT_SCENARIOS,
     REPO,
@@ -428,18 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     print(pipeline)
     for name, why in bench.skipped.items():
         print(f"\nskipped {name}: {why}")
-    out = args.output or REPO / "benchmarks/results" / (
-        datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + ".json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = results_file(args.output)
     result = {
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
-        "wall_seconds": round(time.monotonic() - began, 1),
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-            if not k.endswith("_list")
-        },
+        **run_facts(args, began),
         "environment": {**env, "versions": bench.versions},
         "scenarios": {n: SCENARIOS[n].description for n in args.scenario_list},
         "skipped": bench.skipped,
