@@ -29,6 +29,10 @@ class ServerThread:
             lifespan="on",
             access_log=False,
             proxy_headers=False,  # as `llm-gateway serve`: the app decides whom to believe
+            # uvicorn closes a connection idle for 5 s without a word; a client that reuses
+            # it at that moment gets no answer (a POST is not retried). On a loaded machine a
+            # test's many concurrent requests can leave a pooled connection idle that long.
+            timeout_keep_alive=60,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
