@@ -240,14 +240,7 @@ class MistralStreamTranslator(StreamTranslator):
 
     def _choice(self, choice: JSON) -> None:
         delta = choice.get("delta")
-        if (
-            isinstance(delta, dict)
-            and "tool_calls" not in delta
-            and "prefix" not in delta
-            and not isinstance(delta.get("content"), list)
-        ):
-            pass  # the commonest delta, a piece of text: already OpenAI-shaped
-        elif isinstance(delta, dict):
+        if isinstance(delta, dict):
             index = int(choice.get("index") or 0)
             first = self._calls_seen.get(index, 0)
             calls = self._provider.normalise_message(delta, self._ids, first_call_index=first)
@@ -485,6 +478,12 @@ class MistralProvider(Provider):
         """Make a Mistral message or delta OpenAI-shaped in place; returns its tool-call count.
 
         ``first_call_index`` is given for stream deltas, whose tool calls need an ``index``."""
+        if (
+            "tool_calls" not in message
+            and "prefix" not in message
+            and not isinstance(message.get("content"), list)
+        ):
+            return 0  # the commonest, a piece of text: OpenAI-shaped already
         message.pop("prefix", None)
         content = message.get("content")
         if isinstance(content, list):

@@ -69,18 +69,9 @@ class UpstreamStream:
 
     @property
     def reads(self) -> AsyncGenerator[list[JSON], None]:
-        """The chunks not read yet, a list per upstream read (never an empty one). Read this
-        directly after ``take_held``: one generator less between each event and the caller."""
+        """The chunks not read yet, a list per upstream read (never an empty one); what
+        ``until_output`` read comes first, from ``take_held``."""
         return self._reads
-
-    async def batches(self) -> AsyncGenerator[list[JSON], None]:
-        """The chunks not handed out yet, a list per upstream read (never an empty one);
-        what ``until_output`` read comes first, in one list."""
-        held = self.take_held()
-        if held:
-            yield held
-        async for batch in self._reads:
-            yield batch
 
     async def until_output(self) -> None:
         """Read until a chunk carries output (or the stream ends), holding what was read for

@@ -314,9 +314,9 @@ async def send_stream(response: StreamingResponse, caller: Caller, send: Send) -
                 "headers": response.raw_headers,
             }
         )
-        # The head went through ``send`` (which may add to it); the body's many messages go
-        # straight to the server's.
-        body_send = caller.server_send if send == caller.send else send
+        # The head went through ``send`` (the caller's, which notes it); the body's many
+        # messages go straight to the server's.
+        body_send = caller.server_send
         async for chunk in response.body_iterator:
             if not isinstance(chunk, bytes):
                 chunk = bytes(chunk) if isinstance(chunk, memoryview) else chunk.encode()
